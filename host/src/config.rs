@@ -1,0 +1,494 @@
+//! Configuration: a TOML file, then `OUTBOX_RELAY__…` environment overrides,
+//! then validation. Every error names the file and the field.
+//!
+//! Relative paths in the file (plugins, directories, a SQLite database) are
+//! resolved against the directory of the config file, not the working directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Prefix of environment overrides; `__` separates nesting levels, e.g.
+/// `OUTBOX_RELAY__RELAY__BATCH_SIZE=500` or `OUTBOX_RELAY__DATABASE=sqlite://x.db`.
+pub const ENV_PREFIX: &str = "OUTBOX_RELAY__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: {source}")]
+    Parse {
+        file: String,
+        #[source]
+        source: Box<figment::Error>,
+    },
+    #[error("config file {file}: field `{field}`: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Database URL: `sqlite://path/to/outbox.db` (created if missing).
+    pub database: String,
+    #[serde(default)]
+    pub relay: RelaySettings,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// Where the config was read from; set by [`Config::load`].
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySettings {
+    /// How long to wait before polling again after a batch that was not full.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Messages read per batch, per target and partition.
+    pub batch_size: u32,
+    /// Partition count, fixed when the outbox is created.
+    pub partitions: u32,
+    /// How long a relay holds a partition of a target without renewing it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long a claimed retry stays invisible to other relays.
+    #[serde(with = "humantime_serde")]
+    pub claim_timeout: Duration,
+    /// Where plugins named without a path (`plugin = "file"`) are found.
+    pub plugin_dir: PathBuf,
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    /// How long shutdown waits for batches in flight before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            batch_size: 100,
+            partitions: 1,
+            lease_ttl: Duration::from_secs(30),
+            claim_timeout: Duration::from_secs(300),
+            plugin_dir: PathBuf::from("plugins"),
+            cache_dir: PathBuf::from(".outbox-relay/cache"),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Sends every event whose name matches one of `events` (globs: `*`, `?`, `[a-z]`,
+/// `{a,b}`) to each of `targets`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub events: Vec<String>,
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// A plugin name (`file` → `<plugin_dir>/file.wasm`) or a path to a `.wasm` file.
+    pub plugin: String,
+    /// Overrides `relay.batch_size` for this target.
+    pub batch_size: Option<u32>,
+    /// Handed to the plugin's `init` as a JSON object.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// Exponential back-off with jitter. The delay before attempt `n + 1` is
+/// `min(max_backoff, initial_backoff * multiplier^(n - 1))`, then scaled by a
+/// random factor in `[1 - jitter, 1 + jitter]`. With the defaults: about 1 s,
+/// 2 s, 4 s, ... capped at 5 min, and dead after 10 attempts (~8.5 min of retrying).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; then the message is dead-lettered.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    /// Fraction of the delay to randomise, 0 to 1.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+/// What a target's plugin may touch. Everything not granted here is denied.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Linear-memory cap of the plugin instance, in MiB.
+    pub memory_mb: u32,
+    /// Time limit of one plugin call (init, one batch).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Directories mapped into the guest: guest path → host directory (created if missing).
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// TCP `host:port` pairs the plugin may connect to (host as an IP or `localhost`).
+    pub allow_tcp: Vec<String>,
+    /// Guest stderr kept per call for error reports, in KiB.
+    pub stderr_kb: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            memory_mb: 64,
+            call_timeout: Duration::from_secs(30),
+            dirs: BTreeMap::new(),
+            allow_tcp: Vec::new(),
+            stderr_kb: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides, resolves relative paths and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError::Invalid {
+                file,
+                field: "(file)".into(),
+                message: "no such file".into(),
+            });
+        }
+        let mut config: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Parse {
+                file: file.clone(),
+                source: Box::new(e),
+            })?;
+        config.source = path.to_path_buf();
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        config.resolve_paths(&base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without touching the environment (tests, `plugins test`).
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse {
+                file: "(inline)".into(),
+                source: Box::new(e),
+            })?;
+        config.source = PathBuf::from("(inline)");
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let rebase = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        self.relay.plugin_dir = rebase(&self.relay.plugin_dir);
+        self.relay.cache_dir = rebase(&self.relay.cache_dir);
+        if let Some(rest) = self.database.strip_prefix("sqlite://") {
+            let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
+            if !file.is_empty() && !Path::new(file).is_absolute() {
+                let joined = base.join(file).display().to_string();
+                self.database = match query {
+                    Some(q) => format!("sqlite://{joined}?{q}"),
+                    None => format!("sqlite://{joined}"),
+                };
+            }
+        }
+        for target in self.targets.values_mut() {
+            for host in target.sandbox.dirs.values_mut() {
+                *host = rebase(host);
+            }
+        }
+    }
+
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.display().to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.database.starts_with("sqlite:") {
+            return Err(self.invalid(
+                "database",
+                format!(
+                    "unsupported database URL {:?}; expected sqlite://<path>",
+                    redact_url(&self.database)
+                ),
+            ));
+        }
+        let r = &self.relay;
+        if r.batch_size == 0 || r.batch_size > 10_000 {
+            return Err(self.invalid("relay.batch_size", "must be between 1 and 10000"));
+        }
+        if r.partitions == 0 || r.partitions > 4096 {
+            return Err(self.invalid("relay.partitions", "must be between 1 and 4096"));
+        }
+        if r.lease_ttl < Duration::from_secs(1) {
+            return Err(self.invalid("relay.lease_ttl", "must be at least 1s"));
+        }
+        if self.targets.is_empty() {
+            return Err(self.invalid("targets", "no targets are configured"));
+        }
+        let mut routed = BTreeSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.events.is_empty() {
+                return Err(self.invalid(format!("routes[{i}].events"), "is empty"));
+            }
+            for (j, pattern) in route.events.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    return Err(self.invalid(
+                        format!("routes[{i}].events[{j}]"),
+                        format!("invalid glob {pattern:?}: {e}"),
+                    ));
+                }
+            }
+            for (j, target) in route.targets.iter().enumerate() {
+                if !self.targets.contains_key(target) {
+                    return Err(self.invalid(
+                        format!("routes[{i}].targets[{j}]"),
+                        format!("unknown target {target:?}; define it under [targets.{target}]"),
+                    ));
+                }
+                routed.insert(target.as_str());
+            }
+        }
+        for (name, target) in &self.targets {
+            let field = |f: &str| format!("targets.{name}.{f}");
+            if !valid_target_name(name) {
+                return Err(self.invalid(
+                    format!("targets.{name}"),
+                    "target names use letters, digits, '-', '_' and '.' only",
+                ));
+            }
+            if !routed.contains(name.as_str()) {
+                return Err(self.invalid(
+                    format!("targets.{name}"),
+                    "no route sends events to this target; add it to a [[routes]] entry",
+                ));
+            }
+            if target.plugin.trim().is_empty() {
+                return Err(self.invalid(field("plugin"), "is empty"));
+            }
+            if target.batch_size == Some(0) {
+                return Err(self.invalid(field("batch_size"), "must be at least 1"));
+            }
+            let retry = &target.retry;
+            if retry.max_attempts == 0 {
+                return Err(self.invalid(field("retry.max_attempts"), "must be at least 1"));
+            }
+            if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
+                return Err(self.invalid(field("retry.multiplier"), "must be at least 1.0"));
+            }
+            if !(0.0..=1.0).contains(&retry.jitter) {
+                return Err(self.invalid(field("retry.jitter"), "must be between 0 and 1"));
+            }
+            if retry.max_backoff < retry.initial_backoff {
+                return Err(self.invalid(
+                    field("retry.max_backoff"),
+                    "must not be shorter than retry.initial_backoff",
+                ));
+            }
+            let sandbox = &target.sandbox;
+            if sandbox.memory_mb == 0 || sandbox.memory_mb > 4096 {
+                return Err(self.invalid(field("sandbox.memory_mb"), "must be between 1 and 4096"));
+            }
+            if sandbox.call_timeout < Duration::from_millis(10) {
+                return Err(self.invalid(field("sandbox.call_timeout"), "must be at least 10ms"));
+            }
+            for guest in sandbox.dirs.keys() {
+                if !guest.starts_with('/') {
+                    return Err(self.invalid(
+                        field(&format!("sandbox.dirs.{guest}")),
+                        "guest paths must be absolute, e.g. \"/out\"",
+                    ));
+                }
+            }
+            for (i, addr) in sandbox.allow_tcp.iter().enumerate() {
+                if parse_host_port(addr).is_none() {
+                    return Err(self.invalid(
+                        field(&format!("sandbox.allow_tcp[{i}]")),
+                        format!("{addr:?} is not host:port"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch size that applies to `target`.
+    pub fn batch_size(&self, target: &TargetConfig) -> u32 {
+        target.batch_size.unwrap_or(self.relay.batch_size)
+    }
+
+    /// Where `target`'s plugin file is.
+    pub fn plugin_path(&self, target: &TargetConfig) -> PathBuf {
+        let p = Path::new(&target.plugin);
+        if target.plugin.ends_with(".wasm") || p.components().count() > 1 {
+            let base = self.source.parent().unwrap_or(Path::new("."));
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+        } else {
+            self.relay.plugin_dir.join(format!("{}.wasm", target.plugin))
+        }
+    }
+}
+
+fn valid_target_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Splits `host:port` (IPv6 in brackets). Returns `None` when malformed.
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// A URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        database = "sqlite://outbox.db"
+        [[routes]]
+        events = ["order.*"]
+        targets = ["audit"]
+        [targets.audit]
+        plugin = "file"
+        config = { path = "/out/events.jsonl" }
+        sandbox = { dirs = { "/out" = "out" } }
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/relay"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.database, "sqlite:///etc/relay/outbox.db");
+        assert_eq!(c.relay.batch_size, 100);
+        assert_eq!(c.relay.poll_interval, Duration::from_secs(1));
+        let audit = &c.targets["audit"];
+        assert_eq!(audit.retry, RetryPolicy::default());
+        assert_eq!(audit.sandbox.dirs["/out"], PathBuf::from("/etc/relay/out"));
+        assert_eq!(c.plugin_path(audit), PathBuf::from("/etc/relay/plugins/file.wasm"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = MINIMAL.replace("[[routes]]", "[relay]\nbatch_size = \"lots\"\n[[routes]]");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = MINIMAL.replace("plugin = \"file\"", "plugin = \"file\"\nbatchsize = 3");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("batchsize"), "{e}");
+    }
+
+    #[test]
+    fn route_to_unknown_target_names_the_route() {
+        let text = MINIMAL.replace("targets = [\"audit\"]", "targets = [\"audit\", \"nope\"]");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("routes[0].targets[1]") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (from, to, field) in [
+            ("plugin = \"file\"", "plugin = \"file\"\nretry = { jitter = 2.0 }", "targets.audit.retry.jitter"),
+            ("plugin = \"file\"", "plugin = \"file\"\nretry = { max_attempts = 0 }", "targets.audit.retry.max_attempts"),
+            ("\"/out\" = \"out\"", "\"out\" = \"out\"", "targets.audit.sandbox.dirs.out"),
+            ("events = [\"order.*\"]", "events = [\"order.[\"]", "routes[0].events[0]"),
+            ("dirs = {", "allow_tcp = [\"nowhere\"], dirs = {", "targets.audit.sandbox.allow_tcp[0]"),
+        ] {
+            let e = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
+            assert!(e.contains(field), "expected {field} in: {e}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OUTBOX_RELAY__RELAY__BATCH_SIZE", "7");
+            let c = Config::load(&path).map_err(|e| e.to_string())?;
+            assert_eq!(c.relay.batch_size, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}

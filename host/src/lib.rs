@@ -1,0 +1,45 @@
+//! # outbox-relay
+//!
+//! A transactional-outbox relay. Applications enqueue events in the same
+//! database transaction as their business data ([`producer`]); the relay reads
+//! committed events from the log and delivers each, at least once, to every
+//! target whose route matches, through transports that are WebAssembly
+//! components ([`plugin`]).
+//!
+//! # Layout
+//!
+//! Ports (traits the relay depends on) are kept apart from their adapters:
+//!
+//! - [`message`]: the domain types — [`NewMessage`], [`Message`], [`Envelope`], [`Outcome`].
+//! - [`producer`]: enqueue inside the caller's transaction. With only a storage
+//!   feature (`default-features = false, features = ["sqlite"]`) this and
+//!   [`storage`] are the whole crate, and wasmtime is not compiled.
+//! - [`storage`]: the storage port; [`storage::sqlite`] is its SQLite adapter.
+//! - [`transport`]: the transport port (`relay` feature).
+//! - [`plugin`]: the wasmtime adapter of the transport port: engine, sandbox,
+//!   compiled-component cache, long-lived instances.
+//! - [`config`]: TOML + environment configuration, validated.
+//! - [`routes`]: event-name globs to targets.
+//! - [`backoff`]: the retry schedule.
+//! - [`relay`]: the workers that tie it together; [`app`] wires them from a config.
+
+pub mod message;
+pub mod producer;
+pub mod storage;
+
+#[cfg(feature = "relay")]
+pub mod app;
+#[cfg(feature = "relay")]
+pub mod backoff;
+#[cfg(feature = "relay")]
+pub mod config;
+#[cfg(feature = "relay")]
+pub mod plugin;
+#[cfg(feature = "relay")]
+pub mod relay;
+#[cfg(feature = "relay")]
+pub mod routes;
+#[cfg(feature = "relay")]
+pub mod transport;
+
+pub use message::{Envelope, Headers, Message, NewMessage, Outcome};

@@ -1,0 +1,195 @@
+//! The outbox message as producers write it and as the relay reads it back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Header map: lower-case names to string values.
+pub type Headers = BTreeMap<String, String>;
+
+/// What a producer hands to [`crate::producer`] to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub event_name: String,
+    pub partition_key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Headers,
+}
+
+impl NewMessage {
+    /// A message with a fresh UUIDv7 id, no key and no headers.
+    pub fn new(event_name: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            event_name: event_name.into(),
+            partition_key: None,
+            payload: payload.into(),
+            headers: Headers::new(),
+        }
+    }
+
+    /// Messages with the same key keep their order on an ordered target.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    pub fn with_header(mut self, name: impl AsRef<str>, value: impl Into<String>) -> Self {
+        self.headers
+            .insert(name.as_ref().to_ascii_lowercase(), value.into());
+        self
+    }
+}
+
+/// A committed message, read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Position in the log; monotonic in commit order.
+    pub seq: i64,
+    pub id: Uuid,
+    pub event_name: String,
+    pub partition_key: Option<String>,
+    pub partition: u32,
+    pub payload: Vec<u8>,
+    pub headers: Headers,
+    pub created_at_ms: i64,
+}
+
+/// A row that a producer wrote but that the relay cannot decode. It is
+/// dead-lettered with `reason` instead of blocking the messages behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedMessage {
+    pub seq: i64,
+    /// The id as written, which may itself be what is malformed.
+    pub id: String,
+    pub event_name: String,
+    pub reason: String,
+}
+
+/// One row of the log as decoded: usable, or malformed with a reason.
+pub type LogEntry = Result<Message, MalformedMessage>;
+
+/// A message on its way to one target, on one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub message: Message,
+    /// 1 on the first attempt at this target.
+    pub attempt: u32,
+}
+
+/// What became of one envelope, as a transport reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Transient: try again after back-off, no sooner than `delay_ms` if given.
+    Retry {
+        reason: String,
+        delay_ms: Option<u64>,
+    },
+    /// Permanent: dead-letter with this reason.
+    Reject(String),
+}
+
+impl Outcome {
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Outcome::Retry {
+            reason: reason.into(),
+            delay_ms: None,
+        }
+    }
+}
+
+/// Decodes a stored headers column (JSON object of strings). Names are lower-cased.
+pub fn decode_headers(raw: &str) -> Result<Headers, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| format!("headers are not valid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("headers must be a JSON object of strings".into());
+    };
+    let mut headers = Headers::new();
+    for (name, value) in map {
+        match value {
+            serde_json::Value::String(s) => {
+                headers.insert(name.to_ascii_lowercase(), s);
+            }
+            other => {
+                return Err(format!(
+                    "header {name:?} must be a string, found {}",
+                    json_kind(&other)
+                ));
+            }
+        }
+    }
+    Ok(headers)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Encodes headers for storage.
+pub fn encode_headers(headers: &Headers) -> String {
+    // A BTreeMap<String, String> always serialises.
+    serde_json::to_string(headers).unwrap_or_else(|_| "{}".into())
+}
+
+/// The partition of a message: a stable hash of its key (or, without a key,
+/// its id) modulo the partition count. FNV-1a, so producers in any language
+/// can compute the same value (see docs/producers.md).
+pub fn partition_of(partition_key: Option<&str>, id: &Uuid, partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let id_text;
+    let key = match partition_key {
+        Some(k) => k,
+        None => {
+            id_text = id.to_string();
+            &id_text
+        }
+    };
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key.as_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_decode_and_lowercase() {
+        let h = decode_headers(r#"{"TraceParent":"00-abc","x":"y"}"#).unwrap();
+        assert_eq!(h.get("traceparent").map(String::as_str), Some("00-abc"));
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn bad_headers_have_reasons() {
+        assert!(decode_headers("not json").unwrap_err().contains("not valid JSON"));
+        assert!(decode_headers("[1]").unwrap_err().contains("JSON object"));
+        let e = decode_headers(r#"{"a":1}"#).unwrap_err();
+        assert!(e.contains("\"a\"") && e.contains("number"), "{e}");
+    }
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        let id = Uuid::now_v7();
+        // FNV-1a 32 of "order-42" is 0x572446f4; pinned so other languages can check.
+        assert_eq!(partition_of(Some("a"), &id, 1), 0);
+        assert_eq!(partition_of(Some("order-42"), &id, 16), 0x5724_46f4 % 16);
+        assert_eq!(partition_of(Some("order-42"), &Uuid::now_v7(), 16), 4);
+    }
+}

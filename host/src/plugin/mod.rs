@@ -1,0 +1,236 @@
+//! The WebAssembly adapter of the transport port.
+//!
+//! A [`PluginRuntime`] owns one wasmtime [`Engine`] (component model, async,
+//! epoch interruption) and an on-disk cache of compiled components. Loading a
+//! plugin checks that it is a component built against this host's WIT package
+//! version, then prepares an [`InstancePre`](wasmtime::component::InstancePre)
+//! from which each relay worker makes its own long-lived instance
+//! ([`WasmTransport`]).
+
+mod bindings;
+mod cache;
+mod sandbox;
+mod wasm_transport;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Engine, Store};
+
+pub use bindings::{TRANSPORT_INTERFACE, WIT_PACKAGE, WIT_VERSION};
+use bindings::{TransportPlugin, TransportPluginPre};
+pub use sandbox::{GuestStderr, PluginState};
+pub use wasm_transport::{TargetPlugin, WasmTransport, WasmTransportFactory};
+
+/// How often the engine's epoch advances; the granularity of call time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin {path}: cannot read the file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plugin {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("plugin {path}: built against {found}, but this host speaks {WIT_PACKAGE}@{WIT_VERSION}; rebuild it with a compatible outbox-relay-guest")]
+    VersionMismatch { path: String, found: String },
+    #[error("plugin {path}: {message}")]
+    Engine { path: String, message: String },
+}
+
+/// What `plugins check` prints about a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub path: String,
+    pub sha256: String,
+    pub kind: &'static str,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    pub cached: bool,
+}
+
+/// A compiled, checked component, ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pub name: Arc<str>,
+    pub info: PluginInfo,
+    pre: TransportPluginPre<PluginState>,
+}
+
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: PathBuf,
+}
+
+impl PluginRuntime {
+    pub fn new(cache_dir: &Path) -> Result<Self, PluginError> {
+        let engine_error = |e: wasmtime::Error| PluginError::Engine {
+            path: "(engine)".into(),
+            message: format!("{e:#}"),
+        };
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        spawn_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+        TransportPlugin::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(engine_error)?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, checks and compiles (or loads from cache) the transport at `path`.
+    pub fn load_transport(&self, name: &str, path: &Path) -> Result<LoadedPlugin, PluginError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        check_is_component(&shown, &bytes)?;
+        let (component, sha256, cached) = cache::compile(&self.engine, &self.cache_dir, &bytes)
+            .map_err(|e| PluginError::Invalid {
+                path: shown.clone(),
+                message: format!("not a valid component: {e:#}"),
+            })?;
+        let (exports, imports) = describe(&self.engine, &component);
+        let info = PluginInfo {
+            path: shown.clone(),
+            sha256,
+            kind: "transport",
+            exports,
+            imports,
+            cached,
+        };
+        check_version(&shown, &info)?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::Invalid {
+                    path: shown.clone(),
+                    message: format!("imports something this host does not provide: {e:#}"),
+                })?;
+        let pre = TransportPluginPre::new(instance_pre).map_err(|e| PluginError::Invalid {
+            path: shown.clone(),
+            message: format!("does not match the transport world: {e:#}"),
+        })?;
+        Ok(LoadedPlugin {
+            name: Arc::from(name),
+            info,
+            pre,
+        })
+    }
+
+    fn new_store(&self, state: PluginState) -> Store<PluginState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        // Yield to tokio on every tick, so a busy guest never holds a worker
+        // thread; trap once the call's deadline has passed.
+        store.epoch_deadline_callback(|ctx| {
+            if std::time::Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Error::msg("time limit exceeded"))
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the epoch thread; plugin time limits will not fire");
+    }
+}
+
+/// Distinguishes "not wasm at all" and "a core module" from a component, so the
+/// operator gets the right advice.
+fn check_is_component(path: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    let invalid = |message: &str| PluginError::Invalid {
+        path: path.to_string(),
+        message: message.to_string(),
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(invalid("not a WebAssembly file (no \\0asm header)"));
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(invalid(
+            "is a core WebAssembly module, not a component; build it for wasm32-wasip2 with outbox-relay-guest",
+        ));
+    }
+    Ok(())
+}
+
+fn describe(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
+    let ty = component.component_type();
+    let kind = |item: &ComponentItem| match item {
+        ComponentItem::ComponentInstance(_) => "interface",
+        ComponentItem::ComponentFunc(_) => "function",
+        _ => "item",
+    };
+    let exports = ty
+        .exports(engine)
+        .map(|(name, item)| format!("{name} ({})", kind(&item)))
+        .collect();
+    let imports = ty
+        .imports(engine)
+        .map(|(name, item)| format!("{name} ({})", kind(&item)))
+        .collect();
+    (exports, imports)
+}
+
+fn check_version(path: &str, info: &PluginInfo) -> Result<(), PluginError> {
+    let export_names: Vec<&str> = info
+        .exports
+        .iter()
+        .map(|e| e.split(' ').next().unwrap_or(""))
+        .collect();
+    if export_names.contains(&TRANSPORT_INTERFACE) {
+        return Ok(());
+    }
+    let prefix = format!("{WIT_PACKAGE}/");
+    if let Some(other) = export_names.iter().find(|n| n.starts_with(&prefix)) {
+        let found = other.split_once('/').map_or(*other, |(_, rest)| rest);
+        let version = found.split_once('@').map_or("(unversioned)", |(_, v)| v);
+        return Err(PluginError::VersionMismatch {
+            path: path.to_string(),
+            found: format!("{WIT_PACKAGE}@{version} (exports {other})"),
+        });
+    }
+    Err(PluginError::Invalid {
+        path: path.to_string(),
+        message: format!(
+            "does not export {TRANSPORT_INTERFACE}; it exports: {}",
+            if export_names.is_empty() { "nothing".to_string() } else { export_names.join(", ") }
+        ),
+    })
+}

@@ -1,0 +1,218 @@
+//! What a plugin instance may touch: its WASI context (no environment, only the
+//! directories and TCP addresses its target grants), its memory cap, and the
+//! stderr buffer that failures report.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::outbox::relay::{log, types};
+use crate::config::{SandboxConfig, parse_host_port};
+
+/// The data of one plugin instance's `Store`.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) plugin: Arc<str>,
+    pub(super) target: Arc<str>,
+    /// When the current call must end; checked on every epoch tick.
+    pub(super) deadline: Instant,
+}
+
+impl PluginState {
+    pub fn new(
+        plugin: Arc<str>,
+        target: Arc<str>,
+        sandbox: &SandboxConfig,
+        stderr: GuestStderr,
+    ) -> Result<Self, String> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr).stdout(tokio::io::stdout());
+        for (guest, host) in &sandbox.dirs {
+            std::fs::create_dir_all(host)
+                .map_err(|e| format!("cannot create sandbox directory {}: {e}", host.display()))?;
+            wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
+                .map_err(|e| format!("cannot map {} into the sandbox: {e}", host.display()))?;
+        }
+        if !sandbox.allow_tcp.is_empty() {
+            let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
+            wasi.allow_tcp(true).allow_ip_name_lookup(true);
+            wasi.socket_addr_check(move |addr, usage| {
+                let ok = matches!(usage, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
+                Box::pin(async move { ok })
+            });
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(sandbox.memory_mb as usize * 1024 * 1024)
+            .instances(16)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        Ok(Self {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            target,
+            deadline: Instant::now(),
+        })
+    }
+}
+
+/// Resolves the allowed `host:port` pairs to socket addresses once, at instance creation.
+fn resolve_allowed(entries: &[String]) -> HashSet<SocketAddr> {
+    let mut out = HashSet::new();
+    for entry in entries {
+        if let Some((host, port)) = parse_host_port(entry) {
+            match (host.as_str(), port).to_socket_addrs() {
+                Ok(addrs) => out.extend(addrs),
+                Err(e) => tracing::warn!(entry, error = %e, "cannot resolve an allowed address"),
+            }
+        }
+    }
+    out
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let (plugin, target) = (&*self.plugin, &*self.target);
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, target, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, target, "{message}"),
+            log::Level::Info => tracing::info!(plugin, target, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, target, "{message}"),
+            log::Level::Error => tracing::error!(plugin, target, "{message}"),
+        }
+    }
+}
+
+/// A bounded buffer for a guest's stderr. It keeps the first `capacity` bytes
+/// written since the last [`GuestStderr::take`] and counts the rest, so a guest
+/// that writes without end costs the host nothing but the count.
+#[derive(Clone)]
+pub struct GuestStderr {
+    inner: Arc<Mutex<StderrBuf>>,
+}
+
+struct StderrBuf {
+    capacity: usize,
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+impl GuestStderr {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(StderrBuf {
+                capacity,
+                bytes: Vec::new(),
+                dropped: 0,
+            })),
+        }
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let room = buf.capacity.saturating_sub(buf.bytes.len());
+        let kept = room.min(data.len());
+        buf.bytes.extend_from_slice(&data[..kept]);
+        buf.dropped += (data.len() - kept) as u64;
+    }
+
+    /// Returns what was written since the last call, and clears it.
+    pub fn take(&self) -> String {
+        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut text = String::from_utf8_lossy(&buf.bytes).into_owned();
+        if buf.dropped > 0 {
+            text.push_str(&format!(" [... {} more bytes dropped]", buf.dropped));
+        }
+        buf.bytes.clear();
+        buf.dropped = 0;
+        text
+    }
+}
+
+impl IsTerminal for GuestStderr {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestStderr {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for GuestStderr {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestStderr {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestStderr {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_is_bounded_and_cleared() {
+        let s = GuestStderr::new(8);
+        s.push(b"hello ");
+        s.push(b"world, and more");
+        assert_eq!(s.take(), "hello wo [... 13 more bytes dropped]");
+        assert_eq!(s.take(), "");
+    }
+}

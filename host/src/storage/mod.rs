@@ -1,0 +1,213 @@
+//! The storage port: what the relay needs from a database, in batch form.
+//!
+//! The outbox is an append-only log. Each target keeps a cursor per partition,
+//! and a side table holds the messages that failed at a target (waiting for a
+//! retry, or dead). The seed's four operations map onto it like this:
+//!
+//! | seed | here |
+//! |---|---|
+//! | `save` | [`Storage::save`] (and [`crate::producer`] inside a caller's transaction) |
+//! | `fetch_pending` | [`Storage::fetch_pending`] after a [`Lease`], plus [`Storage::claim_retries`] |
+//! | `mark_published` | [`Storage::mark_published`]: one cursor write per batch |
+//! | `increment_retry` | the failures carried by [`BatchAck`], and [`Storage::settle_retries`] |
+//!
+//! Every backend runs the same conformance tests (`tests/storage.rs`).
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::message::{LogEntry, NewMessage};
+
+/// Errors from a storage backend, mapped from the driver's before they reach a caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot reach the database at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the lease on target {target:?} partition {partition} is no longer held by {owner}")]
+    LeaseLost {
+        target: String,
+        partition: u32,
+        owner: String,
+    },
+    #[error(
+        "the database was set up with {stored} partitions but the config asks for {configured}; \
+         changing the partition count of an existing outbox is not supported"
+    )]
+    PartitionMismatch { stored: u32, configured: u32 },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StorageError {
+    /// True when retrying the same call later may succeed (connection trouble, a busy database).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Connect { .. } => true,
+            StorageError::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ) || e
+                .as_database_error()
+                .is_some_and(|d| d.message().contains("locked") || d.message().contains("busy")),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A relay's exclusive right to read one partition of one target, until `expires_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub target: String,
+    pub partition: u32,
+    pub owner: String,
+    /// The `seq` of the last message this target has passed in this partition.
+    pub position: i64,
+}
+
+/// What happens to a message that did not get delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again no earlier than this time (ms since the Unix epoch).
+    RetryAt(i64),
+    /// Give up: the message becomes a dead letter.
+    Dead,
+}
+
+/// A message that failed at a target, with how many attempts it has had so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub seq: i64,
+    pub message_id: String,
+    pub attempts: u32,
+    pub error: String,
+    pub disposition: Disposition,
+}
+
+/// The result of one batch read under a lease: move the cursor to `position`,
+/// and record the failures, in one transaction.
+#[derive(Debug, Clone)]
+pub struct BatchAck<'a> {
+    pub lease: &'a Lease,
+    pub position: i64,
+    pub failures: Vec<Failure>,
+}
+
+/// A retry that is due, claimed by one relay until its claim expires.
+#[derive(Debug, Clone)]
+pub struct DueRetry {
+    pub entry: LogEntry,
+    /// Attempts already made.
+    pub attempts: u32,
+}
+
+/// What became of a claimed retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered { seq: i64 },
+    Failed(Failure),
+}
+
+/// One dead letter, as operators list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub target: String,
+    pub seq: i64,
+    pub message_id: String,
+    pub event_name: Option<String>,
+    pub attempts: u32,
+    pub last_error: String,
+    pub dead_at_ms: i64,
+}
+
+/// Per-target figures for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    /// Messages in the log beyond this target's cursors.
+    pub lag: i64,
+    /// Age of the oldest message beyond the cursors, in ms.
+    pub oldest_pending_age_ms: Option<i64>,
+    pub retries_pending: i64,
+    pub dead_letters: i64,
+    /// Current lease holders, one entry per held partition.
+    pub lease_owners: Vec<String>,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Applies the schema migrations (idempotent).
+    async fn migrate(&self) -> Result<()>;
+
+    /// The partition count this outbox was set up with; the first call fixes it.
+    async fn ensure_partitions(&self, configured: u32) -> Result<u32>;
+
+    /// Enqueues messages in one transaction of the storage's own (for operators
+    /// and demos; applications use [`crate::producer`] in their own transaction).
+    async fn save(&self, messages: &[NewMessage]) -> Result<()>;
+
+    /// Takes or renews the lease on (`target`, `partition`) for `owner`, if it is
+    /// free, expired or already `owner`'s. Returns the lease with the cursor position.
+    async fn acquire_lease(
+        &self,
+        target: &str,
+        partition: u32,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Gives a lease up so another relay can take it at once.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Up to `limit` log entries of `partition` after `after`, in log order.
+    async fn fetch_pending(&self, partition: u32, after: i64, limit: u32) -> Result<Vec<LogEntry>>;
+
+    /// Advances the cursor and records failures atomically. Fails with
+    /// [`StorageError::LeaseLost`] if the lease has passed to another owner.
+    async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()>;
+
+    /// Claims up to `limit` due retries of `target` for `owner`, for `claim_ttl`.
+    async fn claim_retries(
+        &self,
+        target: &str,
+        owner: &str,
+        limit: u32,
+        claim_ttl: Duration,
+    ) -> Result<Vec<DueRetry>>;
+
+    /// Settles claimed retries: delivered ones are removed, failed ones rescheduled or dead.
+    async fn settle_retries(&self, target: &str, settlements: &[Settlement]) -> Result<()>;
+
+    /// Status figures for each named target.
+    async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>>;
+
+    /// Dead letters, newest first; all targets when `target` is `None`.
+    async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>>;
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

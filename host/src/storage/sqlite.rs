@@ -1,0 +1,463 @@
+//! SQLite adapter of the storage port: a single file in WAL mode.
+//!
+//! Writes take the database lock up front (`BEGIN IMMEDIATE`) so two writers
+//! never deadlock upgrading a read lock; SQLite serialises them, which is also
+//! why rowid order is commit order here.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+use uuid::Uuid;
+
+use super::{
+    BatchAck, DeadLetter, DueRetry, Disposition, Failure, Lease, Result, Settlement, Storage,
+    StorageError, TargetStatus, duration_ms, now_ms,
+};
+use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, decode_headers};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The columns every log read selects, in the order [`decode_entry`] expects.
+/// Casts make rows written by other producers decodable, whatever their types.
+const MESSAGE_COLUMNS: &str = "m.seq, CAST(m.id AS TEXT) AS id, CAST(m.event_name AS TEXT) AS event_name, \
+     CAST(m.partition_key AS TEXT) AS partition_key, m.partition, CAST(m.payload AS BLOB) AS payload, \
+     CAST(m.headers AS TEXT) AS headers, m.created_at_ms";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let connect_error = |source| StorageError::Connect {
+            url: url.to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(connect_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Reads the partition count that the outbox was set up with (1 if never set).
+pub(crate) async fn stored_partitions(conn: &mut SqliteConnection) -> Result<u32> {
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT value FROM outbox_settings WHERE key = 'partitions'")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
+}
+
+fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
+    let seq: i64 = row.try_get("seq")?;
+    let id_text: Option<String> = row.try_get("id")?;
+    let event_name: Option<String> = row.try_get("event_name")?;
+    let id_text = id_text.unwrap_or_default();
+    let event_name = event_name.unwrap_or_default();
+    let malformed = |reason: String| {
+        Ok(Err(MalformedMessage {
+            seq,
+            id: id_text.clone(),
+            event_name: event_name.clone(),
+            reason,
+        }))
+    };
+    let id = match Uuid::parse_str(&id_text) {
+        Ok(id) => id,
+        Err(e) => return malformed(format!("id {id_text:?} is not a UUID: {e}")),
+    };
+    if event_name.trim().is_empty() {
+        return malformed("event name is empty".into());
+    }
+    let headers_raw: Option<String> = row.try_get("headers")?;
+    let headers = match decode_headers(headers_raw.as_deref().unwrap_or("{}")) {
+        Ok(h) => h,
+        Err(reason) => return malformed(reason),
+    };
+    let partition: i64 = row.try_get("partition")?;
+    let payload: Option<Vec<u8>> = row.try_get("payload")?;
+    Ok(Ok(Message {
+        seq,
+        id,
+        event_name,
+        partition_key: row.try_get("partition_key")?,
+        partition: u32::try_from(partition).unwrap_or(0),
+        payload: payload.unwrap_or_default(),
+        headers,
+        created_at_ms: row.try_get::<Option<i64>, _>("created_at_ms")?.unwrap_or(0),
+    }))
+}
+
+fn history_entry(f: &Failure, at_ms: i64) -> String {
+    serde_json::json!({ "attempt": f.attempts, "at_ms": at_ms, "error": f.error }).to_string()
+}
+
+fn disposition_columns(d: &Disposition) -> (&'static str, i64) {
+    match d {
+        Disposition::RetryAt(at) => ("retry", *at),
+        Disposition::Dead => ("dead", 0),
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ensure_partitions(&self, configured: u32) -> Result<u32> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT OR IGNORE INTO outbox_settings (key, value) VALUES ('partitions', ?)")
+            .bind(configured.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let stored = stored_partitions(&mut tx).await?;
+        tx.commit().await?;
+        if stored != configured {
+            return Err(StorageError::PartitionMismatch { stored, configured });
+        }
+        Ok(stored)
+    }
+
+    async fn save(&self, messages: &[NewMessage]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for message in messages {
+            crate::producer::sqlite::enqueue(&mut tx, message).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        target: &str,
+        partition: u32,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO outbox_cursors (target, partition, position, lease_owner, lease_expires_ms, updated_at_ms)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5)
+             ON CONFLICT (target, partition) DO UPDATE
+                SET lease_owner = excluded.lease_owner,
+                    lease_expires_ms = excluded.lease_expires_ms
+              WHERE outbox_cursors.lease_owner IS NULL
+                 OR outbox_cursors.lease_owner = excluded.lease_owner
+                 OR outbox_cursors.lease_expires_ms < ?5
+             RETURNING position",
+        )
+        .bind(target)
+        .bind(i64::from(partition))
+        .bind(owner)
+        .bind(now.saturating_add(duration_ms(ttl)))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(Lease {
+                target: target.to_string(),
+                partition,
+                owner: owner.to_string(),
+                position: row.try_get("position")?,
+            }),
+            None => None,
+        })
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox_cursors SET lease_owner = NULL, lease_expires_ms = 0
+             WHERE target = ? AND partition = ? AND lease_owner = ?",
+        )
+        .bind(&lease.target)
+        .bind(i64::from(lease.partition))
+        .bind(&lease.owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fetch_pending(&self, partition: u32, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox_messages m
+             WHERE m.partition = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(partition))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_entry).collect()
+    }
+
+    async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()> {
+        let now = now_ms();
+        let lease = ack.lease;
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE outbox_cursors SET position = max(position, ?), updated_at_ms = ?
+             WHERE target = ? AND partition = ? AND lease_owner = ?",
+        )
+        .bind(ack.position)
+        .bind(now)
+        .bind(&lease.target)
+        .bind(i64::from(lease.partition))
+        .bind(&lease.owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StorageError::LeaseLost {
+                target: lease.target.clone(),
+                partition: lease.partition,
+                owner: lease.owner.clone(),
+            });
+        }
+        for failure in &ack.failures {
+            let (state, next) = disposition_columns(&failure.disposition);
+            sqlx::query(
+                "INSERT INTO outbox_deliveries
+                    (target, seq, message_id, state, attempts, next_attempt_ms, last_error, history, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_array(json(?8)), ?9)
+                 ON CONFLICT (target, seq) DO UPDATE SET
+                    state = excluded.state, attempts = excluded.attempts,
+                    next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error,
+                    history = json_insert(outbox_deliveries.history, '$[#]', json(?8)),
+                    updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&lease.target)
+            .bind(failure.seq)
+            .bind(&failure.message_id)
+            .bind(state)
+            .bind(i64::from(failure.attempts))
+            .bind(next)
+            .bind(&failure.error)
+            .bind(history_entry(failure, now))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_retries(
+        &self,
+        target: &str,
+        owner: &str,
+        limit: u32,
+        claim_ttl: Duration,
+    ) -> Result<Vec<DueRetry>> {
+        let now = now_ms();
+        let claim_expires = now.saturating_add(duration_ms(claim_ttl));
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query(
+            "UPDATE outbox_deliveries SET claim_owner = ?1, claim_expires_ms = ?2
+             WHERE rowid IN (
+                SELECT rowid FROM outbox_deliveries
+                WHERE target = ?3 AND state = 'retry' AND next_attempt_ms <= ?4 AND claim_expires_ms <= ?4
+                ORDER BY next_attempt_ms, seq LIMIT ?5)",
+        )
+        .bind(owner)
+        .bind(claim_expires)
+        .bind(target)
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.seq AS d_seq, CAST(d.message_id AS TEXT) AS d_id, d.attempts, {MESSAGE_COLUMNS}
+             FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE d.target = ? AND d.claim_owner = ? AND d.claim_expires_ms = ?
+             ORDER BY d.seq"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target)
+            .bind(owner)
+            .bind(claim_expires)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let attempts: i64 = row.try_get("attempts")?;
+                let found: Option<i64> = row.try_get("seq")?;
+                let entry = if found.is_some() {
+                    decode_entry(row)?
+                } else {
+                    Err(MalformedMessage {
+                        seq: row.try_get("d_seq")?,
+                        id: row.try_get("d_id")?,
+                        event_name: String::new(),
+                        reason: "the message is no longer in the log".into(),
+                    })
+                };
+                Ok(DueRetry {
+                    entry,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn settle_retries(&self, target: &str, settlements: &[Settlement]) -> Result<()> {
+        if settlements.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        for settlement in settlements {
+            match settlement {
+                Settlement::Delivered { seq } => {
+                    sqlx::query("DELETE FROM outbox_deliveries WHERE target = ? AND seq = ?")
+                        .bind(target)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Settlement::Failed(failure) => {
+                    let (state, next) = disposition_columns(&failure.disposition);
+                    sqlx::query(
+                        "UPDATE outbox_deliveries SET
+                            state = ?1, attempts = ?2, next_attempt_ms = ?3, last_error = ?4,
+                            history = json_insert(history, '$[#]', json(?5)),
+                            claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ?6
+                         WHERE target = ?7 AND seq = ?8",
+                    )
+                    .bind(state)
+                    .bind(i64::from(failure.attempts))
+                    .bind(next)
+                    .bind(&failure.error)
+                    .bind(history_entry(failure, now))
+                    .bind(now)
+                    .bind(target)
+                    .bind(failure.seq)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>> {
+        let mut conn = self.pool.acquire().await?;
+        let partitions = stored_partitions(&mut conn).await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(targets.len());
+        for target in targets {
+            let cursors = sqlx::query(
+                "SELECT partition, position, lease_owner, lease_expires_ms FROM outbox_cursors WHERE target = ?",
+            )
+            .bind(target)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut lag = 0;
+            let mut oldest: Option<i64> = None;
+            let mut lease_owners = Vec::new();
+            for partition in 0..partitions {
+                let cursor = cursors
+                    .iter()
+                    .find(|r| r.try_get::<i64, _>("partition").ok() == Some(i64::from(partition)));
+                let position = match cursor {
+                    Some(r) => {
+                        let owner: Option<String> = r.try_get("lease_owner")?;
+                        let expires: i64 = r.try_get("lease_expires_ms")?;
+                        if let Some(owner) = owner.filter(|_| expires >= now) {
+                            lease_owners.push(format!("{owner} (p{partition})"));
+                        }
+                        r.try_get("position")?
+                    }
+                    None => 0_i64,
+                };
+                let row = sqlx::query(
+                    "SELECT count(*) AS n, min(created_at_ms) AS oldest FROM outbox_messages
+                     WHERE partition = ? AND seq > ?",
+                )
+                .bind(i64::from(partition))
+                .bind(position)
+                .fetch_one(&mut *conn)
+                .await?;
+                lag += row.try_get::<i64, _>("n")?;
+                if let Some(o) = row.try_get::<Option<i64>, _>("oldest")? {
+                    oldest = Some(oldest.map_or(o, |cur| cur.min(o)));
+                }
+            }
+            let counts = sqlx::query(
+                "SELECT coalesce(sum(state = 'retry'), 0) AS retries, coalesce(sum(state = 'dead'), 0) AS dead
+                 FROM outbox_deliveries WHERE target = ?",
+            )
+            .bind(target)
+            .fetch_one(&mut *conn)
+            .await?;
+            out.push(TargetStatus {
+                target: target.clone(),
+                lag,
+                oldest_pending_age_ms: oldest.map(|o| (now - o).max(0)),
+                retries_pending: counts.try_get("retries")?,
+                dead_letters: counts.try_get("dead")?,
+                lease_owners,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT d.target, d.seq, d.message_id, CAST(m.event_name AS TEXT) AS event_name, d.attempts,
+                    d.last_error, d.updated_at_ms
+             FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE d.state = 'dead' AND (?1 IS NULL OR d.target = ?1)
+             ORDER BY d.updated_at_ms DESC, d.seq DESC LIMIT ?2",
+        )
+        .bind(target)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    target: r.try_get("target")?,
+                    seq: r.try_get("seq")?,
+                    message_id: r.try_get("message_id")?,
+                    event_name: r.try_get("event_name")?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    last_error: r.try_get("last_error")?,
+                    dead_at_ms: r.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+}

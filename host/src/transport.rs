@@ -1,0 +1,56 @@
+//! The transport port: how the relay hands a batch to a delivery target.
+//!
+//! The relay only knows this trait. The WebAssembly adapter lives in
+//! [`crate::plugin`]; tests and benchmarks can plug in native transports.
+
+use async_trait::async_trait;
+
+use crate::message::{Envelope, Outcome};
+
+/// A failure of the transport as a whole, not of one message: the plugin
+/// trapped, timed out, could not start, or broke the batch contract. Every
+/// envelope of the batch is then retried (or dead-lettered when out of attempts).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin:?} (target {target:?}): {kind}{}", stderr_suffix(.stderr))]
+pub struct TransportError {
+    pub plugin: String,
+    pub target: String,
+    pub kind: TransportErrorKind,
+    /// What the guest wrote to stderr during the failed call (possibly truncated).
+    pub stderr: String,
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let trimmed = stderr.trim();
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("; guest stderr: {trimmed}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportErrorKind {
+    #[error("could not start the plugin: {0}")]
+    Instantiate(String),
+    #[error("init rejected the target config: {0}")]
+    Init(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("exceeded its time limit of {0} ms")]
+    Timeout(u64),
+    #[error("returned {got} outcomes for a batch of {expected}")]
+    OutcomeCount { expected: usize, got: usize },
+}
+
+#[async_trait]
+pub trait Transport: Send {
+    /// Delivers a batch, returning one outcome per envelope, in order.
+    async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError>;
+}
+
+/// Makes one transport instance per relay worker of a target.
+#[async_trait]
+pub trait TransportFactory: Send + Sync {
+    async fn create(&self, target: &str) -> Result<Box<dyn Transport>, TransportError>;
+}
