@@ -1,1 +1,173 @@
+//! Shared harness for the integration tests: where the components are, a
+//! scratch directory with a config and a real SQLite file, an in-process relay,
+//! and helpers to wait for what the relay does.
 
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_relay::NewMessage;
+use outbox_relay::config::Config;
+use outbox_relay::storage::sqlite::SqliteStorage;
+use outbox_relay::storage::{DeadLetter, Storage};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Directory holding every built component (`file.wasm`, `trap.wasm`, ...).
+pub fn components_dir() -> PathBuf {
+    PathBuf::from(env!("OUTBOX_TEST_COMPONENTS"))
+}
+
+/// The path of one built component; panics with advice if it is missing.
+pub fn component(name: &str) -> PathBuf {
+    let path = components_dir().join(format!("{name}.wasm"));
+    assert!(path.is_file(), "component {} was not built (see tests/build.rs)", path.display());
+    path
+}
+
+/// A scratch directory with a SQLite database and a config file.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.path().join("outbox.db").display())
+    }
+
+    /// Writes `relay.toml`: the database, fast test timings, the built
+    /// components as the plugin directory, then `body` (routes and targets).
+    pub fn write_config(&self, body: &str) -> PathBuf {
+        let text = format!(
+            r#"database = "{db}"
+
+[relay]
+poll_interval = "50ms"
+lease_ttl = "3s"
+claim_timeout = "10s"
+shutdown_grace = "5s"
+plugin_dir = "{plugins}"
+cache_dir = "{cache}"
+
+{body}
+"#,
+            db = self.database_url(),
+            plugins = components_dir().display(),
+            cache = env!("OUTBOX_TEST_CACHE"),
+        );
+        let path = self.path().join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn load_config(&self, body: &str) -> Config {
+        let path = self.write_config(body);
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Opens the database (migrated) as the producer side would.
+    pub async fn storage(&self) -> SqliteStorage {
+        let storage = SqliteStorage::connect(&self.database_url()).await.unwrap();
+        storage.migrate().await.unwrap();
+        storage
+    }
+}
+
+/// A relay running in this process.
+pub struct RunningRelay {
+    shutdown: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    pub async fn start(config: &Config) -> Self {
+        let relay = outbox_relay::app::build_relay(config)
+            .await
+            .unwrap_or_else(|e| panic!("relay did not start: {e}"));
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            relay.run(token).await.unwrap();
+        });
+        Self { shutdown, handle }
+    }
+
+    /// True while the relay task is alive (it never ends on its own).
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("relay did not stop within 20s")
+            .unwrap();
+    }
+}
+
+/// Enqueues `n` messages named `event` with JSON payloads `{"n": i}`; returns them.
+pub async fn enqueue(storage: &SqliteStorage, event: &str, n: usize) -> Vec<NewMessage> {
+    let messages: Vec<NewMessage> = (0..n)
+        .map(|i| {
+            NewMessage::new(event, format!("{{\"n\":{i}}}").into_bytes())
+                .with_header("x-test", format!("value-{i}"))
+        })
+        .collect();
+    storage.save(&messages).await.unwrap();
+    messages
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`
+/// with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The JSON lines of a file, or none if it does not exist yet.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Dead letters of one target.
+pub async fn dead_letters(storage: &SqliteStorage, target: &str) -> Vec<DeadLetter> {
+    storage.dead_letters(Some(target), 10_000).await.unwrap()
+}
+
+/// Shared handle type for tests that need the storage as a trait object.
+pub type DynStorage = Arc<dyn Storage>;

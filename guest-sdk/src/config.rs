@@ -177,7 +177,12 @@ mod tests {
         assert_eq!(c.get_u64("n").unwrap(), 3);
         assert_eq!(c.get_opt_u64("n").unwrap(), Some(3));
         assert_eq!(c.get_opt_u64("missing").unwrap(), None);
-        assert!(c.get_u64("missing").unwrap_err().message().contains("`missing`"));
+        assert!(
+            c.get_u64("missing")
+                .unwrap_err()
+                .message()
+                .contains("`missing`")
+        );
         for key in ["neg", "f", "s"] {
             let err = c.get_opt_u64(key).unwrap_err();
             assert!(err.message().contains(&format!("`{key}`")), "{err}");
@@ -192,7 +197,10 @@ mod tests {
         assert!(!c.get_bool_or("f", true).unwrap());
         assert!(c.get_bool_or("missing", true).unwrap());
         let err = c.get_bool_or("s", true).unwrap_err();
-        assert!(err.message().contains("`s`") && err.message().contains("a boolean"), "{err}");
+        assert!(
+            err.message().contains("`s`") && err.message().contains("a boolean"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -140,7 +140,9 @@ mod tests {
         assert_eq!(envelope(&[0xff, 0xfe]).payload_str(), None);
         let v: serde_json::Value = envelope(b"{\"a\":1}").payload_json().unwrap();
         assert_eq!(v["a"], 1);
-        let err = envelope(b"nope").payload_json::<serde_json::Value>().unwrap_err();
+        let err = envelope(b"nope")
+            .payload_json::<serde_json::Value>()
+            .unwrap_err();
         assert!(err.message().contains("0190"), "{err}");
     }
 
@@ -162,6 +164,9 @@ mod tests {
         );
         assert_eq!(Outcome::reject("y"), Outcome::Reject("y".into()));
         assert!(Outcome::Delivered.is_delivered());
-        assert_eq!(HeaderEdit::set("a", "b"), HeaderEdit::Set("a".into(), "b".into()));
+        assert_eq!(
+            HeaderEdit::set("a", "b"),
+            HeaderEdit::Set("a".into(), "b".into())
+        );
     }
 }

@@ -1,8 +1,88 @@
-//! sdk
+//! Write [outbox-relay] transports and header injectors as WebAssembly
+//! components.
+//!
+//! outbox-relay reads committed events from a transactional outbox and hands
+//! them, in batches, to *transports*: sandboxed WebAssembly components, one per
+//! kind of target (a webhook, a broker, a file). *Injectors* edit each
+//! envelope's headers on the way. This crate is all a plugin author needs: a
+//! trait per plugin kind, an export macro, and a few helpers. The WIT bindings
+//! underneath are private.
+//!
+//! ```
+//! use outbox_relay_guest::{Config, Envelope, Outcome, Result, Transport};
+//!
+//! struct Discard;
+//!
+//! impl Transport for Discard {
+//!     fn init(_target: &str, _config: &Config) -> Result<Self> {
+//!         Ok(Discard)
+//!     }
+//!
+//!     fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
+//!         batch.iter().map(|_| Outcome::Delivered).collect()
+//!     }
+//! }
+//!
+//! outbox_relay_guest::export_transport!(Discard);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` as a `cdylib`;
+//! the crate's README covers the setup, the sandbox and which host versions an
+//! SDK version works with.
+//!
+//! # Layout
+//!
+//! - [`Transport`] and [`export_transport!`]: the `transport-plugin` world.
+//! - [`Injector`] and [`export_injector!`]: the `injector-plugin` world.
+//! - [`Envelope`], [`Outcome`], [`HeaderEdit`]: the SDK's own types for what
+//!   crosses the boundary, converted from and to the generated ones.
+//! - [`Config`]: typed access to the target's config table, with errors that
+//!   name the key.
+//! - [`Error`] and [`Result`]: a message-only error, which the host enriches
+//!   with the plugin, target and message id.
+//! - [`log`]: lines into the host's log, tagged with plugin and target.
+//!
+//! One build of this crate serves both plugin kinds: each export macro emits
+//! the description of its world's exports into the plugin crate itself, so a
+//! component only ever declares the one world it implements.
+//!
+//! The SDK also compiles natively, so a plugin's logic can be unit-tested with
+//! plain `cargo test` (there, [`log`] writes to stderr).
+//!
+//! [outbox-relay]: https://example.invalid/outbox-relay
+
+// Lets the generated bindings name this crate the same way from inside it as
+// from the plugin crates that expand its export macros.
 extern crate self as outbox_relay_guest;
+
 mod bindings;
+mod config;
+mod envelope;
+mod error;
+mod injector;
+pub mod log;
+mod transport;
+
+pub use config::Config;
+pub use envelope::{Envelope, HeaderEdit, Outcome};
+pub use error::{Error, Result};
+pub use injector::Injector;
+pub use transport::Transport;
+
+/// The version of the WIT package (`outbox:relay`) this SDK builds against.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// What the export macros expand to. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::*;
+    pub use crate::bindings::glue::*;
+    pub use crate::bindings::{injector_world, transport_world};
+    pub use crate::injector::InjectorCell;
+    pub use crate::transport::TransportCell;
     pub use wit_bindgen;
 }
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

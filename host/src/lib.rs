@@ -22,6 +22,7 @@
 //! - [`routes`]: event-name globs to targets.
 //! - [`backoff`]: the retry schedule.
 //! - [`relay`]: the workers that tie it together; [`app`] wires them from a config.
+//! - [`cli`]: the `outbox-relay` command line.
 
 pub mod message;
 pub mod producer;
@@ -31,6 +32,8 @@ pub mod storage;
 pub mod app;
 #[cfg(feature = "relay")]
 pub mod backoff;
+#[cfg(feature = "relay")]
+pub mod cli;
 #[cfg(feature = "relay")]
 pub mod config;
 #[cfg(feature = "relay")]

@@ -18,7 +18,9 @@ impl Routes {
         let mut builders: BTreeMap<String, GlobSetBuilder> = BTreeMap::new();
         for route in &config.routes {
             for target in &route.targets {
-                let builder = builders.entry(target.clone()).or_default();
+                let builder = builders
+                    .entry(target.clone())
+                    .or_insert_with(GlobSetBuilder::new);
                 for pattern in &route.events {
                     // `*` must not stop at '/': event names are not paths.
                     builder.add(Glob::new(pattern)?);

@@ -37,7 +37,11 @@ pub enum PluginError {
     },
     #[error("plugin {path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("plugin {path}: built against {found}, but this host speaks {WIT_PACKAGE}@{WIT_VERSION}; rebuild it with a compatible outbox-relay-guest")]
+    #[error(
+        "plugin {path}: built against {found}, but this host speaks {}@{}; rebuild it with a compatible outbox-relay-guest",
+        WIT_PACKAGE,
+        WIT_VERSION
+    )]
     VersionMismatch { path: String, found: String },
     #[error("plugin {path}: {message}")]
     Engine { path: String, message: String },
@@ -199,11 +203,11 @@ fn describe(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>
     };
     let exports = ty
         .exports(engine)
-        .map(|(name, item)| format!("{name} ({})", kind(&item)))
+        .map(|(name, item)| format!("{name} ({})", kind(&item.ty)))
         .collect();
     let imports = ty
         .imports(engine)
-        .map(|(name, item)| format!("{name} ({})", kind(&item)))
+        .map(|(name, item)| format!("{name} ({})", kind(&item.ty)))
         .collect();
     (exports, imports)
 }

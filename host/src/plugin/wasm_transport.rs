@@ -109,7 +109,7 @@ impl WasmTransport {
         } else {
             e.root_cause().to_string()
         };
-        let reason = if text.contains("memory growth failure") || text.contains("memory limit") {
+        let reason = if text.contains("growing memory") || text.contains("memory growth") {
             format!(
                 "exceeded its memory limit of {} MiB ({reason})",
                 self.spec.sandbox.memory_mb

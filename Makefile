@@ -1,0 +1,44 @@
+# The two commands (see README):
+#   make demo   run the relay on a SQLite file with the bundled plugins
+#   make test   build everything and run every test
+# .ci/run runs `make lint test`.
+
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+COMPONENTS := $(CARGO_TARGET_DIR)/components
+RELAY := cargo run -q -p outbox-relay --
+DEMO_CONFIG := examples/outbox-relay.toml
+# The example config names ../target/...; follow CARGO_TARGET_DIR if it is elsewhere.
+export OUTBOX_RELAY__RELAY__PLUGIN_DIR := $(COMPONENTS)
+
+.PHONY: demo test plugins lint producer-check
+
+plugins:
+	bash plugins/build.sh $(COMPONENTS)
+
+demo: plugins
+	$(RELAY) migrate --config $(DEMO_CONFIG)
+	$(RELAY) enqueue --config $(DEMO_CONFIG) --event order.created --key order-1 -H traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 --payload '{"order":1,"total":"12.50"}'
+	$(RELAY) enqueue --config $(DEMO_CONFIG) --event order.paid --key order-1 --payload '{"order":1}'
+	$(RELAY) enqueue --config $(DEMO_CONFIG) --event user.created --payload '{"user":"ada"}'
+	$(RELAY) run --config $(DEMO_CONFIG) --stop-after $${DEMO_SECONDS:-5s}
+	@echo "--- the file target ($(CARGO_TARGET_DIR)/demo/out/events.jsonl):"
+	@tail -n 5 $(CARGO_TARGET_DIR)/demo/out/events.jsonl
+	$(RELAY) status --config $(DEMO_CONFIG)
+
+test: plugins producer-check
+	cargo test --workspace --no-fail-fast
+
+# An application that only enqueues must not compile wasmtime.
+producer-check:
+	@if cargo tree -q -p outbox-relay --no-default-features --features sqlite -e normal | grep -q wasmtime; then \
+		echo "error: the producer API (outbox-relay without default features) depends on wasmtime"; exit 1; \
+	else echo "producer API is free of wasmtime: ok"; fi
+
+lint: plugins
+	cargo fmt --all --check
+	cd plugins && cargo fmt --all --check
+	cd tests/plugins && cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cd plugins && cargo clippy -q --target wasm32-wasip2 --workspace -- -D warnings
+	cd tests/plugins && cargo clippy -q --target wasm32-wasip2 --workspace -- -D warnings

@@ -1,0 +1,290 @@
+//! The `outbox-relay` command line. It lives in the library so the integration
+//! tests can build the same binary (`tests/bin/outbox-relay.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use crate::config::Config;
+use crate::plugin::PluginRuntime;
+use crate::storage::Storage;
+use crate::{NewMessage, app};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "outbox-relay", version, about = "Transactional-outbox relay with WebAssembly transports")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Path to the TOML config file.
+    #[arg(short, long, env = "OUTBOX_RELAY_CONFIG", default_value = "outbox-relay.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay until SIGINT or SIGTERM.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Stop gracefully after this long (e.g. `30s`); for demos and batch jobs.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        stop_after: Option<std::time::Duration>,
+    },
+    /// Create or upgrade the outbox schema.
+    Migrate(ConfigArg),
+    /// Enqueue messages (for operators and demos; applications use the producer API).
+    Enqueue(EnqueueArgs),
+    /// Per target: cursor lag, oldest pending age, retries pending, dead letters, lease owners.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect plugin files.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(clap::Args)]
+struct EnqueueArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Event name, e.g. order.created.
+    #[arg(short, long)]
+    event: String,
+    /// Payload text (UTF-8).
+    #[arg(short, long, conflicts_with = "payload_file")]
+    payload: Option<String>,
+    /// Read the payload bytes from this file.
+    #[arg(long)]
+    payload_file: Option<PathBuf>,
+    /// Partition key; messages with the same key keep their order on ordered targets.
+    #[arg(short, long)]
+    key: Option<String>,
+    /// A header as name=value; repeatable.
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// How many copies to enqueue (each with its own id).
+    #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    count: u32,
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Load a component, check its WIT version and print what it exports.
+    Check {
+        file: PathBuf,
+        /// Where compiled components are cached.
+        #[arg(long, default_value = ".outbox-relay/cache")]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_ascii_lowercase(), value.to_string()))
+        }
+        _ => Err(format!("expected name=value, got {s:?}")),
+    }
+}
+
+/// Parses the command line, runs the command, and maps errors to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&arg.config)?)
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config, stop_after } => run(load_config(&config)?, stop_after).await,
+        Command::Migrate(arg) => {
+            let config = load_config(&arg)?;
+            let storage = app::open_storage(&config).await?;
+            let partitions = storage.ensure_partitions(config.relay.partitions).await?;
+            println!("migrated {} ({partitions} partitions)", config.database);
+            Ok(())
+        }
+        Command::Enqueue(args) => enqueue(args).await,
+        Command::Status { config, json } => status(load_config(&config)?, json).await,
+        Command::Plugins(PluginsCommand::Check {
+            file,
+            cache_dir,
+            json,
+        }) => check_plugin(&file, &cache_dir, json),
+    }
+}
+
+async fn run(config: Config, stop_after: Option<std::time::Duration>) -> anyhow::Result<()> {
+    let relay = app::build_relay(&config).await?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        match stop_after {
+            Some(limit) => {
+                tokio::select! {
+                    _ = wait_for_signal() => {}
+                    _ = tokio::time::sleep(limit) => tracing::info!("--stop-after elapsed"),
+                }
+            }
+            None => wait_for_signal().await,
+        }
+        signal.cancel();
+    });
+    relay.run(shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    if args.event.trim().is_empty() {
+        bail!("--event must not be empty");
+    }
+    let payload = match (&args.payload, &args.payload_file) {
+        (_, Some(path)) => std::fs::read(path)
+            .with_context(|| format!("cannot read the payload file {}", path.display()))?,
+        (Some(text), None) => text.clone().into_bytes(),
+        (None, None) => b"{}".to_vec(),
+    };
+    let storage = app::open_storage(&config).await?;
+    storage.ensure_partitions(config.relay.partitions).await?;
+    let messages: Vec<NewMessage> = (0..args.count)
+        .map(|_| {
+            let mut m = NewMessage::new(args.event.clone(), payload.clone());
+            m.partition_key = args.key.clone();
+            for (name, value) in &args.headers {
+                m = m.with_header(name, value.clone());
+            }
+            m
+        })
+        .collect();
+    for chunk in messages.chunks(1000) {
+        storage.save(chunk).await?;
+    }
+    for m in messages.iter().take(10) {
+        println!("{}", m.id);
+    }
+    if messages.len() > 10 {
+        println!("... and {} more", messages.len() - 10);
+    }
+    Ok(())
+}
+
+async fn status(config: Config, json: bool) -> anyhow::Result<()> {
+    let storage = app::open_storage(&config).await?;
+    let names: Vec<String> = config.targets.keys().cloned().collect();
+    let rows = storage.status(&names).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>10} {:>14} {:>9} {:>6}  LEASES",
+        "TARGET", "LAG", "OLDEST PENDING", "RETRIES", "DEAD"
+    );
+    for r in rows {
+        let oldest = r
+            .oldest_pending_age_ms
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let leases = if r.lease_owners.is_empty() { "-".to_string() } else { r.lease_owners.join(", ") };
+        println!(
+            "{:<20} {:>10} {:>14} {:>9} {:>6}  {}",
+            r.target, r.lag, oldest, r.retries_pending, r.dead_letters, leases
+        );
+    }
+    Ok(())
+}
+
+fn check_plugin(file: &Path, cache_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let runtime = PluginRuntime::new(cache_dir)?;
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    let plugin = runtime.load_transport(&name, file)?;
+    let info = &plugin.info;
+    if json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+        return Ok(());
+    }
+    println!("{}: OK, a {} for {}@{}", info.path, info.kind, crate::plugin::WIT_PACKAGE, crate::plugin::WIT_VERSION);
+    println!("sha256: {}", info.sha256);
+    println!("exports:");
+    for e in &info.exports {
+        println!("  {e}");
+    }
+    println!("imports:");
+    for i in &info.imports {
+        println!("  {i}");
+    }
+    Ok(())
+}
