@@ -6,7 +6,10 @@ use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let repo = manifest.parent().expect("tests/ has a parent").to_path_buf();
+    let repo = manifest
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
     let target_dir = out_dir
@@ -27,7 +30,18 @@ fn main() {
     // A clean environment for the nested cargo: nothing of this build leaks in.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTC") || key.starts_with("RUSTFLAGS") || key == "RUSTDOCFLAGS" || key == "TARGET" || key == "HOST" || key == "OUT_DIR" || key == "PROFILE" || key == "OPT_LEVEL" || key == "DEBUG" || key == "NUM_JOBS" {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key.starts_with("RUSTC")
+            || key.starts_with("RUSTFLAGS")
+            || key == "RUSTDOCFLAGS"
+            || key == "TARGET"
+            || key == "HOST"
+            || key == "OUT_DIR"
+            || key == "PROFILE"
+            || key == "OPT_LEVEL"
+            || key == "DEBUG"
+            || key == "NUM_JOBS"
+        {
             cmd.env_remove(&key);
         }
     }
@@ -36,6 +50,9 @@ fn main() {
     if !status.success() {
         panic!("building the test components failed (bash plugins/build.sh); see the output above");
     }
-    println!("cargo:rustc-env=OUTBOX_TEST_COMPONENTS={}", components.display());
+    println!(
+        "cargo:rustc-env=OUTBOX_TEST_COMPONENTS={}",
+        components.display()
+    );
     println!("cargo:rustc-env=OUTBOX_TEST_CACHE={}", cache.display());
 }

@@ -23,7 +23,11 @@ pub fn components_dir() -> PathBuf {
 /// The path of one built component; panics with advice if it is missing.
 pub fn component(name: &str) -> PathBuf {
     let path = components_dir().join(format!("{name}.wasm"));
-    assert!(path.is_file(), "component {} was not built (see tests/build.rs)", path.display());
+    assert!(
+        path.is_file(),
+        "component {} was not built (see tests/build.rs)",
+        path.display()
+    );
     path
 }
 
@@ -148,7 +152,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

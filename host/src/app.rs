@@ -16,12 +16,8 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("target {target:?}: {source}")]
-    Plugin {
-        target: String,
-        #[source]
-        source: PluginError,
-    },
+    #[error("target {target:?}: {cause}")]
+    Plugin { target: String, cause: PluginError },
 }
 
 /// Opens the configured database and applies migrations.
@@ -45,9 +41,9 @@ pub fn load_plugins(
             None => {
                 let p = runtime
                     .load_transport(&target.plugin, &path)
-                    .map_err(|source| AppError::Plugin {
+                    .map_err(|cause| AppError::Plugin {
                         target: name.clone(),
-                        source,
+                        cause,
                     })?;
                 tracing::info!(target = %name, plugin = %p.info.path, cached = p.info.cached, "plugin loaded");
                 loaded.insert(path, p.clone());
@@ -71,9 +67,9 @@ pub fn load_plugins(
 pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
     let storage = open_storage(config).await?;
     let runtime = Arc::new(
-        PluginRuntime::new(&config.relay.cache_dir).map_err(|source| AppError::Plugin {
+        PluginRuntime::new(&config.relay.cache_dir).map_err(|cause| AppError::Plugin {
             target: "(all)".into(),
-            source,
+            cause,
         })?,
     );
     let plugins = load_plugins(config, &runtime)?;

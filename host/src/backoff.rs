@@ -60,7 +60,13 @@ mod tests {
     #[test]
     fn hint_is_a_lower_bound() {
         let p = policy(0.0);
-        assert_eq!(delay(&p, 1, Some(Duration::from_secs(30))), Duration::from_secs(30));
-        assert_eq!(delay(&p, 4, Some(Duration::from_millis(5))), Duration::from_secs(8));
+        assert_eq!(
+            delay(&p, 1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            delay(&p, 4, Some(Duration::from_millis(5))),
+            Duration::from_secs(8)
+        );
     }
 }

@@ -4,16 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::plugin::PluginRuntime;
 use crate::storage::Storage;
 use crate::{NewMessage, app};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "outbox-relay", version, about = "Transactional-outbox relay with WebAssembly transports")]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Transactional-outbox relay with WebAssembly transports"
+)]
 struct Cli {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -31,7 +35,12 @@ enum LogFormat {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// Path to the TOML config file.
-    #[arg(short, long, env = "OUTBOX_RELAY_CONFIG", default_value = "outbox-relay.toml")]
+    #[arg(
+        short,
+        long,
+        env = "OUTBOX_RELAY_CONFIG",
+        default_value = "outbox-relay.toml"
+    )]
     config: PathBuf,
 }
 
@@ -112,7 +121,10 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -131,7 +143,10 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -255,7 +270,11 @@ async fn status(config: Config, json: bool) -> anyhow::Result<()> {
         let oldest = r
             .oldest_pending_age_ms
             .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-        let leases = if r.lease_owners.is_empty() { "-".to_string() } else { r.lease_owners.join(", ") };
+        let leases = if r.lease_owners.is_empty() {
+            "-".to_string()
+        } else {
+            r.lease_owners.join(", ")
+        };
         println!(
             "{:<20} {:>10} {:>14} {:>9} {:>6}  {}",
             r.target, r.lag, oldest, r.retries_pending, r.dead_letters, leases
@@ -276,7 +295,13 @@ fn check_plugin(file: &Path, cache_dir: &Path, json: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(info)?);
         return Ok(());
     }
-    println!("{}: OK, a {} for {}@{}", info.path, info.kind, crate::plugin::WIT_PACKAGE, crate::plugin::WIT_VERSION);
+    println!(
+        "{}: OK, a {} for {}@{}",
+        info.path,
+        info.kind,
+        crate::plugin::WIT_PACKAGE,
+        crate::plugin::WIT_VERSION
+    );
     println!("sha256: {}", info.sha256);
     println!("exports:");
     for e in &info.exports {

@@ -18,11 +18,10 @@ pub const ENV_PREFIX: &str = "OUTBOX_RELAY__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {file}: {source}")]
+    #[error("config file {file}: {cause}")]
     Parse {
         file: String,
-        #[source]
-        source: Box<figment::Error>,
+        cause: Box<figment::Error>,
     },
     #[error("config file {file}: field `{field}`: {message}")]
     Invalid {
@@ -193,7 +192,7 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse {
                 file: file.clone(),
-                source: Box::new(e),
+                cause: Box::new(e),
             })?;
         config.source = path.to_path_buf();
         let base = path
@@ -208,13 +207,14 @@ impl Config {
 
     /// Parses TOML text without touching the environment (tests, `plugins test`).
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = Figment::new()
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|e| ConfigError::Parse {
-                file: "(inline)".into(),
-                source: Box::new(e),
-            })?;
+        let mut config: Config =
+            Figment::new()
+                .merge(Toml::string(text))
+                .extract()
+                .map_err(|e| ConfigError::Parse {
+                    file: "(inline)".into(),
+                    cause: Box::new(e),
+                })?;
         config.source = PathBuf::from("(inline)");
         config.resolve_paths(base);
         config.validate()?;
@@ -222,11 +222,19 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let rebase = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let rebase = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         self.relay.plugin_dir = rebase(&self.relay.plugin_dir);
         self.relay.cache_dir = rebase(&self.relay.cache_dir);
         if let Some(rest) = self.database.strip_prefix("sqlite://") {
-            let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
+            let (file, query) = rest
+                .split_once('?')
+                .map_or((rest, None), |(f, q)| (f, Some(q)));
             if !file.is_empty() && !Path::new(file).is_absolute() {
                 let joined = base.join(file).display().to_string();
                 self.database = match query {
@@ -369,9 +377,15 @@ impl Config {
         let p = Path::new(&target.plugin);
         if target.plugin.ends_with(".wasm") || p.components().count() > 1 {
             let base = self.source.parent().unwrap_or(Path::new("."));
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
         } else {
-            self.relay.plugin_dir.join(format!("{}.wasm", target.plugin))
+            self.relay
+                .plugin_dir
+                .join(format!("{}.wasm", target.plugin))
         }
     }
 }
@@ -435,7 +449,10 @@ mod tests {
         let audit = &c.targets["audit"];
         assert_eq!(audit.retry, RetryPolicy::default());
         assert_eq!(audit.sandbox.dirs["/out"], PathBuf::from("/etc/relay/out"));
-        assert_eq!(c.plugin_path(audit), PathBuf::from("/etc/relay/plugins/file.wasm"));
+        assert_eq!(
+            c.plugin_path(audit),
+            PathBuf::from("/etc/relay/plugins/file.wasm")
+        );
     }
 
     #[test]
@@ -456,17 +473,40 @@ mod tests {
     fn route_to_unknown_target_names_the_route() {
         let text = MINIMAL.replace("targets = [\"audit\"]", "targets = [\"audit\", \"nope\"]");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("routes[0].targets[1]") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("routes[0].targets[1]") && e.contains("nope"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_name_their_field() {
         for (from, to, field) in [
-            ("plugin = \"file\"", "plugin = \"file\"\nretry = { jitter = 2.0 }", "targets.audit.retry.jitter"),
-            ("plugin = \"file\"", "plugin = \"file\"\nretry = { max_attempts = 0 }", "targets.audit.retry.max_attempts"),
-            ("\"/out\" = \"out\"", "\"out\" = \"out\"", "targets.audit.sandbox.dirs.out"),
-            ("events = [\"order.*\"]", "events = [\"order.[\"]", "routes[0].events[0]"),
-            ("dirs = {", "allow_tcp = [\"nowhere\"], dirs = {", "targets.audit.sandbox.allow_tcp[0]"),
+            (
+                "plugin = \"file\"",
+                "plugin = \"file\"\nretry = { jitter = 2.0 }",
+                "targets.audit.retry.jitter",
+            ),
+            (
+                "plugin = \"file\"",
+                "plugin = \"file\"\nretry = { max_attempts = 0 }",
+                "targets.audit.retry.max_attempts",
+            ),
+            (
+                "\"/out\" = \"out\"",
+                "\"out\" = \"out\"",
+                "targets.audit.sandbox.dirs.out",
+            ),
+            (
+                "events = [\"order.*\"]",
+                "events = [\"order.[\"]",
+                "routes[0].events[0]",
+            ),
+            (
+                "dirs = {",
+                "allow_tcp = [\"nowhere\"], dirs = {",
+                "targets.audit.sandbox.allow_tcp[0]",
+            ),
         ] {
             let e = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(field), "expected {field} in: {e}");
@@ -474,6 +514,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, test only
     fn env_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
@@ -488,7 +529,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
     }
 }

@@ -178,7 +178,11 @@ mod tests {
 
     #[test]
     fn bad_headers_have_reasons() {
-        assert!(decode_headers("not json").unwrap_err().contains("not valid JSON"));
+        assert!(
+            decode_headers("not json")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
         assert!(decode_headers("[1]").unwrap_err().contains("JSON object"));
         let e = decode_headers(r#"{"a":1}"#).unwrap_err();
         assert!(e.contains("\"a\"") && e.contains("number"), "{e}");

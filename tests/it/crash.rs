@@ -55,10 +55,12 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
 
 async fn cursor_position(scratch: &Scratch) -> i64 {
     let storage = scratch.storage().await;
-    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM outbox_cursors WHERE target = 'counted'")
-        .fetch_one(storage.pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT coalesce(max(position), 0) FROM outbox_cursors WHERE target = 'counted'",
+    )
+    .fetch_one(storage.pool())
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -71,29 +73,49 @@ async fn sigkill_mid_run_loses_nothing_and_does_not_redeliver_acknowledged_messa
     let file = scratch.path().join("out/count.jsonl");
 
     let mut relay = spawn_relay(&config);
-    eventually("the first deliveries", WAIT, || async { (read_jsonl(&file).len() >= 100).then_some(()) }).await;
+    eventually("the first deliveries", WAIT, || async {
+        (read_jsonl(&file).len() >= 100).then_some(())
+    })
+    .await;
     relay.kill().unwrap(); // SIGKILL
     relay.wait().unwrap();
     let delivered_before_kill = read_jsonl(&file).len();
-    assert!(delivered_before_kill < TOTAL, "the kill came too late to test anything");
+    assert!(
+        delivered_before_kill < TOTAL,
+        "the kill came too late to test anything"
+    );
     let acknowledged = cursor_position(&scratch).await;
-    assert!(acknowledged > 0, "some batches were acknowledged before the kill");
+    assert!(
+        acknowledged > 0,
+        "some batches were acknowledged before the kill"
+    );
 
     let mut relay = spawn_relay(&config);
-    let lines = eventually("every message delivered after the restart", WAIT, || async {
-        let lines = read_jsonl(&file);
-        let distinct: std::collections::HashSet<String> =
-            lines.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
-        (distinct.len() >= TOTAL).then_some(lines)
-    })
+    let lines = eventually(
+        "every message delivered after the restart",
+        WAIT,
+        || async {
+            let lines = read_jsonl(&file);
+            let distinct: std::collections::HashSet<String> = lines
+                .iter()
+                .map(|l| l["id"].as_str().unwrap().to_string())
+                .collect();
+            (distinct.len() >= TOTAL).then_some(lines)
+        },
+    )
     .await;
     assert!(terminate(&mut relay).success());
 
     let mut deliveries: HashMap<String, usize> = HashMap::new();
     for line in &lines {
-        *deliveries.entry(line["id"].as_str().unwrap().to_string()).or_default() += 1;
+        *deliveries
+            .entry(line["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
-    let rows = sqlx::query("SELECT seq, id FROM outbox_messages").fetch_all(storage.pool()).await.unwrap();
+    let rows = sqlx::query("SELECT seq, id FROM outbox_messages")
+        .fetch_all(storage.pool())
+        .await
+        .unwrap();
     assert_eq!(rows.len(), TOTAL);
     let mut duplicates = 0;
     for row in rows {
@@ -102,11 +124,17 @@ async fn sigkill_mid_run_loses_nothing_and_does_not_redeliver_acknowledged_messa
         let n = deliveries.get(&id).copied().unwrap_or(0);
         assert!(n >= 1, "message {id} (seq {seq}) was lost");
         if seq <= acknowledged {
-            assert_eq!(n, 1, "message {id} (seq {seq}) was acknowledged before the kill but delivered {n} times");
+            assert_eq!(
+                n, 1,
+                "message {id} (seq {seq}) was acknowledged before the kill but delivered {n} times"
+            );
         }
         duplicates += n - 1;
     }
-    assert!(duplicates <= 10, "duplicates are bounded by the batch in flight, got {duplicates}");
+    assert!(
+        duplicates <= 10,
+        "duplicates are bounded by the batch in flight, got {duplicates}"
+    );
 }
 
 #[tokio::test]
@@ -117,8 +145,14 @@ async fn sigterm_finishes_and_releases_the_lease() {
     enqueue(&storage, "thing.happened", 30).await;
     let file = scratch.path().join("out/count.jsonl");
     let mut relay = spawn_relay(&config);
-    eventually("30 deliveries", WAIT, || async { (read_jsonl(&file).len() >= 30).then_some(()) }).await;
-    assert!(terminate(&mut relay).success(), "exit status 0 after SIGTERM");
+    eventually("30 deliveries", WAIT, || async {
+        (read_jsonl(&file).len() >= 30).then_some(())
+    })
+    .await;
+    assert!(
+        terminate(&mut relay).success(),
+        "exit status 0 after SIGTERM"
+    );
     let owners: Vec<Option<String>> = sqlx::query("SELECT lease_owner FROM outbox_cursors")
         .fetch_all(storage.pool())
         .await
@@ -127,6 +161,9 @@ async fn sigterm_finishes_and_releases_the_lease() {
         .map(|r| r.get("lease_owner"))
         .collect();
     assert!(!owners.is_empty());
-    assert!(owners.iter().all(Option::is_none), "leases released: {owners:?}");
+    assert!(
+        owners.iter().all(Option::is_none),
+        "leases released: {owners:?}"
+    );
     assert_eq!(read_jsonl(&file).len(), 30, "no duplicates on a clean stop");
 }

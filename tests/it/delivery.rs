@@ -31,7 +31,10 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     // Enqueue inside an application transaction; one that rolls back leaves nothing.
     let kept = NewMessage::new("order.created", br#"{"order":42}"#.to_vec())
         .with_key("order-42")
-        .with_header("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        .with_header(
+            "Traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
     let binary = NewMessage::new("order.paid", vec![0xff, 0x00, 0x10]);
     let unrouted = NewMessage::new("user.created", b"{}".to_vec());
     let mut tx = storage.pool().begin().await.unwrap();
@@ -41,7 +44,9 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     tx.commit().await.unwrap();
     let rolled_back = NewMessage::new("order.cancelled", b"{}".to_vec());
     let mut tx = storage.pool().begin().await.unwrap();
-    producer::sqlite::enqueue(&mut tx, &rolled_back).await.unwrap();
+    producer::sqlite::enqueue(&mut tx, &rolled_back)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
 
     let relay = RunningRelay::start(&config).await;
@@ -54,7 +59,11 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     tokio::time::sleep(Duration::from_millis(500)).await;
     relay.stop().await;
     let lines = read_jsonl(&file);
-    assert_eq!(lines.len(), 2, "only the routed, committed events arrive: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        2,
+        "only the routed, committed events arrive: {lines:?}"
+    );
 
     let first = &lines[0];
     assert_eq!(first["id"], kept.id.to_string());
@@ -113,7 +122,10 @@ retry = {{ max_attempts = 1000, initial_backoff = "10s" }}
     .await;
     assert_eq!(status[0].lag, 0, "the broken target's cursor moved on too");
     relay.stop().await;
-    let ids: Vec<String> = read_jsonl(&file).iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = read_jsonl(&file)
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
     let expected: Vec<String> = sent.iter().map(|m| m.id.to_string()).collect();
     assert_eq!(ids, expected, "in order, each once");
 }
@@ -154,7 +166,10 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     }
     // Two back-offs of 300 ms and 600 ms (no jitter) lie between the first
     // attempt and the third: the retries were not immediate.
-    assert!(elapsed >= Duration::from_millis(900), "retried too soon: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "retried too soon: {elapsed:?}"
+    );
     let status = storage.status(&["flaky".to_string()]).await.unwrap();
     assert_eq!((status[0].retries_pending, status[0].dead_letters), (0, 0));
 }

@@ -33,10 +33,14 @@ sandbox = {sandbox}
     let storage = scratch.storage().await;
     let first = enqueue(&storage, "thing.happened", 1).await;
     let relay = RunningRelay::start(&config).await;
-    let dead = eventually(&format!("the {plugin} plugin's message to be dead-lettered"), WAIT, || async {
-        let d = dead_letters(&storage, "hostile").await;
-        (!d.is_empty()).then_some(d)
-    })
+    let dead = eventually(
+        &format!("the {plugin} plugin's message to be dead-lettered"),
+        WAIT,
+        || async {
+            let d = dead_letters(&storage, "hostile").await;
+            (!d.is_empty()).then_some(d)
+        },
+    )
     .await;
     assert_eq!(dead[0].message_id, first[0].id.to_string());
     assert_eq!(dead[0].attempts, 2, "retried once, then dead");
@@ -52,8 +56,14 @@ sandbox = {sandbox}
     relay.stop().await;
 
     let error = dead[0].last_error.clone();
-    assert!(error.contains(&format!("plugin \"{plugin}\"")), "the error names the plugin: {error}");
-    assert!(error.contains("target \"hostile\""), "the error names the target: {error}");
+    assert!(
+        error.contains(&format!("plugin \"{plugin}\"")),
+        "the error names the plugin: {error}"
+    );
+    assert!(
+        error.contains("target \"hostile\""),
+        "the error names the target: {error}"
+    );
     error
 }
 
@@ -70,7 +80,10 @@ async fn a_panic_is_contained_and_its_message_reported() {
     assert!(error.contains("trapped"), "{error}");
     assert!(error.contains("guest stderr"), "{error}");
     assert!(error.contains("panic plugin: about to panic"), "{error}");
-    assert!(error.contains("deliberate panic for"), "the panic message is in the error: {error}");
+    assert!(
+        error.contains("deliberate panic for"),
+        "the panic message is in the error: {error}"
+    );
 }
 
 #[tokio::test]

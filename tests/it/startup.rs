@@ -33,7 +33,11 @@ async fn a_plugin_built_against_another_wit_version_is_refused_at_startup() {
     let scratch = Scratch::new();
     let path = config_with_plugin(&scratch, &component("wrong_version"));
     let config = outbox_relay::config::Config::load(&path).unwrap();
-    let error = outbox_relay::app::build_relay(&config).await.err().expect("must refuse").to_string();
+    let error = outbox_relay::app::build_relay(&config)
+        .await
+        .err()
+        .expect("must refuse")
+        .to_string();
     assert!(error.contains("wrong_version.wasm"), "{error}");
     assert!(error.contains("outbox:relay@0.2.0"), "{error}");
     assert!(error.contains("outbox:relay@0.1.0"), "{error}");
@@ -49,26 +53,62 @@ fn plugins_check_explains_bad_files() {
     let cache = scratch.path().join("cache");
     let cache = cache.to_str().unwrap();
 
-    let (ok, _, stderr) = run_cli(&["plugins", "check", component("wrong_version").to_str().unwrap(), "--cache-dir", cache]);
+    let (ok, _, stderr) = run_cli(&[
+        "plugins",
+        "check",
+        component("wrong_version").to_str().unwrap(),
+        "--cache-dir",
+        cache,
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("built against outbox:relay@0.2.0"), "{stderr}");
+    assert!(
+        stderr.contains("built against outbox:relay@0.2.0"),
+        "{stderr}"
+    );
 
     let text = scratch.path().join("notes.wasm");
     std::fs::write(&text, "this is not wasm").unwrap();
-    let (ok, _, stderr) = run_cli(&["plugins", "check", text.to_str().unwrap(), "--cache-dir", cache]);
+    let (ok, _, stderr) = run_cli(&[
+        "plugins",
+        "check",
+        text.to_str().unwrap(),
+        "--cache-dir",
+        cache,
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("notes.wasm") && stderr.contains("not a WebAssembly file"), "{stderr}");
+    assert!(
+        stderr.contains("notes.wasm") && stderr.contains("not a WebAssembly file"),
+        "{stderr}"
+    );
 
     let core = scratch.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let (ok, _, stderr) = run_cli(&["plugins", "check", core.to_str().unwrap(), "--cache-dir", cache]);
+    let (ok, _, stderr) = run_cli(&[
+        "plugins",
+        "check",
+        core.to_str().unwrap(),
+        "--cache-dir",
+        cache,
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("core WebAssembly module, not a component"), "{stderr}");
+    assert!(
+        stderr.contains("core WebAssembly module, not a component"),
+        "{stderr}"
+    );
 
     let missing = scratch.path().join("missing.wasm");
-    let (ok, _, stderr) = run_cli(&["plugins", "check", missing.to_str().unwrap(), "--cache-dir", cache]);
+    let (ok, _, stderr) = run_cli(&[
+        "plugins",
+        "check",
+        missing.to_str().unwrap(),
+        "--cache-dir",
+        cache,
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("missing.wasm") && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("missing.wasm") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -76,15 +116,30 @@ fn plugins_check_prints_what_a_good_plugin_exports() {
     let scratch = Scratch::new();
     let cache = scratch.path().join("cache");
     let (ok, stdout, stderr) = run_cli(&[
-        "plugins", "check", component("file").to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
+        "plugins",
+        "check",
+        component("file").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("OK, a transport for outbox:relay@0.1.0"), "{stdout}");
+    assert!(
+        stdout.contains("OK, a transport for outbox:relay@0.1.0"),
+        "{stdout}"
+    );
     assert!(stdout.contains("outbox:relay/transport@0.1.0"), "{stdout}");
-    assert!(stdout.contains("outbox:relay/log@0.1.0"), "imports are listed: {stdout}");
+    assert!(
+        stdout.contains("outbox:relay/log@0.1.0"),
+        "imports are listed: {stdout}"
+    );
     // A second check is served from the compiled-component cache.
     let (ok, stdout, _) = run_cli(&[
-        "plugins", "check", component("file").to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--json",
+        "plugins",
+        "check",
+        component("file").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
     ]);
     assert!(ok);
     let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -122,7 +177,10 @@ plugin = "null"
     );
     let (ok, _, stderr) = run_cli(&["migrate", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("routes[0].targets[1]") && stderr.contains("ghost"), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].targets[1]") && stderr.contains("ghost"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -140,5 +198,8 @@ plugin = "no-such-plugin"
     );
     let (ok, _, stderr) = run_cli(&["run", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("target \"t\"") && stderr.contains("no-such-plugin.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("target \"t\"") && stderr.contains("no-such-plugin.wasm"),
+        "{stderr}"
+    );
 }

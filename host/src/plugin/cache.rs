@@ -26,7 +26,9 @@ pub fn compile(
         // only this host writes; wasmtime still validates its header on load.
         match unsafe { Component::deserialize_file(engine, &file) } {
             Ok(component) => return Ok((component, sha, true)),
-            Err(e) => tracing::warn!(file = %file.display(), error = %e, "ignoring an unusable cache entry"),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring an unusable cache entry")
+            }
         }
     }
     let component = Component::new(engine, wasm)?;
@@ -39,7 +41,9 @@ pub fn compile(
 fn store(file: &Path, component: &Component) -> anyhow::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let bytes = component
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     // Write then rename, so a concurrent reader never sees half a file.
     let tmp = tempfile_in(dir)?;
     std::fs::write(&tmp, bytes)?;
@@ -48,5 +52,9 @@ fn store(file: &Path, component: &Component) -> anyhow::Result<()> {
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<std::path::PathBuf> {
-    Ok(dir.join(format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple())))
+    Ok(dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    )))
 }

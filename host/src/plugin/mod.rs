@@ -29,12 +29,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("plugin {path}: cannot read the file: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("plugin {path}: cannot read the file: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("plugin {path}: {message}")]
     Invalid { path: String, message: String },
     #[error(
@@ -104,9 +100,9 @@ impl PluginRuntime {
     /// Reads, checks and compiles (or loads from cache) the transport at `path`.
     pub fn load_transport(&self, name: &str, path: &Path) -> Result<LoadedPlugin, PluginError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| PluginError::Read {
             path: shown.clone(),
-            source,
+            cause,
         })?;
         check_is_component(&shown, &bytes)?;
         let (component, sha256, cached) = cache::compile(&self.engine, &self.cache_dir, &bytes)
@@ -234,7 +230,11 @@ fn check_version(path: &str, info: &PluginInfo) -> Result<(), PluginError> {
         path: path.to_string(),
         message: format!(
             "does not export {TRANSPORT_INTERFACE}; it exports: {}",
-            if export_names.is_empty() { "nothing".to_string() } else { export_names.join(", ") }
+            if export_names.is_empty() {
+                "nothing".to_string()
+            } else {
+                export_names.join(", ")
+            }
         ),
     })
 }

@@ -102,7 +102,9 @@ impl WasmTransport {
     fn call_failed(&self, e: &wasmtime::Error) -> TransportError {
         let text = format!("{e:#}");
         if text.contains("time limit exceeded") {
-            return self.error(TransportErrorKind::Timeout(self.timeout().as_millis() as u64));
+            return self.error(TransportErrorKind::Timeout(
+                self.timeout().as_millis() as u64
+            ));
         }
         let reason = if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
             trap.to_string()
@@ -131,13 +133,18 @@ impl WasmTransport {
         let mut store = self.runtime.new_store(state);
         store.data_mut().deadline = Instant::now() + self.timeout();
         let limit = self.timeout() + HOST_SLACK;
-        let bindings = match tokio::time::timeout(limit, self.spec.plugin.pre.instantiate_async(&mut store)).await {
-            Err(_) => return Err(self.error(TransportErrorKind::Timeout(limit.as_millis() as u64))),
-            Ok(Err(e)) => {
-                return Err(self.error(TransportErrorKind::Instantiate(format!("{e:#}"))));
-            }
-            Ok(Ok(b)) => b,
-        };
+        let bindings =
+            match tokio::time::timeout(limit, self.spec.plugin.pre.instantiate_async(&mut store))
+                .await
+            {
+                Err(_) => {
+                    return Err(self.error(TransportErrorKind::Timeout(limit.as_millis() as u64)));
+                }
+                Ok(Err(e)) => {
+                    return Err(self.error(TransportErrorKind::Instantiate(format!("{e:#}"))));
+                }
+                Ok(Ok(b)) => b,
+            };
         let init = bindings.outbox_relay_transport().call_init(
             &mut store,
             &self.target,

@@ -58,14 +58,21 @@ pub fn new_owner_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "relay".into());
     let unique = uuid::Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &unique[unique.len() - 8..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &unique[unique.len() - 8..]
+    )
 }
 
 impl Relay {
     /// Runs until `shutdown` fires, then lets batches in flight finish (up to
     /// `shutdown_grace`) and releases the leases.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StorageError> {
-        let partitions = self.storage.ensure_partitions(self.settings.partitions).await?;
+        let partitions = self
+            .storage
+            .ensure_partitions(self.settings.partitions)
+            .await?;
         let mut workers = JoinSet::new();
         for target in &self.targets {
             for partition in 0..partitions {

@@ -79,7 +79,12 @@ impl PartitionWorker {
         let batch_size = self.target.batch_size;
         let Some(lease) = self
             .storage
-            .acquire_lease(&self.target.name, self.partition, &self.owner, self.settings.lease_ttl)
+            .acquire_lease(
+                &self.target.name,
+                self.partition,
+                &self.owner,
+                self.settings.lease_ttl,
+            )
             .await?
         else {
             *held = None;
@@ -89,7 +94,12 @@ impl PartitionWorker {
 
         let due = self
             .storage
-            .claim_retries(&self.target.name, &self.owner, batch_size, self.settings.claim_timeout)
+            .claim_retries(
+                &self.target.name,
+                &self.owner,
+                batch_size,
+                self.settings.claim_timeout,
+            )
             .await?;
         let retries_full = due.len() as u32 == batch_size;
         if !due.is_empty() {
@@ -156,7 +166,11 @@ impl PartitionWorker {
             }
             Err(e) => return Err(e),
         }
-        Ok(if full || retries_full { Step::Busy } else { Step::Idle })
+        Ok(if full || retries_full {
+            Step::Busy
+        } else {
+            Step::Idle
+        })
     }
 
     async fn deliver_retries(
@@ -227,7 +241,10 @@ impl PartitionWorker {
             Err(e) => {
                 let ids: Vec<String> = envelopes.iter().map(|e| e.message.id.to_string()).collect();
                 tracing::warn!(error = %e, message_ids = ?ids, "transport failed for the whole batch");
-                envelopes.iter().map(|_| Outcome::retry(e.to_string())).collect()
+                envelopes
+                    .iter()
+                    .map(|_| Outcome::retry(e.to_string()))
+                    .collect()
             }
         }
     }

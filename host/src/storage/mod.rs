@@ -26,12 +26,8 @@ use crate::message::{LogEntry, NewMessage};
 /// Errors from a storage backend, mapped from the driver's before they reach a caller.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("cannot reach the database at {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("cannot open the database at {url}: {cause}")]
+    Connect { url: String, cause: sqlx::Error },
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the lease on target {target:?} partition {partition} is no longer held by {owner}")]
@@ -54,15 +50,17 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         match self {
             StorageError::Connect { .. } => true,
-            StorageError::Database(e) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            ) || e
-                .as_database_error()
-                .is_some_and(|d| d.message().contains("locked") || d.message().contains("busy")),
+            StorageError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || e
+                    .as_database_error()
+                    .is_some_and(|d| d.message().contains("locked") || d.message().contains("busy"))
+            }
             _ => false,
         }
     }

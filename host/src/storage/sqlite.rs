@@ -16,7 +16,7 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    BatchAck, DeadLetter, DueRetry, Disposition, Failure, Lease, Result, Settlement, Storage,
+    BatchAck, DeadLetter, Disposition, DueRetry, Failure, Lease, Result, Settlement, Storage,
     StorageError, TargetStatus, duration_ms, now_ms,
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, decode_headers};
@@ -37,9 +37,9 @@ pub struct SqliteStorage {
 impl SqliteStorage {
     /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite::memory:`).
     pub async fn connect(url: &str) -> Result<Self> {
-        let connect_error = |source| StorageError::Connect {
+        let connect_error = |cause| StorageError::Connect {
             url: url.to_string(),
-            source,
+            cause,
         };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(connect_error)?
@@ -47,6 +47,13 @@ impl SqliteStorage {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        // "Created if missing" includes the directory it lives in.
+        let file = options.get_filename();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| connect_error(sqlx::Error::Io(e)))?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
