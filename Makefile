@@ -34,6 +34,7 @@ producer-check:
 	@if cargo tree -q -p outbox-relay --no-default-features --features sqlite -e normal | grep -q wasmtime; then \
 		echo "error: the producer API (outbox-relay without default features) depends on wasmtime"; exit 1; \
 	else echo "producer API is free of wasmtime: ok"; fi
+	cargo check -q -p outbox-relay --no-default-features --features sqlite
 
 lint: plugins
 	cargo fmt --all --check

@@ -65,6 +65,9 @@ pub fn load_plugins(
 
 /// Builds a relay from `config`: storage migrated, plugins loaded and checked.
 pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
+    for warning in config.warnings() {
+        tracing::warn!(config = %config.source.display(), "{warning}");
+    }
     let storage = open_storage(config).await?;
     let runtime = Arc::new(
         PluginRuntime::new(&config.relay.cache_dir).map_err(|cause| AppError::Plugin {

@@ -78,7 +78,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             partitions: 1,
-            lease_ttl: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(60),
             claim_timeout: Duration::from_secs(300),
             plugin_dir: PathBuf::from("plugins"),
             cache_dir: PathBuf::from(".outbox-relay/cache"),
@@ -365,6 +365,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are valid but probably not what the operator wants.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, target) in &self.targets {
+            // One step may make an init call and a deliver call under one lease.
+            if self.relay.lease_ttl < target.sandbox.call_timeout * 2 {
+                out.push(format!(
+                    "relay.lease_ttl ({:?}) is shorter than twice targets.{name}.sandbox.call_timeout ({:?}); \
+                     a slow batch may lose its lease and be delivered twice",
+                    self.relay.lease_ttl, target.sandbox.call_timeout
+                ));
+            }
+        }
+        out
     }
 
     /// The batch size that applies to `target`.

@@ -102,12 +102,30 @@ impl PartitionWorker {
             )
             .await?;
         let retries_full = due.len() as u32 == batch_size;
-        if !due.is_empty() {
+        let lease = if due.is_empty() {
+            lease
+        } else {
             let settlements = self.deliver_retries(transport, due).await;
             self.storage
                 .settle_retries(&self.target.name, &settlements)
                 .await?;
-        }
+            // Renew before the next plugin call, so two calls in one step never
+            // outlast the lease.
+            let Some(renewed) = self
+                .storage
+                .acquire_lease(
+                    &self.target.name,
+                    self.partition,
+                    &self.owner,
+                    self.settings.lease_ttl,
+                )
+                .await?
+            else {
+                *held = None;
+                return Ok(Step::Idle);
+            };
+            renewed
+        };
 
         let entries = self
             .storage
