@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::plugin::{PluginError, PluginRuntime, TargetPlugin, WasmTransportFactory};
 use crate::relay::{Relay, TargetSpec, new_owner_id};
 use crate::routes::Routes;
+use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
 
@@ -20,11 +21,15 @@ pub enum AppError {
     Plugin { target: String, cause: PluginError },
 }
 
-/// Opens the configured database and applies migrations.
-pub async fn open_storage(config: &Config) -> Result<Arc<SqliteStorage>, StorageError> {
-    let storage = SqliteStorage::connect(&config.database).await?;
+/// Opens the configured database (SQLite or Postgres, by URL scheme) and applies migrations.
+pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
+    let storage: Arc<dyn Storage> = if config.database.starts_with("sqlite:") {
+        Arc::new(SqliteStorage::connect(&config.database).await?)
+    } else {
+        Arc::new(PgStorage::connect(&config.database).await?)
+    };
     storage.migrate().await?;
-    Ok(Arc::new(storage))
+    Ok(storage)
 }
 
 /// Loads and checks every target's plugin; fails on the first bad one.
@@ -81,7 +86,6 @@ pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
         field: "routes".into(),
         message: e.to_string(),
     })?;
-    let storage: Arc<dyn Storage> = storage;
     Ok(Relay {
         storage,
         transports: Arc::new(WasmTransportFactory::new(runtime, plugins)),

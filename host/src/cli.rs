@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::plugin::PluginRuntime;
-use crate::storage::Storage;
 use crate::{NewMessage, app};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};

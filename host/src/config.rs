@@ -34,7 +34,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Database URL: `sqlite://path/to/outbox.db` (created if missing).
+    /// Database URL: `sqlite://path/to/outbox.db` (created if missing) or
+    /// `postgres://user:password@host:port/database`.
     pub database: String,
     #[serde(default)]
     pub relay: RelaySettings,
@@ -103,6 +104,11 @@ pub struct TargetConfig {
     pub plugin: String,
     /// Overrides `relay.batch_size` for this target.
     pub batch_size: Option<u32>,
+    /// Deliver messages with the same partition key in enqueue order. A
+    /// failure then holds the message's partition until it is delivered or
+    /// dead-lettered.
+    #[serde(default)]
+    pub ordered: bool,
     /// Handed to the plugin's `init` as a JSON object.
     #[serde(default)]
     pub config: toml::Table,
@@ -259,11 +265,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !self.database.starts_with("sqlite:") {
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| self.database.starts_with(scheme))
+        {
             return Err(self.invalid(
                 "database",
                 format!(
-                    "unsupported database URL {:?}; expected sqlite://<path>",
+                    "unsupported database URL {:?}; expected sqlite://<path> or postgres://<user>@<host>/<db>",
                     redact_url(&self.database)
                 ),
             ));
@@ -423,19 +432,7 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port.parse().ok()?))
 }
 
-/// A URL with any password replaced, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::storage::redact_url;
 
 #[cfg(test)]
 mod tests {

@@ -43,11 +43,23 @@ impl NewMessage {
     }
 }
 
+/// Where a message sits in the log. Ordered by `(xid, seq)`: on Postgres `xid`
+/// is the inserting transaction's id (so a transaction that commits late is
+/// still read in order, never skipped); on SQLite, where writes are serialised,
+/// it is always 0 and `seq` alone is commit order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub xid: i64,
+    pub seq: i64,
+}
+
 /// A committed message, read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// Position in the log; monotonic in commit order.
+    /// Unique and increasing in insert order.
     pub seq: i64,
+    /// The inserting transaction (Postgres), or 0.
+    pub xid: i64,
     pub id: Uuid,
     pub event_name: String,
     pub partition_key: Option<String>,
@@ -62,14 +74,35 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedMessage {
     pub seq: i64,
+    pub xid: i64,
     /// The id as written, which may itself be what is malformed.
     pub id: String,
     pub event_name: String,
     pub reason: String,
 }
 
+impl Message {
+    pub fn position(&self) -> Position {
+        Position {
+            xid: self.xid,
+            seq: self.seq,
+        }
+    }
+}
+
 /// One row of the log as decoded: usable, or malformed with a reason.
 pub type LogEntry = Result<Message, MalformedMessage>;
+
+/// The log position of an entry, usable or not.
+pub fn entry_position(entry: &LogEntry) -> Position {
+    match entry {
+        Ok(m) => m.position(),
+        Err(bad) => Position {
+            xid: bad.xid,
+            seq: bad.seq,
+        },
+    }
+}
 
 /// A message on its way to one target, on one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

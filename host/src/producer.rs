@@ -49,3 +49,29 @@ pub mod sqlite {
         Ok(())
     }
 }
+
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    use sqlx::PgConnection;
+
+    use crate::message::{NewMessage, encode_headers};
+    use crate::storage::Result;
+
+    /// Enqueues `message` on `conn`, normally a transaction the caller commits.
+    /// The partition is assigned by the table's trigger, and the relays are
+    /// woken by `NOTIFY` when the transaction commits.
+    pub async fn enqueue(conn: &mut PgConnection, message: &NewMessage) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox_messages (id, event_name, partition_key, payload, headers)
+             VALUES ($1, $2, $3, $4, $5::jsonb)",
+        )
+        .bind(message.id)
+        .bind(&message.event_name)
+        .bind(message.partition_key.as_deref())
+        .bind(message.payload.as_slice())
+        .bind(encode_headers(&message.headers))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,12 +1,18 @@
 //! The relay: one worker per (target, partition), each reading the log after
 //! its cursor, delivering through its own transport instance, and advancing
 //! the cursor once per batch.
+//!
+//! Many relay processes share one database. Each heartbeats into
+//! `outbox_relays`; the live relays, sorted, share the partitions of every
+//! target out among themselves ([`assigned_owner`]), and the partition leases
+//! make the hand-over safe when their views briefly differ.
 
 mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +28,7 @@ pub struct TargetSpec {
     pub name: String,
     pub batch_size: u32,
     pub retry: RetryPolicy,
+    pub ordered: bool,
 }
 
 impl TargetSpec {
@@ -34,6 +41,7 @@ impl TargetSpec {
                 name: name.clone(),
                 batch_size: config.batch_size(t),
                 retry: t.retry.clone(),
+                ordered: t.ordered,
             })
             .collect()
     }
@@ -58,21 +66,70 @@ pub fn new_owner_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "relay".into());
     let unique = uuid::Uuid::now_v7().simple().to_string();
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &unique[unique.len() - 8..]
-    )
+    format!("{host}-{}-{}", std::process::id(), &unique[unique.len() - 8..])
+}
+
+/// The live relay that should own `partition` of `target`: partitions are
+/// dealt out round-robin over the sorted live relays, starting at an offset
+/// derived from the target's name so small partition counts still spread.
+pub fn assigned_owner<'a>(live: &'a [String], target: &str, partition: u32) -> Option<&'a str> {
+    if live.is_empty() {
+        return None;
+    }
+    let offset = crate::message::partition_of(Some(target), &uuid::Uuid::nil(), u32::MAX);
+    let index = (u64::from(offset) + u64::from(partition)) % live.len() as u64;
+    live.get(index as usize).map(String::as_str)
 }
 
 impl Relay {
     /// Runs until `shutdown` fires, then lets batches in flight finish (up to
-    /// `shutdown_grace`) and releases the leases.
+    /// `shutdown_grace`), releases the leases and leaves the live set.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StorageError> {
-        let partitions = self
+        let partitions = self.storage.ensure_partitions(self.settings.partitions).await?;
+
+        // Wake-ups: bumped on every commit notification (Postgres LISTEN).
+        let (wake_tx, wake_rx) = watch::channel(0u64);
+        let listener = {
+            let storage = self.storage.clone();
+            tokio::spawn(async move {
+                storage.watch_commits(&wake_tx).await;
+                // Without notifications, keep the channel open; workers poll.
+                std::future::pending::<()>().await;
+            })
+        };
+
+        // Membership: who is alive decides who owns which partition.
+        let live = self
             .storage
-            .ensure_partitions(self.settings.partitions)
-            .await?;
+            .heartbeat(&self.owner, self.settings.lease_ttl)
+            .await
+            .unwrap_or_else(|_| vec![self.owner.clone()]);
+        let (members_tx, members_rx) = watch::channel(Arc::new(live));
+        let heartbeat = {
+            let storage = self.storage.clone();
+            let owner = self.owner.clone();
+            let ttl = self.settings.lease_ttl;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 4).await;
+                    match storage.heartbeat(&owner, ttl).await {
+                        Ok(live) => {
+                            members_tx.send_if_modified(|current| {
+                                if **current == live {
+                                    false
+                                } else {
+                                    tracing::info!(live = ?live, "relay membership changed");
+                                    *current = Arc::new(live);
+                                    true
+                                }
+                            });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+            })
+        };
+
         let mut workers = JoinSet::new();
         for target in &self.targets {
             for partition in 0..partitions {
@@ -84,6 +141,8 @@ impl Relay {
                     routes: self.routes.clone(),
                     settings: self.settings.clone(),
                     owner: self.owner.clone(),
+                    wake: wake_rx.clone(),
+                    members: members_rx.clone(),
                 };
                 workers.spawn(worker.run(shutdown.clone()));
             }
@@ -108,6 +167,11 @@ impl Relay {
             );
             workers.shutdown().await;
         }
+        heartbeat.abort();
+        listener.abort();
+        if let Err(e) = self.storage.leave(&self.owner).await {
+            tracing::warn!(error = %e, "could not leave the live relay set");
+        }
         tracing::info!("relay stopped");
         Ok(())
     }
@@ -117,4 +181,20 @@ impl Relay {
 fn storage_backoff(consecutive_errors: u32) -> Duration {
     let ms = 100u64.saturating_mul(1u64 << consecutive_errors.min(9));
     Duration::from_millis(ms.min(30_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_dealt_out_evenly() {
+        let live: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut counts = std::collections::HashMap::new();
+        for p in 0..12 {
+            *counts.entry(assigned_owner(&live, "t", p).unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+        assert_eq!(assigned_owner(&[], "t", 0), None);
+    }
 }

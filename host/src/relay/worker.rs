@@ -1,14 +1,16 @@
 //! One (target, partition) worker: lease → retries due → next batch → ack.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{TargetSpec, storage_backoff};
+use super::{TargetSpec, assigned_owner, storage_backoff};
 use crate::backoff;
 use crate::config::RelaySettings;
-use crate::message::{Envelope, LogEntry, Outcome};
+use crate::message::{Envelope, LogEntry, Outcome, Position, entry_position};
 use crate::routes::Routes;
 use crate::storage::{
     BatchAck, Disposition, DueRetry, Failure, Lease, Settlement, Storage, StorageError, now_ms,
@@ -23,21 +25,37 @@ pub(super) struct PartitionWorker {
     pub routes: Arc<Routes>,
     pub settings: RelaySettings,
     pub owner: String,
+    /// Bumped when the database announces a commit.
+    pub wake: watch::Receiver<u64>,
+    /// The live relays, sorted.
+    pub members: watch::Receiver<Arc<Vec<String>>>,
 }
 
-/// Whether a step found a full batch (then the worker loops at once).
+/// What the worker does after a step.
 enum Step {
+    /// A full batch: go again at once.
     Busy,
+    /// Nothing (more) to do: wait for the poll interval or a wake-up.
     Idle,
+    /// An ordered target holds at a message whose next attempt is this far off.
+    Hold(Duration),
+}
+
+/// The worker's transport and lease, kept across steps.
+struct State {
+    transport: Option<Box<dyn Transport>>,
+    lease: Option<Lease>,
 }
 
 impl PartitionWorker {
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut transport: Option<Box<dyn Transport>> = None;
-        let mut lease: Option<Lease> = None;
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut state = State {
+            transport: None,
+            lease: None,
+        };
         let mut errors = 0u32;
         while !shutdown.is_cancelled() {
-            let wait = match self.step(&mut transport, &mut lease).await {
+            let wait = match self.step(&mut state).await {
                 Ok(Step::Busy) => {
                     errors = 0;
                     None
@@ -45,6 +63,10 @@ impl PartitionWorker {
                 Ok(Step::Idle) => {
                     errors = 0;
                     Some(self.settings.poll_interval)
+                }
+                Ok(Step::Hold(d)) => {
+                    errors = 0;
+                    Some(d.min(self.settings.poll_interval))
                 }
                 Err(e) => {
                     errors += 1;
@@ -57,27 +79,36 @@ impl PartitionWorker {
                 }
             };
             if let Some(wait) = wait {
+                // A closed channel never wakes; the poll interval still does.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    Ok(()) = self.wake.changed() => {}
+                    Ok(()) = self.members.changed() => {}
                 }
             }
         }
-        if let Some(lease) = lease
+        if let Some(lease) = state.lease
             && let Err(e) = self.storage.release_lease(&lease).await
         {
             tracing::warn!(target = %self.target.name, error = %e, "could not release the lease");
         }
     }
 
-    #[tracing::instrument(skip_all, fields(target = %self.target.name, partition = self.partition))]
-    async fn step(
-        &self,
-        transport: &mut Option<Box<dyn Transport>>,
-        held: &mut Option<Lease>,
-    ) -> Result<Step, StorageError> {
-        let batch_size = self.target.batch_size;
-        let Some(lease) = self
+    /// Takes (or renews) the lease if this relay is the partition's assigned
+    /// owner; hands it over if another live relay is.
+    async fn lease(&self, state: &mut State) -> Result<Option<Lease>, StorageError> {
+        let members = self.members.borrow().clone();
+        if let Some(assigned) = assigned_owner(&members, &self.target.name, self.partition)
+            && assigned != self.owner
+        {
+            if let Some(lease) = state.lease.take() {
+                tracing::info!(to = assigned, "handing the partition over");
+                self.storage.release_lease(&lease).await?;
+            }
+            return Ok(None);
+        }
+        let lease = self
             .storage
             .acquire_lease(
                 &self.target.name,
@@ -85,110 +116,273 @@ impl PartitionWorker {
                 &self.owner,
                 self.settings.lease_ttl,
             )
-            .await?
-        else {
-            *held = None;
+            .await?;
+        if lease.is_some() && state.lease.is_none() {
+            tracing::info!("partition taken");
+        }
+        state.lease.clone_from(&lease);
+        Ok(lease)
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %self.target.name, partition = self.partition))]
+    async fn step(&self, state: &mut State) -> Result<Step, StorageError> {
+        let batch_size = self.target.batch_size;
+        let Some(lease) = self.lease(state).await? else {
             return Ok(Step::Idle);
         };
-        *held = Some(lease.clone());
 
-        let due = self
-            .storage
-            .claim_retries(
-                &self.target.name,
-                &self.owner,
-                batch_size,
-                self.settings.claim_timeout,
-            )
-            .await?;
-        let retries_full = due.len() as u32 == batch_size;
-        let lease = if due.is_empty() {
+        let mut retries_full = false;
+        let lease = if self.target.ordered {
             lease
         } else {
-            let settlements = self.deliver_retries(transport, due).await;
-            self.storage
-                .settle_retries(&self.target.name, &settlements)
-                .await?;
-            // Renew before the next plugin call, so two calls in one step never
-            // outlast the lease.
-            let Some(renewed) = self
+            let due = self
                 .storage
-                .acquire_lease(
+                .claim_retries(
                     &self.target.name,
-                    self.partition,
                     &self.owner,
-                    self.settings.lease_ttl,
+                    batch_size,
+                    self.settings.claim_timeout,
                 )
-                .await?
-            else {
-                *held = None;
-                return Ok(Step::Idle);
-            };
-            renewed
+                .await?;
+            retries_full = due.len() as u32 == batch_size;
+            if due.is_empty() {
+                lease
+            } else {
+                let settlements = self.deliver_retries(&mut state.transport, due).await;
+                self.storage
+                    .settle_retries(&self.target.name, &settlements)
+                    .await?;
+                // Renew before the next plugin call, so two calls in one step
+                // never outlast the lease.
+                let Some(renewed) = self.lease(state).await? else {
+                    return Ok(Step::Idle);
+                };
+                renewed
+            }
         };
 
         let entries = self
             .storage
             .fetch_pending(self.partition, lease.position, batch_size)
             .await?;
-        let Some(last_seq) = entries.last().map(entry_seq) else {
+        if entries.is_empty() {
             return Ok(if retries_full { Step::Busy } else { Step::Idle });
-        };
+        }
         let full = entries.len() as u32 == batch_size;
-        let mut failures = Vec::new();
-        let mut envelopes = Vec::new();
-        for entry in entries {
-            match entry {
+        let (ack, next) = if self.target.ordered {
+            match self.deliver_ordered(state, &lease, entries).await? {
+                Ordered::Ack(ack, hold) => (ack, hold),
+                Ordered::Wait(d) => return Ok(Step::Hold(d)),
+            }
+        } else {
+            (self.deliver_unordered(state, &lease, entries).await, None)
+        };
+        match self.storage.mark_published(ack).await {
+            Ok(()) => {}
+            Err(StorageError::LeaseLost { .. }) => {
+                tracing::warn!("lease lost during a batch; another relay will deliver it again");
+                state.lease = None;
+                return Ok(Step::Idle);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(match next {
+            Some(hold) => hold,
+            None if full || retries_full => Step::Busy,
+            None => Step::Idle,
+        })
+    }
+
+    /// Routed, well-formed entries become envelopes; malformed ones that would
+    /// have come here become dead letters; the rest are passed over.
+    fn sort_entries(&self, entries: Vec<LogEntry>) -> Vec<Entry> {
+        entries
+            .into_iter()
+            .map(|entry| match entry {
                 Ok(message) if self.routes.matches(&self.target.name, &message.event_name) => {
-                    envelopes.push(Envelope {
+                    Entry::Deliver(Envelope {
                         message,
                         attempt: 1,
-                    });
+                    })
                 }
-                Ok(_) => {}
+                Ok(message) => Entry::Skip(message.position()),
                 Err(bad) => {
+                    let position = entry_position(&Err(bad.clone()));
                     if bad.event_name.trim().is_empty()
                         || self.routes.matches(&self.target.name, &bad.event_name)
                     {
                         tracing::warn!(seq = bad.seq, id = %bad.id, reason = %bad.reason, "malformed message dead-lettered");
-                        failures.push(Failure {
-                            seq: bad.seq,
-                            message_id: bad.id,
-                            attempts: 0,
-                            error: format!("malformed message: {}", bad.reason),
-                            disposition: Disposition::Dead,
-                        });
+                        Entry::Dead(
+                            position,
+                            Failure {
+                                seq: bad.seq,
+                                message_id: bad.id,
+                                attempts: 0,
+                                error: format!("malformed message: {}", bad.reason),
+                                disposition: Disposition::Dead,
+                            },
+                        )
+                    } else {
+                        Entry::Skip(position)
                     }
                 }
+            })
+            .collect()
+    }
+
+    /// Unordered: deliver the batch, record every failure, move past it all.
+    async fn deliver_unordered<'l>(
+        &self,
+        state: &mut State,
+        lease: &'l Lease,
+        entries: Vec<LogEntry>,
+    ) -> BatchAck<'l> {
+        let last = entries.last().map(entry_position).unwrap_or(lease.position);
+        let mut failures = Vec::new();
+        let mut envelopes = Vec::new();
+        for entry in self.sort_entries(entries) {
+            match entry {
+                Entry::Deliver(e) => envelopes.push(e),
+                Entry::Dead(_, f) => failures.push(f),
+                Entry::Skip(_) => {}
             }
         }
         if !envelopes.is_empty() {
-            let outcomes = self.send(transport, &envelopes).await;
+            let outcomes = self.send(&mut state.transport, &envelopes).await;
             for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
                 if let Some(f) = self.failure(envelope, 1, outcome) {
                     failures.push(f);
                 }
             }
         }
-        let ack = BatchAck {
-            lease: &lease,
-            position: last_seq,
+        BatchAck {
+            lease,
+            position: last,
             failures,
-        };
-        match self.storage.mark_published(ack).await {
-            Ok(()) => {}
-            Err(StorageError::LeaseLost { .. }) => {
-                tracing::warn!("lease lost during a batch; another relay will deliver it again");
-                *held = None;
-                return Ok(Step::Idle);
-            }
-            Err(e) => return Err(e),
+            resolved: Vec::new(),
         }
-        Ok(if full || retries_full {
-            Step::Busy
+    }
+
+    /// Ordered: a message held by an earlier failure goes alone, when due;
+    /// otherwise the batch is cut before a key repeats, so a failure never
+    /// has a later message of its key delivered ahead of it. The cursor stops
+    /// before the first message that is to be retried.
+    async fn deliver_ordered<'l>(
+        &self,
+        state: &mut State,
+        lease: &'l Lease,
+        entries: Vec<LogEntry>,
+    ) -> Result<Ordered<'l>, StorageError> {
+        let mut entries = self.sort_entries(entries);
+        let mut head_attempts = 0;
+        if let Some(Entry::Deliver(head)) = entries.first() {
+            if let Some(held) = self
+                .storage
+                .failure_state(&self.target.name, head.message.seq)
+                .await?
+            {
+                let wait = held.next_attempt_ms - now_ms();
+                if wait > 0 && !held.dead {
+                    return Ok(Ordered::Wait(Duration::from_millis(wait as u64)));
+                }
+                head_attempts = held.attempts;
+                entries.truncate(1);
+            }
+        }
+        if head_attempts == 0 {
+            let mut keys = HashSet::new();
+            let cut = entries
+                .iter()
+                .position(|e| match e {
+                    Entry::Deliver(env) => !keys.insert(
+                        env.message
+                            .partition_key
+                            .clone()
+                            .unwrap_or_else(|| env.message.id.to_string()),
+                    ),
+                    _ => false,
+                })
+                .unwrap_or(entries.len());
+            entries.truncate(cut.max(1));
+        }
+        let mut envelopes: Vec<Envelope> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Deliver(env) => Some(env.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = envelopes.first_mut()
+            && head_attempts > 0
+        {
+            first.attempt = head_attempts + 1;
+        }
+        let outcomes = if envelopes.is_empty() {
+            Vec::new()
         } else {
-            Step::Idle
-        })
+            self.send(&mut state.transport, &envelopes).await
+        };
+        let mut outcomes = envelopes.iter().zip(outcomes);
+        let mut position = lease.position;
+        let mut failures = Vec::new();
+        let mut resolved = Vec::new();
+        let mut hold = None;
+        for entry in &entries {
+            match entry {
+                Entry::Skip(p) => position = *p,
+                Entry::Dead(p, f) => {
+                    position = *p;
+                    failures.push(f.clone());
+                }
+                Entry::Deliver(_) => {
+                    let Some((envelope, outcome)) = outcomes.next() else {
+                        break;
+                    };
+                    let had_record = envelope.attempt > 1;
+                    match self.failure(envelope, envelope.attempt, &outcome) {
+                        None => {
+                            position = envelope.message.position();
+                            if had_record {
+                                resolved.push(envelope.message.seq);
+                            }
+                        }
+                        Some(f) => match f.disposition {
+                            Disposition::Dead => {
+                                position = envelope.message.position();
+                                failures.push(f);
+                            }
+                            Disposition::RetryAt(at) => {
+                                // Hold here: the cursor stays before it.
+                                hold = Some(Step::Hold(Duration::from_millis(
+                                    (at - now_ms()).max(0) as u64,
+                                )));
+                                failures.push(f);
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+        }
+        Ok(Ordered::Ack(
+            self.ack(lease, position, failures, resolved),
+            hold,
+        ))
+    }
+
+    fn ack<'l>(
+        &self,
+        lease: &'l Lease,
+        position: Position,
+        failures: Vec<Failure>,
+        resolved: Vec<i64>,
+    ) -> BatchAck<'l> {
+        BatchAck {
+            lease,
+            position,
+            failures,
+            resolved,
+        }
     }
 
     async fn deliver_retries(
@@ -257,7 +451,10 @@ impl PartitionWorker {
                 outcomes
             }
             Err(e) => {
-                let ids: Vec<String> = envelopes.iter().map(|e| e.message.id.to_string()).collect();
+                let ids: Vec<String> = envelopes
+                    .iter()
+                    .map(|e| e.message.id.to_string())
+                    .collect();
                 tracing::warn!(error = %e, message_ids = ?ids, "transport failed for the whole batch");
                 envelopes
                     .iter()
@@ -296,9 +493,17 @@ impl PartitionWorker {
     }
 }
 
-fn entry_seq(entry: &LogEntry) -> i64 {
-    match entry {
-        Ok(m) => m.seq,
-        Err(bad) => bad.seq,
-    }
+/// One log entry, as this target sees it.
+enum Entry {
+    Deliver(Envelope),
+    Dead(Position, Failure),
+    Skip(Position),
+}
+
+/// What an ordered step comes to.
+enum Ordered<'l> {
+    /// The head message is held; its next attempt is this far off.
+    Wait(Duration),
+    /// Acknowledge this, then hold (if a message failed) or go on.
+    Ack(BatchAck<'l>, Option<Step>),
 }

@@ -13,6 +13,8 @@
 //!
 //! Every backend runs the same conformance tests (`tests/storage.rs`).
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -21,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::message::{LogEntry, NewMessage};
+use crate::message::{LogEntry, NewMessage, Position};
 
 /// Errors from a storage backend, mapped from the driver's before they reach a caller.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +76,8 @@ pub struct Lease {
     pub target: String,
     pub partition: u32,
     pub owner: String,
-    /// The `seq` of the last message this target has passed in this partition.
-    pub position: i64,
+    /// The last log position this target has passed in this partition.
+    pub position: Position,
 }
 
 /// What happens to a message that did not get delivered.
@@ -102,8 +104,11 @@ pub struct Failure {
 #[derive(Debug, Clone)]
 pub struct BatchAck<'a> {
     pub lease: &'a Lease,
-    pub position: i64,
+    pub position: Position,
     pub failures: Vec<Failure>,
+    /// Messages whose earlier failure record is settled by this batch
+    /// (an ordered target's held message, delivered at last).
+    pub resolved: Vec<i64>,
 }
 
 /// A retry that is due, claimed by one relay until its claim expires.
@@ -173,7 +178,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
     /// Up to `limit` log entries of `partition` after `after`, in log order.
-    async fn fetch_pending(&self, partition: u32, after: i64, limit: u32) -> Result<Vec<LogEntry>>;
+    async fn fetch_pending(
+        &self,
+        partition: u32,
+        after: Position,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>>;
 
     /// Advances the cursor and records failures atomically. Fails with
     /// [`StorageError::LeaseLost`] if the lease has passed to another owner.
@@ -196,6 +206,47 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Dead letters, newest first; all targets when `target` is `None`.
     async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>>;
+
+    /// Records that relay `owner` is alive, and returns the live relays
+    /// (heartbeat within `ttl`), sorted.
+    async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>>;
+
+    /// Removes `owner` from the live relays (on a clean shutdown).
+    async fn leave(&self, owner: &str) -> Result<()>;
+
+    /// The failure record of one message at a target, if any: attempts so
+    /// far and when the next attempt is due. Ordered targets use it for the
+    /// message they hold at.
+    async fn failure_state(&self, target: &str, seq: i64) -> Result<Option<FailureState>>;
+
+    /// Runs until the task is dropped, bumping `on_commit` whenever the
+    /// database announces new messages. Backends without notifications return
+    /// at once and the relay polls.
+    async fn watch_commits(&self, on_commit: &tokio::sync::watch::Sender<u64>) {
+        let _ = on_commit;
+    }
+}
+
+/// Attempts so far, and the time the next one is due (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureState {
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub dead: bool,
+}
+
+/// A URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
@@ -204,6 +255,19 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// One entry of a failure record's history, as JSON text.
+pub(crate) fn history_entry(f: &Failure, at_ms: i64) -> String {
+    serde_json::json!({ "attempt": f.attempts, "at_ms": at_ms, "error": f.error }).to_string()
+}
+
+/// The `state` and `next_attempt_ms` columns of a failure record.
+pub(crate) fn disposition_columns(d: &Disposition) -> (&'static str, i64) {
+    match d {
+        Disposition::RetryAt(at) => ("retry", *at),
+        Disposition::Dead => ("dead", 0),
+    }
 }
 
 pub(crate) fn duration_ms(d: Duration) -> i64 {

@@ -16,10 +16,10 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    BatchAck, DeadLetter, Disposition, DueRetry, Failure, Lease, Result, Settlement, Storage,
-    StorageError, TargetStatus, duration_ms, now_ms,
+    BatchAck, DeadLetter, DueRetry, FailureState, Lease, Result, Settlement, Storage,
+    StorageError, TargetStatus, disposition_columns, duration_ms, history_entry, now_ms,
 };
-use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, decode_headers};
+use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -89,6 +89,7 @@ fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
     let malformed = |reason: String| {
         Ok(Err(MalformedMessage {
             seq,
+            xid: 0,
             id: id_text.clone(),
             event_name: event_name.clone(),
             reason,
@@ -110,6 +111,7 @@ fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
     let payload: Option<Vec<u8>> = row.try_get("payload")?;
     Ok(Ok(Message {
         seq,
+        xid: 0,
         id,
         event_name,
         partition_key: row.try_get("partition_key")?,
@@ -118,17 +120,6 @@ fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
         headers,
         created_at_ms: row.try_get::<Option<i64>, _>("created_at_ms")?.unwrap_or(0),
     }))
-}
-
-fn history_entry(f: &Failure, at_ms: i64) -> String {
-    serde_json::json!({ "attempt": f.attempts, "at_ms": at_ms, "error": f.error }).to_string()
-}
-
-fn disposition_columns(d: &Disposition) -> (&'static str, i64) {
-    match d {
-        Disposition::RetryAt(at) => ("retry", *at),
-        Disposition::Dead => ("dead", 0),
-    }
 }
 
 #[async_trait]
@@ -192,7 +183,10 @@ impl Storage for SqliteStorage {
                 target: target.to_string(),
                 partition,
                 owner: owner.to_string(),
-                position: row.try_get("position")?,
+                position: Position {
+                    xid: 0,
+                    seq: row.try_get("position")?,
+                },
             }),
             None => None,
         })
@@ -211,14 +205,19 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    async fn fetch_pending(&self, partition: u32, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+    async fn fetch_pending(
+        &self,
+        partition: u32,
+        after: Position,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM outbox_messages m
              WHERE m.partition = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(partition))
-            .bind(after)
+            .bind(after.seq)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
@@ -233,7 +232,7 @@ impl Storage for SqliteStorage {
             "UPDATE outbox_cursors SET position = max(position, ?), updated_at_ms = ?
              WHERE target = ? AND partition = ? AND lease_owner = ?",
         )
-        .bind(ack.position)
+        .bind(ack.position.seq)
         .bind(now)
         .bind(&lease.target)
         .bind(i64::from(lease.partition))
@@ -246,6 +245,13 @@ impl Storage for SqliteStorage {
                 partition: lease.partition,
                 owner: lease.owner.clone(),
             });
+        }
+        for seq in &ack.resolved {
+            sqlx::query("DELETE FROM outbox_deliveries WHERE target = ? AND seq = ?")
+                .bind(&lease.target)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
         }
         for failure in &ack.failures {
             let (state, next) = disposition_columns(&failure.disposition);
@@ -325,6 +331,7 @@ impl Storage for SqliteStorage {
                 } else {
                     Err(MalformedMessage {
                         seq: row.try_get("d_seq")?,
+                        xid: 0,
                         id: row.try_get("d_id")?,
                         event_name: String::new(),
                         reason: "the message is no longer in the log".into(),
@@ -466,5 +473,57 @@ impl Storage for SqliteStorage {
                 })
             })
             .collect()
+    }
+
+    async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>> {
+        let now = now_ms();
+        let ttl = duration_ms(ttl);
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms) VALUES (?1, ?2, ?2)
+             ON CONFLICT (owner) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+        )
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox_relays WHERE heartbeat_ms < ?")
+            .bind(now.saturating_sub(ttl.saturating_mul(10)))
+            .execute(&mut *tx)
+            .await?;
+        let live = sqlx::query_scalar(
+            "SELECT owner FROM outbox_relays WHERE heartbeat_ms >= ? ORDER BY owner",
+        )
+        .bind(now.saturating_sub(ttl))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(live)
+    }
+
+    async fn leave(&self, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM outbox_relays WHERE owner = ?")
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn failure_state(&self, target: &str, seq: i64) -> Result<Option<FailureState>> {
+        let row = sqlx::query(
+            "SELECT attempts, next_attempt_ms, state FROM outbox_deliveries WHERE target = ? AND seq = ?",
+        )
+        .bind(target)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(FailureState {
+                attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                next_attempt_ms: r.try_get("next_attempt_ms")?,
+                dead: r.try_get::<String, _>("state")? == "dead",
+            })
+        })
+        .transpose()
     }
 }
