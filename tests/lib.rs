@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_relay::NewMessage;
 use outbox_relay::config::Config;
+use outbox_relay::storage::postgres::PgStorage;
 use outbox_relay::storage::sqlite::SqliteStorage;
 use outbox_relay::storage::{DeadLetter, Storage};
 use tokio::task::JoinHandle;
@@ -31,9 +31,12 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
-/// A scratch directory with a SQLite database and a config file.
+/// A scratch directory with a database (a SQLite file in it, or a fresh
+/// Postgres database dropped afterwards) and a config file.
 pub struct Scratch {
     dir: tempfile::TempDir,
+    database: String,
+    pg_name: Option<String>,
 }
 
 impl Default for Scratch {
@@ -42,10 +45,47 @@ impl Default for Scratch {
     }
 }
 
+/// The Postgres server the tests use (trust auth on localhost by default).
+pub fn postgres_admin_url() -> String {
+    std::env::var("OUTBOX_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn postgres_url_for(database: &str) -> String {
+    let admin = postgres_admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{database}")
+}
+
 impl Scratch {
+    /// A scratch with a SQLite database file.
     pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        Self {
+            dir,
+            database,
+            pg_name: None,
+        }
+    }
+
+    /// A scratch with its own, new Postgres database. Panics (the test fails
+    /// loudly) when the server is not reachable.
+    pub async fn postgres() -> Self {
+        use sqlx::Connection;
+        let name = format!("outbox_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = postgres_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {admin} ({e}); start it, e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         Self {
             dir: tempfile::tempdir().unwrap(),
+            database: postgres_url_for(&name),
+            pg_name: Some(name),
         }
     }
 
@@ -54,12 +94,17 @@ impl Scratch {
     }
 
     pub fn database_url(&self) -> String {
-        format!("sqlite://{}", self.path().join("outbox.db").display())
+        self.database.clone()
     }
 
     /// Writes `relay.toml`: the database, fast test timings, the built
     /// components as the plugin directory, then `body` (routes and targets).
     pub fn write_config(&self, body: &str) -> PathBuf {
+        self.write_config_as("relay.toml", "", body)
+    }
+
+    /// Like [`Scratch::write_config`], with extra `[relay]` lines, to a file of its own name.
+    pub fn write_config_as(&self, file: &str, relay: &str, body: &str) -> PathBuf {
         let text = format!(
             r#"database = "{db}"
 
@@ -70,6 +115,7 @@ claim_timeout = "10s"
 shutdown_grace = "5s"
 plugin_dir = "{plugins}"
 cache_dir = "{cache}"
+{relay}
 
 {body}
 "#,
@@ -77,9 +123,22 @@ cache_dir = "{cache}"
             plugins = components_dir().display(),
             cache = env!("OUTBOX_TEST_CACHE"),
         );
-        let path = self.path().join("relay.toml");
+        let path = self.path().join(file);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// A migrated Postgres storage handle for this scratch's database.
+    pub async fn pg_storage(&self) -> PgStorage {
+        let storage = PgStorage::connect(&self.database_url()).await.unwrap();
+        storage.migrate().await.unwrap();
+        storage
+    }
+
+    /// A plain pool on this scratch's Postgres database, for checks; its
+    /// connections are not the relay's (no `outbox-relay` application name).
+    pub async fn pg_pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.database_url()).await.unwrap()
     }
 
     pub fn load_config(&self, body: &str) -> Config {
@@ -87,11 +146,40 @@ cache_dir = "{cache}"
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Opens the database (migrated) as the producer side would.
+    /// Opens the SQLite database (migrated) as the producer side would.
     pub async fn storage(&self) -> SqliteStorage {
         let storage = SqliteStorage::connect(&self.database_url()).await.unwrap();
         storage.migrate().await.unwrap();
         storage
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop is synchronous; use a runtime of our own on a thread of our own.
+        let admin = postgres_admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -129,14 +217,16 @@ impl RunningRelay {
 }
 
 /// Enqueues `n` messages named `event` with JSON payloads `{"n": i}`; returns them.
-pub async fn enqueue(storage: &SqliteStorage, event: &str, n: usize) -> Vec<NewMessage> {
+pub async fn enqueue(storage: &dyn Storage, event: &str, n: usize) -> Vec<NewMessage> {
     let messages: Vec<NewMessage> = (0..n)
         .map(|i| {
             NewMessage::new(event, format!("{{\"n\":{i}}}").into_bytes())
                 .with_header("x-test", format!("value-{i}"))
         })
         .collect();
-    storage.save(&messages).await.unwrap();
+    for chunk in messages.chunks(1000) {
+        storage.save(chunk).await.unwrap();
+    }
     messages
 }
 
@@ -172,9 +262,6 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Dead letters of one target.
-pub async fn dead_letters(storage: &SqliteStorage, target: &str) -> Vec<DeadLetter> {
+pub async fn dead_letters(storage: &dyn Storage, target: &str) -> Vec<DeadLetter> {
     storage.dead_letters(Some(target), 10_000).await.unwrap()
 }
-
-/// Shared handle type for tests that need the storage as a trait object.
-pub type DynStorage = Arc<dyn Storage>;

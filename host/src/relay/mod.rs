@@ -66,7 +66,11 @@ pub fn new_owner_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "relay".into());
     let unique = uuid::Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &unique[unique.len() - 8..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &unique[unique.len() - 8..]
+    )
 }
 
 /// The live relay that should own `partition` of `target`: partitions are
@@ -85,7 +89,10 @@ impl Relay {
     /// Runs until `shutdown` fires, then lets batches in flight finish (up to
     /// `shutdown_grace`), releases the leases and leaves the live set.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StorageError> {
-        let partitions = self.storage.ensure_partitions(self.settings.partitions).await?;
+        let partitions = self
+            .storage
+            .ensure_partitions(self.settings.partitions)
+            .await?;
 
         // Wake-ups: bumped on every commit notification (Postgres LISTEN).
         let (wake_tx, wake_rx) = watch::channel(0u64);
@@ -192,7 +199,9 @@ mod tests {
         let live: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let mut counts = std::collections::HashMap::new();
         for p in 0..12 {
-            *counts.entry(assigned_owner(&live, "t", p).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(assigned_owner(&live, "t", p).unwrap())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
         assert_eq!(assigned_owner(&[], "t", 0), None);

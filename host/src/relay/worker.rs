@@ -451,10 +451,7 @@ impl PartitionWorker {
                 outcomes
             }
             Err(e) => {
-                let ids: Vec<String> = envelopes
-                    .iter()
-                    .map(|e| e.message.id.to_string())
-                    .collect();
+                let ids: Vec<String> = envelopes.iter().map(|e| e.message.id.to_string()).collect();
                 tracing::warn!(error = %e, message_ids = ?ids, "transport failed for the whole batch");
                 envelopes
                     .iter()

@@ -13,8 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{PgConnection, Row};
 
 use super::{
-    BatchAck, DeadLetter, DueRetry, FailureState, Lease, Result, Settlement, Storage,
-    StorageError, TargetStatus, disposition_columns, duration_ms, history_entry, now_ms,
+    BatchAck, DeadLetter, DueRetry, FailureState, Lease, Result, Settlement, Storage, StorageError,
+    TargetStatus, disposition_columns, duration_ms, history_entry, now_ms,
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
 
@@ -513,7 +513,9 @@ impl Storage for PgStorage {
                                 Ok(Some(_)) => on_commit.send_modify(|n| *n += 1),
                                 // The connection dropped; the next call reconnects.
                                 Ok(None) => {
-                                    tracing::warn!("LISTEN connection lost; polling until it is back");
+                                    tracing::warn!(
+                                        "LISTEN connection lost; polling until it is back"
+                                    );
                                     on_commit.send_modify(|n| *n += 1);
                                 }
                                 Err(e) => {
@@ -525,7 +527,9 @@ impl Storage for PgStorage {
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot LISTEN; polling instead"),
                 },
-                Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; polling instead"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the LISTEN connection; polling instead")
+                }
             }
             failures += 1;
             tokio::time::sleep(Duration::from_millis(200u64 << failures.min(7))).await;

@@ -16,8 +16,8 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    BatchAck, DeadLetter, DueRetry, FailureState, Lease, Result, Settlement, Storage,
-    StorageError, TargetStatus, disposition_columns, duration_ms, history_entry, now_ms,
+    BatchAck, DeadLetter, DueRetry, FailureState, Lease, Result, Settlement, Storage, StorageError,
+    TargetStatus, disposition_columns, duration_ms, history_entry, now_ms,
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
 

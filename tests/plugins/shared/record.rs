@@ -1,5 +1,6 @@
 //! The delivery record kept by `flaky` and `count` when their config has a
-//! `path`: one `{"id":..,"attempt":..}` line per delivered envelope, appended
+//! `path`: one `{"id":..,"attempt":..,"key":..,"payload":..}` line per delivered
+//! envelope (`payload` as UTF-8 text), appended in a single write
 //! and handed to the OS before `deliver` returns, so a test can count
 //! deliveries (and duplicates) even after the host process was killed.
 
@@ -39,7 +40,12 @@ impl Record {
         let mut buf = Vec::new();
         for (envelope, outcome) in batch.iter().zip(outcomes.iter()) {
             if outcome.is_delivered() {
-                let line = serde_json::json!({ "id": envelope.id, "attempt": envelope.attempt });
+                let line = serde_json::json!({
+                    "id": envelope.id,
+                    "attempt": envelope.attempt,
+                    "key": envelope.partition_key,
+                    "payload": envelope.payload_str(),
+                });
                 buf.extend_from_slice(line.to_string().as_bytes());
                 buf.push(b'\n');
             }

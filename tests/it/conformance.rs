@@ -1,0 +1,393 @@
+//! The storage conformance suite: every backend passes the same cases, which
+//! cover what the seed's storage tests checked and more.
+
+use std::time::Duration;
+
+use outbox_relay::NewMessage;
+use outbox_relay::message::Position;
+use outbox_relay::producer;
+use outbox_relay::storage::{
+    BatchAck, Disposition, Failure, Settlement, Storage, StorageError, now_ms,
+};
+use outbox_relay_tests::{Scratch, enqueue};
+
+const T: &str = "target-a";
+
+fn retry_now(seq: i64, id: &str, attempts: u32) -> Failure {
+    Failure {
+        seq,
+        message_id: id.to_string(),
+        attempts,
+        error: format!("failure {attempts}"),
+        disposition: Disposition::RetryAt(now_ms()),
+    }
+}
+
+async fn lease(storage: &dyn Storage, owner: &str) -> outbox_relay::storage::Lease {
+    storage
+        .acquire_lease(T, 0, owner, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the lease is free")
+}
+
+fn ids(entries: &[outbox_relay::message::LogEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e.as_ref().unwrap().id.to_string())
+        .collect()
+}
+
+async fn only_pending_messages_come_back(storage: &dyn Storage) {
+    let sent = enqueue(storage, "e", 5).await;
+    let l = lease(storage, "a").await;
+    let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        sent.iter().map(|m| m.id.to_string()).collect::<Vec<_>>()
+    );
+    let third = all[2].as_ref().unwrap().position();
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: third,
+            failures: vec![],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    let l = lease(storage, "a").await;
+    assert_eq!(l.position, third);
+    let rest = storage.fetch_pending(0, l.position, 100).await.unwrap();
+    assert_eq!(
+        ids(&rest),
+        sent[3..]
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn the_batch_limit_is_exact(storage: &dyn Storage) {
+    enqueue(storage, "e", 10).await;
+    for (limit, expected) in [(1, 1), (4, 4), (10, 10), (20, 10)] {
+        let got = storage
+            .fetch_pending(0, Position::default(), limit)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), expected, "limit {limit}");
+    }
+}
+
+async fn an_ack_is_kept(storage: &dyn Storage) {
+    enqueue(storage, "e", 3).await;
+    let l = lease(storage, "a").await;
+    let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
+    let last = all[2].as_ref().unwrap().position();
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: last,
+            failures: vec![],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    storage.release_lease(&l).await.unwrap();
+    // Another relay, taking over, starts where the first one acknowledged.
+    let other = lease(storage, "b").await;
+    assert_eq!(other.position, last);
+    assert!(
+        storage
+            .fetch_pending(0, other.position, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn the_retry_count_rises(storage: &dyn Storage) {
+    let sent = enqueue(storage, "e", 1).await;
+    let l = lease(storage, "a").await;
+    let entry = storage
+        .fetch_pending(0, l.position, 10)
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let id = sent[0].id.to_string();
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: entry.position(),
+            failures: vec![retry_now(entry.seq, &id, 1)],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    for attempts in 1..4 {
+        let due = storage
+            .claim_retries(T, "a", 10, Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, attempts);
+        assert_eq!(due[0].entry.as_ref().unwrap().id, sent[0].id);
+        storage
+            .settle_retries(
+                T,
+                &[Settlement::Failed(retry_now(entry.seq, &id, attempts + 1))],
+            )
+            .await
+            .unwrap();
+    }
+    let status = storage.status(&[T.to_string()]).await.unwrap();
+    assert_eq!(status[0].retries_pending, 1);
+    // Delivered at last: the record goes.
+    let due = storage
+        .claim_retries(T, "a", 10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    storage
+        .settle_retries(
+            T,
+            &[Settlement::Delivered {
+                seq: due[0].entry.as_ref().unwrap().seq,
+            }],
+        )
+        .await
+        .unwrap();
+    let status = storage.status(&[T.to_string()]).await.unwrap();
+    assert_eq!((status[0].retries_pending, status[0].dead_letters), (0, 0));
+}
+
+async fn exhausted_messages_do_not_come_back(storage: &dyn Storage) {
+    let sent = enqueue(storage, "e", 2).await;
+    let l = lease(storage, "a").await;
+    let entries = storage.fetch_pending(0, l.position, 10).await.unwrap();
+    let (a, b) = (entries[0].as_ref().unwrap(), entries[1].as_ref().unwrap());
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: b.position(),
+            failures: vec![
+                retry_now(a.seq, &sent[0].id.to_string(), 1),
+                retry_now(b.seq, &sent[1].id.to_string(), 1),
+            ],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    let mut dead = retry_now(a.seq, &sent[0].id.to_string(), 2);
+    dead.disposition = Disposition::Dead;
+    storage
+        .settle_retries(T, &[Settlement::Failed(dead)])
+        .await
+        .unwrap();
+    let due = storage
+        .claim_retries(T, "a", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "the dead one does not come back");
+    assert_eq!(due[0].entry.as_ref().unwrap().id, sent[1].id);
+    let letters = storage.dead_letters(Some(T), 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message_id, sent[0].id.to_string());
+    assert_eq!(letters[0].attempts, 2);
+    assert_eq!(letters[0].event_name.as_deref(), Some("e"));
+}
+
+async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
+    let sent = enqueue(storage, "e", 3).await;
+    let l = lease(storage, "a").await;
+    // The lease: a second relay cannot take a held partition.
+    assert!(
+        storage
+            .acquire_lease(T, 0, "b", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let entries = storage.fetch_pending(0, l.position, 10).await.unwrap();
+    let failures = entries
+        .iter()
+        .zip(&sent)
+        .map(|(e, m)| retry_now(e.as_ref().unwrap().seq, &m.id.to_string(), 1))
+        .collect();
+    let last = entries[2].as_ref().unwrap().position();
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: last,
+            failures,
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    // The retries: what one relay claimed, another does not see.
+    let first = storage
+        .claim_retries(T, "a", 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    let second = storage
+        .claim_retries(T, "b", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    let a_seqs: Vec<i64> = first
+        .iter()
+        .map(|d| d.entry.as_ref().unwrap().seq)
+        .collect();
+    assert!(!a_seqs.contains(&second[0].entry.as_ref().unwrap().seq));
+    assert!(
+        storage
+            .claim_retries(T, "c", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
+    let sent = enqueue(storage, "e", 1).await;
+    let l = storage
+        .acquire_lease(T, 0, "a", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    let entry = storage
+        .fetch_pending(0, l.position, 10)
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: entry.position(),
+            failures: vec![retry_now(entry.seq, &sent[0].id.to_string(), 1)],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        storage
+            .claim_retries(T, "a", 10, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        storage
+            .claim_retries(T, "b", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both the retry claim and the partition lease have expired: b takes over.
+    assert_eq!(
+        storage
+            .claim_retries(T, "b", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let taken = storage
+        .acquire_lease(T, 0, "b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(taken.map(|l| l.position), Some(entry.position()));
+    // The old owner's late ack is refused.
+    let late = storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: entry.position(),
+            failures: vec![],
+            resolved: vec![],
+        })
+        .await;
+    assert!(
+        matches!(late, Err(StorageError::LeaseLost { .. })),
+        "{late:?}"
+    );
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let scratch = outbox_relay_tests::Scratch::new();
+                    let storage = scratch.storage().await;
+                    super::$case(&storage).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let scratch = outbox_relay_tests::Scratch::postgres().await;
+                    let storage = scratch.pg_storage().await;
+                    super::$case(&storage).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    only_pending_messages_come_back,
+    the_batch_limit_is_exact,
+    an_ack_is_kept,
+    the_retry_count_rises,
+    exhausted_messages_do_not_come_back,
+    a_claimed_batch_is_invisible_to_a_second_relay,
+    an_expired_claim_is_taken_over,
+);
+
+#[tokio::test]
+async fn sqlite_a_rolled_back_enqueue_persists_nothing() {
+    let scratch = Scratch::new();
+    let storage = scratch.storage().await;
+    let mut tx = storage.pool().begin().await.unwrap();
+    producer::sqlite::enqueue(&mut tx, &NewMessage::new("e", b"{}".to_vec()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        storage
+            .fetch_pending(0, Position::default(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_rolled_back_enqueue_persists_nothing() {
+    let scratch = Scratch::postgres().await;
+    let storage = scratch.pg_storage().await;
+    let mut tx = storage.pool().begin().await.unwrap();
+    producer::postgres::enqueue(&mut tx, &NewMessage::new("e", b"{}".to_vec()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        storage
+            .fetch_pending(0, Position::default(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_messages")
+        .fetch_one(storage.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
