@@ -31,6 +31,21 @@ async fn lease(storage: &dyn Storage, owner: &str) -> outbox_relay::storage::Lea
         .expect("the lease is free")
 }
 
+/// Enqueues, then waits until no older open transaction (of another test on
+/// the same Postgres server: transaction ids are cluster-wide) hides the rows.
+async fn enqueue_settled(storage: &dyn Storage, n: usize) -> Vec<NewMessage> {
+    let sent = enqueue(storage, "e", n).await;
+    let start = std::time::Instant::now();
+    while storage.has_unsettled(0, Position::default()).await.unwrap() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rows stayed hidden for a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sent
+}
+
 fn ids(entries: &[outbox_relay::message::LogEntry]) -> Vec<String> {
     entries
         .iter()
@@ -39,7 +54,7 @@ fn ids(entries: &[outbox_relay::message::LogEntry]) -> Vec<String> {
 }
 
 async fn only_pending_messages_come_back(storage: &dyn Storage) {
-    let sent = enqueue(storage, "e", 5).await;
+    let sent = enqueue_settled(storage, 5).await;
     let l = lease(storage, "a").await;
     let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
     assert_eq!(
@@ -69,7 +84,7 @@ async fn only_pending_messages_come_back(storage: &dyn Storage) {
 }
 
 async fn the_batch_limit_is_exact(storage: &dyn Storage) {
-    enqueue(storage, "e", 10).await;
+    enqueue_settled(storage, 10).await;
     for (limit, expected) in [(1, 1), (4, 4), (10, 10), (20, 10)] {
         let got = storage
             .fetch_pending(0, Position::default(), limit)
@@ -80,7 +95,7 @@ async fn the_batch_limit_is_exact(storage: &dyn Storage) {
 }
 
 async fn an_ack_is_kept(storage: &dyn Storage) {
-    enqueue(storage, "e", 3).await;
+    enqueue_settled(storage, 3).await;
     let l = lease(storage, "a").await;
     let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
     let last = all[2].as_ref().unwrap().position();
@@ -107,7 +122,7 @@ async fn an_ack_is_kept(storage: &dyn Storage) {
 }
 
 async fn the_retry_count_rises(storage: &dyn Storage) {
-    let sent = enqueue(storage, "e", 1).await;
+    let sent = enqueue_settled(storage, 1).await;
     let l = lease(storage, "a").await;
     let entry = storage
         .fetch_pending(0, l.position, 10)
@@ -162,7 +177,7 @@ async fn the_retry_count_rises(storage: &dyn Storage) {
 }
 
 async fn exhausted_messages_do_not_come_back(storage: &dyn Storage) {
-    let sent = enqueue(storage, "e", 2).await;
+    let sent = enqueue_settled(storage, 2).await;
     let l = lease(storage, "a").await;
     let entries = storage.fetch_pending(0, l.position, 10).await.unwrap();
     let (a, b) = (entries[0].as_ref().unwrap(), entries[1].as_ref().unwrap());
@@ -198,7 +213,7 @@ async fn exhausted_messages_do_not_come_back(storage: &dyn Storage) {
 }
 
 async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
-    let sent = enqueue(storage, "e", 3).await;
+    let sent = enqueue_settled(storage, 3).await;
     let l = lease(storage, "a").await;
     // The lease: a second relay cannot take a held partition.
     assert!(
@@ -250,7 +265,7 @@ async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
 }
 
 async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
-    let sent = enqueue(storage, "e", 1).await;
+    let sent = enqueue_settled(storage, 1).await;
     let l = storage
         .acquire_lease(T, 0, "a", Duration::from_millis(200))
         .await

@@ -2,39 +2,13 @@
 //! what was not acknowledged; SIGTERM shuts down cleanly and releases leases.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::relay_binary;
+use crate::{spawn_relay, terminate};
 use outbox_relay_tests::{Scratch, enqueue, eventually, read_jsonl};
 use sqlx::Row;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn spawn_relay(config: &std::path::Path) -> Child {
-    Command::new(relay_binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    panic!("the relay did not exit within 10s of SIGTERM");
-}
 
 fn counting_config(scratch: &Scratch) -> std::path::PathBuf {
     scratch.write_config(&format!(

@@ -7,9 +7,37 @@ mod conformance;
 mod crash;
 mod delivery;
 mod hostile;
+mod postgres;
 mod startup;
 
 /// The `outbox-relay` CLI under test (built from `tests/bin/outbox-relay.rs`).
 pub(crate) fn relay_binary() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay-under-test"))
+}
+
+/// Starts `outbox-relay run --config <config>` as a child process.
+pub(crate) fn spawn_relay(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(relay_binary())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM and waits (up to 10 s) for the process to exit.
+pub(crate) fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("the relay did not exit within 10s of SIGTERM");
 }

@@ -17,6 +17,9 @@ use crate::storage::{
 };
 use crate::transport::{Transport, TransportFactory};
 
+/// How soon to look again when rows are hidden by an open transaction.
+const UNSETTLED_RECHECK: Duration = Duration::from_millis(50);
+
 pub(super) struct PartitionWorker {
     pub target: TargetSpec,
     pub partition: u32,
@@ -165,10 +168,24 @@ impl PartitionWorker {
             .storage
             .fetch_pending(self.partition, lease.position, batch_size)
             .await?;
-        if entries.is_empty() {
-            return Ok(if retries_full { Step::Busy } else { Step::Idle });
-        }
         let full = entries.len() as u32 == batch_size;
+        // Rows an older open transaction still hides will be readable soon.
+        let unsettled = !full
+            && self
+                .storage
+                .has_unsettled(
+                    self.partition,
+                    entries.last().map_or(lease.position, entry_position),
+                )
+                .await?;
+        let idle = if unsettled {
+            Step::Hold(UNSETTLED_RECHECK)
+        } else {
+            Step::Idle
+        };
+        if entries.is_empty() {
+            return Ok(if retries_full { Step::Busy } else { idle });
+        }
         let (ack, next) = if self.target.ordered {
             match self.deliver_ordered(state, &lease, entries).await? {
                 Ordered::Ack(ack, hold) => (ack, hold),
@@ -189,7 +206,7 @@ impl PartitionWorker {
         Ok(match next {
             Some(hold) => hold,
             None if full || retries_full => Step::Busy,
-            None => Step::Idle,
+            None => idle,
         })
     }
 

@@ -185,6 +185,14 @@ pub trait Storage: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<LogEntry>>;
 
+    /// True if `partition` has rows after `after` that are not readable yet
+    /// because an older transaction is still open (Postgres); the relay then
+    /// looks again shortly instead of waiting for the poll interval.
+    async fn has_unsettled(&self, partition: u32, after: Position) -> Result<bool> {
+        let _ = (partition, after);
+        Ok(false)
+    }
+
     /// Advances the cursor and records failures atomically. Fails with
     /// [`StorageError::LeaseLost`] if the lease has passed to another owner.
     async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()>;

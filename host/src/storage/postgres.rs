@@ -216,6 +216,20 @@ impl Storage for PgStorage {
         rows.iter().map(decode_entry).collect()
     }
 
+    async fn has_unsettled(&self, partition: u32, after: Position) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (
+                SELECT 1 FROM outbox_messages
+                WHERE partition = $1 AND (xact_id, seq) > ($2::text::xid8, $3)
+                  AND xact_id >= pg_snapshot_xmin(pg_current_snapshot()))",
+        )
+        .bind(i32_of(partition))
+        .bind(after.xid.to_string())
+        .bind(after.seq)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()> {
         let now = now_ms();
         let lease = ack.lease;
