@@ -292,19 +292,19 @@ impl PartitionWorker {
     ) -> Result<Ordered<'l>, StorageError> {
         let mut entries = self.sort_entries(entries);
         let mut head_attempts = 0;
-        if let Some(Entry::Deliver(head)) = entries.first() {
-            if let Some(held) = self
-                .storage
-                .failure_state(&self.target.name, head.message.seq)
-                .await?
-            {
-                let wait = held.next_attempt_ms - now_ms();
-                if wait > 0 && !held.dead {
-                    return Ok(Ordered::Wait(Duration::from_millis(wait as u64)));
-                }
-                head_attempts = held.attempts;
-                entries.truncate(1);
+        let head_seq = match entries.first() {
+            Some(Entry::Deliver(head)) => Some(head.message.seq),
+            _ => None,
+        };
+        if let Some(seq) = head_seq
+            && let Some(held) = self.storage.failure_state(&self.target.name, seq).await?
+        {
+            let wait = held.next_attempt_ms - now_ms();
+            if wait > 0 && !held.dead {
+                return Ok(Ordered::Wait(Duration::from_millis(wait as u64)));
             }
+            head_attempts = held.attempts;
+            entries.truncate(1);
         }
         if head_attempts == 0 {
             let mut keys = HashSet::new();
