@@ -471,7 +471,7 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
         "the relay's connections were cut ({terminated})"
     );
     let counts = eventually("every message after the faults", WAIT, || async {
-        let c = deliveries(&[file.clone()]);
+        let c = deliveries(std::slice::from_ref(&file));
         (c.len() >= N).then_some(c)
     })
     .await;
