@@ -71,6 +71,14 @@ pub struct RelaySettings {
     /// How long shutdown waits for batches in flight before giving up on them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Delivered messages older than this are deleted; `0s` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Messages deleted per statement, so pruning never holds long locks.
+    pub prune_batch: u32,
 }
 
 impl Default for RelaySettings {
@@ -84,6 +92,9 @@ impl Default for RelaySettings {
             plugin_dir: PathBuf::from("plugins"),
             cache_dir: PathBuf::from(".outbox-relay/cache"),
             shutdown_grace: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(60),
+            prune_batch: 1000,
         }
     }
 }
@@ -283,6 +294,12 @@ impl Config {
         }
         if r.partitions == 0 || r.partitions > 4096 {
             return Err(self.invalid("relay.partitions", "must be between 1 and 4096"));
+        }
+        if r.prune_batch == 0 {
+            return Err(self.invalid("relay.prune_batch", "must be at least 1"));
+        }
+        if r.prune_interval < Duration::from_secs(1) {
+            return Err(self.invalid("relay.prune_interval", "must be at least 1s"));
         }
         if r.lease_ttl < Duration::from_secs(1) {
             return Err(self.invalid("relay.lease_ttl", "must be at least 1s"));

@@ -331,6 +331,72 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
     );
 }
 
+async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
+    storage: &dyn Storage,
+) {
+    let sent = enqueue_settled(storage, 4).await;
+    let entries = storage
+        .fetch_pending(0, Position::default(), 10)
+        .await
+        .unwrap();
+    let pos = |i: usize| entries[i].as_ref().unwrap().position();
+    let a = lease(storage, "a").await;
+    storage
+        .mark_published(BatchAck {
+            lease: &a,
+            position: pos(2),
+            failures: vec![retry_now(
+                entries[1].as_ref().unwrap().seq,
+                &sent[1].id.to_string(),
+                1,
+            )],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    let b = storage
+        .acquire_lease("target-b", 0, "a", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    storage
+        .mark_published(BatchAck {
+            lease: &b,
+            position: pos(3),
+            failures: vec![],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    let targets = [T.to_string(), "target-b".to_string()];
+    assert_eq!(
+        storage.prune(&targets, 0, 100).await.unwrap(),
+        0,
+        "nothing is old enough"
+    );
+    let later = now_ms() + 60_000;
+    // A target that never ran has passed nothing.
+    let with_new = [
+        T.to_string(),
+        "target-b".to_string(),
+        "never-ran".to_string(),
+    ];
+    assert_eq!(storage.prune(&with_new, later, 100).await.unwrap(), 0);
+    assert_eq!(
+        storage.prune(&targets, later, 1).await.unwrap(),
+        1,
+        "bounded batches"
+    );
+    assert_eq!(storage.prune(&targets, later, 100).await.unwrap(), 1);
+    assert_eq!(storage.prune(&targets, later, 100).await.unwrap(), 0);
+    // Left: the one a failure record refers to, and the one target-a has not passed.
+    let left = storage
+        .fetch_pending(0, Position::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&left), [sent[1].id.to_string(), sent[3].id.to_string()]);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -364,6 +430,7 @@ conformance!(
     exhausted_messages_do_not_come_back,
     a_claimed_batch_is_invisible_to_a_second_relay,
     an_expired_claim_is_taken_over,
+    retention_prunes_only_what_every_target_passed_and_nothing_refers_to,
 );
 
 #[tokio::test]

@@ -137,6 +137,13 @@ impl Relay {
             })
         };
 
+        let pruner = (!self.settings.retention.is_zero()).then(|| {
+            let storage = self.storage.clone();
+            let settings = self.settings.clone();
+            let targets: Vec<String> = self.targets.iter().map(|t| t.name.clone()).collect();
+            tokio::spawn(prune_forever(storage, targets, settings))
+        });
+
         let mut workers = JoinSet::new();
         for target in &self.targets {
             for partition in 0..partitions {
@@ -176,11 +183,41 @@ impl Relay {
         }
         heartbeat.abort();
         listener.abort();
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
         if let Err(e) = self.storage.leave(&self.owner).await {
             tracing::warn!(error = %e, "could not leave the live relay set");
         }
         tracing::info!("relay stopped");
         Ok(())
+    }
+}
+
+/// Deletes messages past retention every `prune_interval`, in bounded batches.
+async fn prune_forever(storage: Arc<dyn Storage>, targets: Vec<String>, settings: RelaySettings) {
+    loop {
+        tokio::time::sleep(settings.prune_interval).await;
+        let before = crate::storage::now_ms()
+            .saturating_sub(i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX));
+        let mut total = 0;
+        loop {
+            match storage.prune(&targets, before, settings.prune_batch).await {
+                Ok(n) => {
+                    total += n;
+                    if n < u64::from(settings.prune_batch) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(deleted = total, "pruned delivered messages past retention");
+        }
     }
 }
 

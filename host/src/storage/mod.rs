@@ -215,6 +215,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Dead letters, newest first; all targets when `target` is `None`.
     async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>>;
 
+    /// Deletes up to `limit` messages created before `before_ms` that every one
+    /// of `targets` has passed and that no failure record refers to. Returns
+    /// how many it deleted.
+    async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64>;
+
     /// Records that relay `owner` is alive, and returns the live relays
     /// (heartbeat within `ttl`), sorted.
     async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>>;

@@ -463,6 +463,30 @@ impl Storage for PgStorage {
             .collect()
     }
 
+    async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM outbox_messages WHERE seq IN (
+                SELECT m.seq FROM outbox_messages m
+                WHERE m.created_at_ms < $1
+                  AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
+                  AND (SELECT count(*) FROM outbox_cursors c
+                       WHERE c.target = ANY($2) AND c.partition = m.partition
+                         AND (c.position_xid, c.position_seq) >= (m.xact_id::text::bigint, m.seq)
+                      ) = cardinality($2)
+                ORDER BY m.seq
+                LIMIT $3)",
+        )
+        .bind(before_ms)
+        .bind(targets)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
     async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>> {
         let now = now_ms();
         let ttl = duration_ms(ttl);

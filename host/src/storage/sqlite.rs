@@ -475,6 +475,33 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
+    async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let targets_json = serde_json::to_string(targets).unwrap_or_else(|_| "[]".into());
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM outbox_messages WHERE seq IN (
+                SELECT m.seq FROM outbox_messages m
+                WHERE m.created_at_ms < ?1
+                  AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
+                  AND (SELECT count(*) FROM outbox_cursors c
+                       WHERE c.target IN (SELECT value FROM json_each(?2))
+                         AND c.partition = m.partition AND c.position >= m.seq
+                      ) = json_array_length(?2)
+                ORDER BY m.seq
+                LIMIT ?3)",
+        )
+        .bind(before_ms)
+        .bind(targets_json)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected())
+    }
+
     async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>> {
         let now = now_ms();
         let ttl = duration_ms(ttl);
