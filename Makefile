@@ -34,7 +34,10 @@ producer-check:
 	@if cargo tree -q -p outbox-relay --no-default-features --features sqlite -e normal | grep -q wasmtime; then \
 		echo "error: the producer API (outbox-relay without default features) depends on wasmtime"; exit 1; \
 	else echo "producer API is free of wasmtime: ok"; fi
+	@if cargo tree -q -p outbox-relay --no-default-features --features postgres -e normal | grep -q wasmtime; then \
+		echo "error: the Postgres producer API depends on wasmtime"; exit 1; fi
 	cargo check -q -p outbox-relay --no-default-features --features sqlite
+	cargo check -q -p outbox-relay --no-default-features --features postgres
 
 lint: plugins
 	cargo fmt --all --check
