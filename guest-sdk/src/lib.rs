@@ -41,13 +41,15 @@
 //! - [`Error`] and [`Result`]: a message-only error, which the host enriches
 //!   with the plugin, target and message id.
 //! - [`log`]: lines into the host's log, tagged with plugin and target.
+//! - [`signing`]: signatures made by the host with keys the plugin never sees.
 //!
 //! One build of this crate serves both plugin kinds: each export macro emits
 //! the description of its world's exports into the plugin crate itself, so a
 //! component only ever declares the one world it implements.
 //!
 //! The SDK also compiles natively, so a plugin's logic can be unit-tested with
-//! plain `cargo test` (there, [`log`] writes to stderr).
+//! plain `cargo test` (there, [`log`] writes to stderr and [`signing`]
+//! returns an error, as there is no host to hold the keys).
 //!
 //! [outbox-relay]: https://example.invalid/outbox-relay
 
@@ -61,6 +63,7 @@ mod envelope;
 mod error;
 mod injector;
 pub mod log;
+pub mod signing;
 mod transport;
 
 pub use config::Config;

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::plugin::{PluginError, PluginRuntime, TargetPlugin, WasmTransportFactory};
+use crate::keys::{KeyError, KeyRing, SigningGrant};
+use crate::plugin::{PluginError, PluginRuntime, PluginSpec, TargetPlugins, WasmTransportFactory};
 use crate::relay::{Relay, TargetSpec, new_owner_id};
 use crate::routes::Routes;
 use crate::storage::postgres::PgStorage;
@@ -19,6 +20,8 @@ pub enum AppError {
     Storage(#[from] StorageError),
     #[error("target {target:?}: {cause}")]
     Plugin { target: String, cause: PluginError },
+    #[error("config file {file}: {cause}")]
+    Key { file: String, cause: KeyError },
 }
 
 /// Opens the configured database (SQLite or Postgres, by URL scheme) and applies migrations.
@@ -32,40 +35,77 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageEr
     Ok(storage)
 }
 
-/// Loads and checks every target's plugin; fails on the first bad one.
+/// Loads and checks every target's transport and injectors, and the keys
+/// they may sign with; fails on the first bad one.
 pub fn load_plugins(
     config: &Config,
     runtime: &PluginRuntime,
-) -> Result<HashMap<String, TargetPlugin>, AppError> {
-    let mut loaded: HashMap<std::path::PathBuf, crate::plugin::LoadedPlugin> = HashMap::new();
+) -> Result<HashMap<String, TargetPlugins>, AppError> {
+    let ring = Arc::new(KeyRing::load(&config.keys).map_err(|cause| AppError::Key {
+        file: config.source.display().to_string(),
+        cause,
+    })?);
+    let mut transports = HashMap::new();
+    let mut injectors = HashMap::new();
     let mut targets = HashMap::new();
     for (name, target) in &config.targets {
+        let plugin_error = |cause| AppError::Plugin {
+            target: name.clone(),
+            cause,
+        };
         let path = config.plugin_path(target);
-        let plugin = match loaded.get(&path) {
-            Some(p) => p.clone(),
+        let transport = match transports.get(&path) {
+            Some(p) => Clone::clone(p),
             None => {
                 let p = runtime
                     .load_transport(&target.plugin, &path)
-                    .map_err(|cause| AppError::Plugin {
-                        target: name.clone(),
-                        cause,
-                    })?;
+                    .map_err(plugin_error)?;
                 tracing::info!(target = %name, plugin = %p.info.path, cached = p.info.cached, "plugin loaded");
-                loaded.insert(path, p.clone());
+                transports.insert(path, p.clone());
                 p
             }
         };
-        let config_json = serde_json::to_string(&target.config).unwrap_or_else(|_| "{}".into());
+        let mut chain = Vec::new();
+        for injector in &target.injectors {
+            let path = config.resolve_plugin(&injector.plugin);
+            let loaded = match injectors.get(&path) {
+                Some(p) => Clone::clone(p),
+                None => {
+                    let p = runtime
+                        .load_injector(&injector.plugin, &path)
+                        .map_err(plugin_error)?;
+                    tracing::info!(target = %name, plugin = %p.info.path, "injector loaded");
+                    injectors.insert(path, p.clone());
+                    p
+                }
+            };
+            chain.push(PluginSpec {
+                plugin: loaded,
+                sandbox: injector.sandbox.clone(),
+                config_json: config_json(&injector.config),
+            });
+        }
         targets.insert(
             name.clone(),
-            TargetPlugin {
-                plugin,
-                sandbox: target.sandbox.clone(),
-                config_json,
+            TargetPlugins {
+                transport: PluginSpec {
+                    plugin: transport,
+                    sandbox: target.sandbox.clone(),
+                    config_json: config_json(&target.config),
+                },
+                injectors: chain,
+                signing: SigningGrant {
+                    ring: ring.clone(),
+                    granted: target.keys.iter().cloned().collect(),
+                },
             },
         );
     }
     Ok(targets)
+}
+
+fn config_json(table: &toml::Table) -> String {
+    serde_json::to_string(table).unwrap_or_else(|_| "{}".into())
 }
 
 /// Builds a relay from `config`: storage migrated, plugins loaded and checked.

@@ -21,7 +21,8 @@ pub fn delay(policy: &RetryPolicy, attempts: u32, hint: Option<Duration>) -> Dur
     } else {
         1.0
     };
-    let jittered = Duration::from_secs_f64((capped * factor).max(0.0));
+    let jittered =
+        Duration::try_from_secs_f64((capped * factor).max(0.0)).unwrap_or(policy.max_backoff);
     match hint {
         Some(h) if h > jittered => h,
         _ => jittered,

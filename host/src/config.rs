@@ -43,6 +43,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    /// Signing keys the host holds for plugins (`[keys.<name>]`).
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyConfig>,
     /// Where the config was read from; set by [`Config::load`].
     #[serde(skip)]
     pub source: PathBuf,
@@ -87,7 +90,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             partitions: 1,
-            lease_ttl: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(120),
             claim_timeout: Duration::from_secs(300),
             plugin_dir: PathBuf::from("plugins"),
             cache_dir: PathBuf::from(".outbox-relay/cache"),
@@ -127,6 +130,46 @@ pub struct TargetConfig {
     pub retry: RetryPolicy,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Header injectors run, in order, on every envelope before the transport.
+    #[serde(default)]
+    pub injectors: Vec<InjectorConfig>,
+    /// Names of `[keys]` this target's plugins may sign with.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// One header injector of a target's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectorConfig {
+    /// A plugin name (`<plugin_dir>/<name>.wasm`) or a path to a `.wasm` file.
+    pub plugin: String,
+    /// Handed to the injector's `init` as a JSON object.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// A signing key: its algorithm, and where the host reads it from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub algorithm: KeyAlgorithm,
+    /// Environment variable holding the key.
+    pub env: Option<String>,
+    /// File holding the key (relative to the config file).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    /// HMAC-SHA256; the key is a secret of at least 32 bytes.
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// Ed25519; the key is a PKCS#8 PEM private key or a base64 32-byte seed.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
 }
 
 /// Exponential back-off with jitter. The delay before attempt `n + 1` is
@@ -264,6 +307,16 @@ impl Config {
             for host in target.sandbox.dirs.values_mut() {
                 *host = rebase(host);
             }
+            for injector in &mut target.injectors {
+                for host in injector.sandbox.dirs.values_mut() {
+                    *host = rebase(host);
+                }
+            }
+        }
+        for key in self.keys.values_mut() {
+            if let Some(file) = &key.file {
+                key.file = Some(rebase(file));
+            }
         }
     }
 
@@ -294,6 +347,12 @@ impl Config {
         }
         if r.partitions == 0 || r.partitions > 4096 {
             return Err(self.invalid("relay.partitions", "must be between 1 and 4096"));
+        }
+        if r.poll_interval < Duration::from_millis(10) {
+            return Err(self.invalid("relay.poll_interval", "must be at least 10ms"));
+        }
+        if r.claim_timeout < Duration::from_secs(1) {
+            return Err(self.invalid("relay.claim_timeout", "must be at least 1s"));
         }
         if r.prune_batch == 0 {
             return Err(self.invalid("relay.prune_batch", "must be at least 1"));
@@ -347,8 +406,8 @@ impl Config {
             if target.plugin.trim().is_empty() {
                 return Err(self.invalid(field("plugin"), "is empty"));
             }
-            if target.batch_size == Some(0) {
-                return Err(self.invalid(field("batch_size"), "must be at least 1"));
+            if target.batch_size.is_some_and(|b| b == 0 || b > 10_000) {
+                return Err(self.invalid(field("batch_size"), "must be between 1 and 10000"));
             }
             let retry = &target.retry;
             if retry.max_attempts == 0 {
@@ -360,23 +419,58 @@ impl Config {
             if !(0.0..=1.0).contains(&retry.jitter) {
                 return Err(self.invalid(field("retry.jitter"), "must be between 0 and 1"));
             }
+            if retry.max_backoff > Duration::from_secs(7 * 24 * 3600) {
+                return Err(self.invalid(field("retry.max_backoff"), "must be at most 7 days"));
+            }
             if retry.max_backoff < retry.initial_backoff {
                 return Err(self.invalid(
                     field("retry.max_backoff"),
                     "must not be shorter than retry.initial_backoff",
                 ));
             }
-            let sandbox = &target.sandbox;
+            for (i, key) in target.keys.iter().enumerate() {
+                if !self.keys.contains_key(key) {
+                    return Err(self.invalid(
+                        field(&format!("keys[{i}]")),
+                        format!("unknown key {key:?}; define it under [keys.{key}]"),
+                    ));
+                }
+            }
+            for (i, injector) in target.injectors.iter().enumerate() {
+                if injector.plugin.trim().is_empty() {
+                    return Err(self.invalid(field(&format!("injectors[{i}].plugin")), "is empty"));
+                }
+                self.validate_sandbox(
+                    &field(&format!("injectors[{i}].sandbox")),
+                    &injector.sandbox,
+                )?;
+            }
+            self.validate_sandbox(&field("sandbox"), &target.sandbox)?;
+        }
+        for (name, key) in &self.keys {
+            if key.env.is_some() == key.file.is_some() {
+                return Err(self.invalid(
+                    format!("keys.{name}"),
+                    "set exactly one of `env` and `file`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sandbox(&self, prefix: &str, sandbox: &SandboxConfig) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("{prefix}.{f}");
+        {
             if sandbox.memory_mb == 0 || sandbox.memory_mb > 4096 {
-                return Err(self.invalid(field("sandbox.memory_mb"), "must be between 1 and 4096"));
+                return Err(self.invalid(field("memory_mb"), "must be between 1 and 4096"));
             }
             if sandbox.call_timeout < Duration::from_millis(10) {
-                return Err(self.invalid(field("sandbox.call_timeout"), "must be at least 10ms"));
+                return Err(self.invalid(field("call_timeout"), "must be at least 10ms"));
             }
             for guest in sandbox.dirs.keys() {
                 if !guest.starts_with('/') {
                     return Err(self.invalid(
-                        field(&format!("sandbox.dirs.{guest}")),
+                        field(&format!("dirs.{guest}")),
                         "guest paths must be absolute, e.g. \"/out\"",
                     ));
                 }
@@ -384,7 +478,7 @@ impl Config {
             for (i, addr) in sandbox.allow_tcp.iter().enumerate() {
                 if parse_host_port(addr).is_none() {
                     return Err(self.invalid(
-                        field(&format!("sandbox.allow_tcp[{i}]")),
+                        field(&format!("allow_tcp[{i}]")),
                         format!("{addr:?} is not host:port"),
                     ));
                 }
@@ -397,12 +491,19 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, target) in &self.targets {
-            // One step may make an init call and a deliver call under one lease.
-            if self.relay.lease_ttl < target.sandbox.call_timeout * 2 {
+            // One batch may need instantiate, init and deliver calls under one lease.
+            if self.relay.lease_ttl <= target.sandbox.call_timeout * 3 {
                 out.push(format!(
-                    "relay.lease_ttl ({:?}) is shorter than twice targets.{name}.sandbox.call_timeout ({:?}); \
+                    "relay.lease_ttl ({:?}) is not longer than three times targets.{name}.sandbox.call_timeout ({:?}); \
                      a slow batch may lose its lease and be delivered twice",
                     self.relay.lease_ttl, target.sandbox.call_timeout
+                ));
+            }
+            if self.relay.claim_timeout <= target.sandbox.call_timeout * 3 {
+                out.push(format!(
+                    "relay.claim_timeout ({:?}) is not longer than three times targets.{name}.sandbox.call_timeout ({:?}); \
+                     a slow retry may be claimed and delivered twice",
+                    self.relay.claim_timeout, target.sandbox.call_timeout
                 ));
             }
         }
@@ -416,8 +517,14 @@ impl Config {
 
     /// Where `target`'s plugin file is.
     pub fn plugin_path(&self, target: &TargetConfig) -> PathBuf {
-        let p = Path::new(&target.plugin);
-        if target.plugin.ends_with(".wasm") || p.components().count() > 1 {
+        self.resolve_plugin(&target.plugin)
+    }
+
+    /// Where a plugin named in the config is: a bare name is looked up in
+    /// `relay.plugin_dir`, anything else is a path (relative to the config file).
+    pub fn resolve_plugin(&self, plugin: &str) -> PathBuf {
+        let p = Path::new(plugin);
+        if plugin.ends_with(".wasm") || p.components().count() > 1 {
             let base = self.source.parent().unwrap_or(Path::new("."));
             if p.is_absolute() {
                 p.to_path_buf()
@@ -425,9 +532,7 @@ impl Config {
                 base.join(p)
             }
         } else {
-            self.relay
-                .plugin_dir
-                .join(format!("{}.wasm", target.plugin))
+            self.relay.plugin_dir.join(format!("{plugin}.wasm"))
         }
     }
 }

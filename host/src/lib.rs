@@ -15,7 +15,10 @@
 //!   feature (`default-features = false, features = ["sqlite"]`) this and
 //!   [`storage`] are the whole crate, and wasmtime is not compiled.
 //! - [`storage`]: the storage port; [`storage::sqlite`] is its SQLite adapter.
-//! - [`transport`]: the transport port (`relay` feature).
+//! - [`transport`]: the transport port (`relay` feature); [`injector`]: the
+//!   header-injector port and the chain that runs injectors before a transport.
+//! - [`keys`]: signing keys held by the host for plugins; [`snapshot`]: signed
+//!   auth snapshots, and their verification for consumers.
 //! - [`plugin`]: the wasmtime adapter of the transport port: engine, sandbox,
 //!   compiled-component cache, long-lived instances.
 //! - [`config`]: TOML + environment configuration, validated.
@@ -26,6 +29,8 @@
 
 pub mod message;
 pub mod producer;
+#[cfg(feature = "snapshot")]
+pub mod snapshot;
 pub mod storage;
 
 #[cfg(feature = "relay")]
@@ -36,6 +41,10 @@ pub mod backoff;
 pub mod cli;
 #[cfg(feature = "relay")]
 pub mod config;
+#[cfg(feature = "relay")]
+pub mod injector;
+#[cfg(feature = "relay")]
+pub mod keys;
 #[cfg(feature = "relay")]
 pub mod plugin;
 #[cfg(feature = "relay")]

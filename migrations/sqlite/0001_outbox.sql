@@ -9,7 +9,7 @@ CREATE TABLE outbox_messages (
     partition      INTEGER NOT NULL DEFAULT 0,          -- FNV-1a(key or id) % partitions
     payload        BLOB    NOT NULL,
     headers        TEXT    NOT NULL DEFAULT '{}',       -- JSON object of strings
-    created_at_ms  INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000 AS INTEGER))
+    created_at_ms  INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
 );
 CREATE INDEX outbox_messages_partition_seq ON outbox_messages (partition, seq);
 

@@ -301,7 +301,7 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
             .unwrap()
             .is_empty()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     // Both the retry claim and the partition lease have expired: b takes over.
     assert_eq!(
         storage

@@ -217,7 +217,6 @@ async fn a_killed_relay_is_taken_over_without_loss() {
     let mut victim = victim;
     victim.kill().unwrap(); // SIGKILL
     victim.wait().unwrap();
-    let killed_at = Instant::now();
     assert!(
         deliveries(&all_files("alpha")).len() < N,
         "the kill came too late to test anything"
@@ -240,10 +239,6 @@ async fn a_killed_relay_is_taken_over_without_loss() {
             "{target}: {duplicates} duplicates, more than the {held} batches of {BATCH} in flight"
         );
     }
-    assert!(
-        killed_at.elapsed() >= Duration::from_secs(2),
-        "the takeover waited for the lease to expire"
-    );
 
     // `status` shows the survivors holding every partition.
     let out = std::process::Command::new(relay_binary())

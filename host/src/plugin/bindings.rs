@@ -11,8 +11,25 @@ wasmtime::component::bindgen!({
 
 pub use outbox::relay::types as wit;
 
+/// The injector world shares the transport world's imports, so one linker
+/// (and one set of host implementations) serves both.
+mod injector_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "injector-plugin",
+        exports: { default: async },
+        with: {
+            "outbox:relay/types": super::outbox::relay::types,
+            "outbox:relay/log": super::outbox::relay::log,
+            "outbox:relay/signing": super::outbox::relay::signing,
+        },
+    });
+}
+pub use injector_world::{InjectorPlugin, InjectorPluginPre};
+
 /// The interface name a transport exports, with the package version this host speaks.
 pub const TRANSPORT_INTERFACE: &str = "outbox:relay/transport@0.1.0";
+pub const INJECTOR_INTERFACE: &str = "outbox:relay/injector@0.1.0";
 pub const WIT_PACKAGE: &str = "outbox:relay";
 pub const WIT_VERSION: &str = "0.1.0";
 

@@ -9,7 +9,9 @@
 
 mod bindings;
 mod cache;
+mod instance;
 mod sandbox;
+mod wasm_injector;
 mod wasm_transport;
 
 use std::path::{Path, PathBuf};
@@ -19,10 +21,16 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store};
 
-pub use bindings::{TRANSPORT_INTERFACE, WIT_PACKAGE, WIT_VERSION};
-use bindings::{TransportPlugin, TransportPluginPre};
+pub use bindings::{INJECTOR_INTERFACE, TRANSPORT_INTERFACE, WIT_PACKAGE, WIT_VERSION};
+use bindings::{InjectorPluginPre, TransportPlugin, TransportPluginPre};
 pub use sandbox::{GuestStderr, PluginState};
-pub use wasm_transport::{TargetPlugin, WasmTransport, WasmTransportFactory};
+pub use wasm_injector::WasmInjector;
+pub use wasm_transport::{PluginSpec, TargetPlugins, WasmTransport, WasmTransportFactory};
+
+/// A loaded transport.
+pub type LoadedTransport = LoadedPlugin<TransportPluginPre<PluginState>>;
+/// A loaded header injector.
+pub type LoadedInjector = LoadedPlugin<InjectorPluginPre<PluginState>>;
 
 /// How often the engine's epoch advances; the granularity of call time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -56,10 +64,33 @@ pub struct PluginInfo {
 
 /// A compiled, checked component, ready to instantiate.
 #[derive(Clone)]
-pub struct LoadedPlugin {
+pub struct LoadedPlugin<P> {
     pub name: Arc<str>,
     pub info: PluginInfo,
-    pre: TransportPluginPre<PluginState>,
+    pre: P,
+}
+
+/// The two kinds of plugin, by the interface they export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    Transport,
+    Injector,
+}
+
+impl PluginKind {
+    pub fn interface(self) -> &'static str {
+        match self {
+            PluginKind::Transport => TRANSPORT_INTERFACE,
+            PluginKind::Injector => INJECTOR_INTERFACE,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PluginKind::Transport => "transport",
+            PluginKind::Injector => "header injector",
+        }
+    }
 }
 
 pub struct PluginRuntime {
@@ -97,8 +128,20 @@ impl PluginRuntime {
         &self.engine
     }
 
-    /// Reads, checks and compiles (or loads from cache) the transport at `path`.
-    pub fn load_transport(&self, name: &str, path: &Path) -> Result<LoadedPlugin, PluginError> {
+    /// Reads, checks and compiles (or loads from cache) the component at
+    /// `path`, and checks that it exports `kind`'s interface at this host's version.
+    fn load(
+        &self,
+        kind: PluginKind,
+        path: &Path,
+    ) -> Result<
+        (
+            Component,
+            wasmtime::component::InstancePre<PluginState>,
+            PluginInfo,
+        ),
+        PluginError,
+    > {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|cause| PluginError::Read {
             path: shown.clone(),
@@ -114,12 +157,12 @@ impl PluginRuntime {
         let info = PluginInfo {
             path: shown.clone(),
             sha256,
-            kind: "transport",
+            kind: kind.label(),
             exports,
             imports,
             cached,
         };
-        check_version(&shown, &info)?;
+        check_version(&shown, kind, &info)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -127,8 +170,14 @@ impl PluginRuntime {
                     path: shown.clone(),
                     message: format!("imports something this host does not provide: {e:#}"),
                 })?;
+        Ok((component, instance_pre, info))
+    }
+
+    /// Loads the transport at `path`.
+    pub fn load_transport(&self, name: &str, path: &Path) -> Result<LoadedTransport, PluginError> {
+        let (_, instance_pre, info) = self.load(PluginKind::Transport, path)?;
         let pre = TransportPluginPre::new(instance_pre).map_err(|e| PluginError::Invalid {
-            path: shown.clone(),
+            path: info.path.clone(),
             message: format!("does not match the transport world: {e:#}"),
         })?;
         Ok(LoadedPlugin {
@@ -138,7 +187,33 @@ impl PluginRuntime {
         })
     }
 
-    fn new_store(&self, state: PluginState) -> Store<PluginState> {
+    /// Loads the header injector at `path`.
+    pub fn load_injector(&self, name: &str, path: &Path) -> Result<LoadedInjector, PluginError> {
+        let (_, instance_pre, info) = self.load(PluginKind::Injector, path)?;
+        let pre = InjectorPluginPre::new(instance_pre).map_err(|e| PluginError::Invalid {
+            path: info.path.clone(),
+            message: format!("does not match the injector world: {e:#}"),
+        })?;
+        Ok(LoadedPlugin {
+            name: Arc::from(name),
+            info,
+            pre,
+        })
+    }
+
+    /// Loads a component of either kind, for `plugins check`.
+    pub fn inspect(&self, path: &Path) -> Result<PluginInfo, PluginError> {
+        match self.load(PluginKind::Transport, path) {
+            Ok((_, _, info)) => Ok(info),
+            Err(PluginError::Invalid { message, .. }) if message.starts_with("does not export") => {
+                self.load(PluginKind::Injector, path)
+                    .map(|(_, _, info)| info)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn new_store(&self, state: PluginState) -> Store<PluginState> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
@@ -208,28 +283,31 @@ fn describe(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>
     (exports, imports)
 }
 
-fn check_version(path: &str, info: &PluginInfo) -> Result<(), PluginError> {
+fn check_version(path: &str, kind: PluginKind, info: &PluginInfo) -> Result<(), PluginError> {
+    let wanted = kind.interface();
     let export_names: Vec<&str> = info
         .exports
         .iter()
         .map(|e| e.split(' ').next().unwrap_or(""))
         .collect();
-    if export_names.contains(&TRANSPORT_INTERFACE) {
+    if export_names.contains(&wanted) {
         return Ok(());
     }
     let prefix = format!("{WIT_PACKAGE}/");
     if let Some(other) = export_names.iter().find(|n| n.starts_with(&prefix)) {
         let found = other.split_once('/').map_or(*other, |(_, rest)| rest);
         let version = found.split_once('@').map_or("(unversioned)", |(_, v)| v);
-        return Err(PluginError::VersionMismatch {
-            path: path.to_string(),
-            found: format!("{WIT_PACKAGE}@{version} (exports {other})"),
-        });
+        if version != WIT_VERSION {
+            return Err(PluginError::VersionMismatch {
+                path: path.to_string(),
+                found: format!("{WIT_PACKAGE}@{version} (exports {other})"),
+            });
+        }
     }
     Err(PluginError::Invalid {
         path: path.to_string(),
         message: format!(
-            "does not export {TRANSPORT_INTERFACE}; it exports: {}",
+            "does not export {wanted}; it exports: {}",
             if export_names.is_empty() {
                 "nothing".to_string()
             } else {

@@ -17,8 +17,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::outbox::relay::{log, types};
+use super::bindings::outbox::relay::{log, signing, types};
 use crate::config::{SandboxConfig, parse_host_port};
+use crate::keys::SigningGrant;
 
 /// The data of one plugin instance's `Store`.
 pub struct PluginState {
@@ -29,6 +30,8 @@ pub struct PluginState {
     pub(super) target: Arc<str>,
     /// When the current call must end; checked on every epoch tick.
     pub(super) deadline: Instant,
+    /// The keys this instance's target may sign with.
+    signing: SigningGrant,
 }
 
 impl PluginState {
@@ -37,6 +40,7 @@ impl PluginState {
         target: Arc<str>,
         sandbox: &SandboxConfig,
         stderr: GuestStderr,
+        signing: SigningGrant,
     ) -> Result<Self, String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr).stdout(tokio::io::stdout());
@@ -57,8 +61,9 @@ impl PluginState {
         let limits = StoreLimitsBuilder::new()
             .memory_size(sandbox.memory_mb as usize * 1024 * 1024)
             .instances(16)
-            .tables(64)
-            .memories(16)
+            .tables(16)
+            .table_elements(100_000)
+            .memories(4)
             .trap_on_grow_failure(true)
             .build();
         Ok(Self {
@@ -68,6 +73,7 @@ impl PluginState {
             plugin,
             target,
             deadline: Instant::now(),
+            signing,
         })
     }
 }
@@ -96,6 +102,20 @@ impl WasiView for PluginState {
 }
 
 impl types::Host for PluginState {}
+
+impl signing::Host for PluginState {
+    fn algorithm(&mut self, key: String) -> Result<String, String> {
+        self.signing.algorithm(&key, &self.target)
+    }
+
+    fn sign(&mut self, key: String, message: Vec<u8>) -> Result<Vec<u8>, String> {
+        let result = self.signing.sign(&key, &self.target, &message);
+        if let Err(e) = &result {
+            tracing::warn!(plugin = &*self.plugin, target = &*self.target, key, error = %e, "signing refused");
+        }
+        result
+    }
+}
 
 impl log::Host for PluginState {
     fn log(&mut self, level: log::Level, message: String) {

@@ -2,38 +2,46 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use wasmtime::Store;
 
-use super::bindings::{TransportPlugin, wit};
-use super::{GuestStderr, LoadedPlugin, PluginRuntime, PluginState};
+use super::bindings::{TransportPlugin, TransportPluginPre, wit};
+use super::instance::InstanceCtx;
+use super::wasm_injector::WasmInjector;
+use super::{LoadedPlugin, PluginRuntime, PluginState};
 use crate::config::SandboxConfig;
+use crate::injector::InjectedTransport;
+use crate::keys::SigningGrant;
 use crate::message::{Envelope, Outcome};
 use crate::transport::{Transport, TransportError, TransportErrorKind, TransportFactory};
 
-/// Host-side slack on top of a call's time limit, for a guest parked in a host
-/// call (a socket read) where the epoch check cannot fire.
-const HOST_SLACK: Duration = Duration::from_secs(1);
-
-/// Everything needed to make instances for one target.
+/// One plugin of a target, ready to instantiate, with its sandbox and config.
 #[derive(Clone)]
-pub struct TargetPlugin {
-    pub plugin: LoadedPlugin,
+pub struct PluginSpec<P> {
+    pub plugin: LoadedPlugin<P>,
     pub sandbox: SandboxConfig,
-    /// The target's `config` table as JSON, handed to `init`.
+    /// The `config` table as JSON, handed to `init`.
     pub config_json: String,
 }
 
-/// Makes a [`WasmTransport`] per relay worker.
+/// Everything needed to make a target's instances: its transport, its
+/// injector chain, and the keys it was granted.
+#[derive(Clone)]
+pub struct TargetPlugins {
+    pub transport: PluginSpec<TransportPluginPre<PluginState>>,
+    pub injectors: Vec<PluginSpec<super::bindings::InjectorPluginPre<PluginState>>>,
+    pub signing: SigningGrant,
+}
+
+/// Makes a target's transport (wrapped in its injector chain) per relay worker.
 pub struct WasmTransportFactory {
     runtime: Arc<PluginRuntime>,
-    targets: HashMap<String, TargetPlugin>,
+    targets: HashMap<String, TargetPlugins>,
 }
 
 impl WasmTransportFactory {
-    pub fn new(runtime: Arc<PluginRuntime>, targets: HashMap<String, TargetPlugin>) -> Self {
+    pub fn new(runtime: Arc<PluginRuntime>, targets: HashMap<String, TargetPlugins>) -> Self {
         Self { runtime, targets }
     }
 }
@@ -49,11 +57,28 @@ impl TransportFactory for WasmTransportFactory {
                 stderr: String::new(),
             });
         };
-        Ok(Box::new(WasmTransport::new(
+        let transport = Box::new(WasmTransport::new(
             self.runtime.clone(),
             target,
-            t.clone(),
-        )))
+            t.transport.clone(),
+            t.signing.clone(),
+        ));
+        if t.injectors.is_empty() {
+            return Ok(transport);
+        }
+        let injectors = t
+            .injectors
+            .iter()
+            .map(|spec| {
+                Box::new(WasmInjector::new(
+                    self.runtime.clone(),
+                    target,
+                    spec.clone(),
+                    t.signing.clone(),
+                )) as Box<dyn crate::injector::HeaderInjector>
+            })
+            .collect();
+        Ok(Box::new(InjectedTransport::new(injectors, transport)))
     }
 }
 
@@ -66,96 +91,53 @@ struct Live {
 /// first use, kept across batches (so the guest can keep connections open),
 /// and thrown away after a trap or timeout, to be made again on the next batch.
 pub struct WasmTransport {
-    runtime: Arc<PluginRuntime>,
-    target: Arc<str>,
-    spec: TargetPlugin,
-    stderr: GuestStderr,
+    ctx: InstanceCtx,
+    spec: PluginSpec<TransportPluginPre<PluginState>>,
     live: Option<Live>,
 }
 
 impl WasmTransport {
-    pub fn new(runtime: Arc<PluginRuntime>, target: &str, spec: TargetPlugin) -> Self {
-        let stderr = GuestStderr::new(spec.sandbox.stderr_kb as usize * 1024);
-        Self {
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        target: &str,
+        spec: PluginSpec<TransportPluginPre<PluginState>>,
+        signing: SigningGrant,
+    ) -> Self {
+        let ctx = InstanceCtx::new(
             runtime,
-            target: Arc::from(target),
+            spec.plugin.name.clone(),
+            target,
+            spec.sandbox.clone(),
+            signing,
+        );
+        Self {
+            ctx,
             spec,
-            stderr,
             live: None,
         }
     }
 
-    fn error(&self, kind: TransportErrorKind) -> TransportError {
-        TransportError {
-            plugin: self.spec.plugin.name.to_string(),
-            target: self.target.to_string(),
-            kind,
-            stderr: self.stderr.take(),
-        }
-    }
-
-    fn timeout(&self) -> Duration {
-        self.spec.sandbox.call_timeout
-    }
-
-    /// Classifies a failed call; the instance is discarded by the caller.
-    fn call_failed(&self, e: &wasmtime::Error) -> TransportError {
-        let text = format!("{e:#}");
-        if text.contains("time limit exceeded") {
-            return self.error(TransportErrorKind::Timeout(
-                self.timeout().as_millis() as u64
-            ));
-        }
-        let reason = if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-            trap.to_string()
-        } else {
-            e.root_cause().to_string()
-        };
-        let reason = if text.contains("growing memory") || text.contains("memory growth") {
-            format!(
-                "exceeded its memory limit of {} MiB ({reason})",
-                self.spec.sandbox.memory_mb
-            )
-        } else {
-            reason
-        };
-        self.error(TransportErrorKind::Trap(reason))
-    }
-
     async fn instantiate(&mut self) -> Result<Live, TransportError> {
-        let state = PluginState::new(
-            self.spec.plugin.name.clone(),
-            self.target.clone(),
-            &self.spec.sandbox,
-            self.stderr.clone(),
-        )
-        .map_err(|e| self.error(TransportErrorKind::Instantiate(e)))?;
-        let mut store = self.runtime.new_store(state);
-        store.data_mut().deadline = Instant::now() + self.timeout();
-        let limit = self.timeout() + HOST_SLACK;
-        let bindings =
-            match tokio::time::timeout(limit, self.spec.plugin.pre.instantiate_async(&mut store))
-                .await
-            {
-                Err(_) => {
-                    return Err(self.error(TransportErrorKind::Timeout(limit.as_millis() as u64)));
-                }
-                Ok(Err(e)) => {
-                    return Err(self.error(TransportErrorKind::Instantiate(format!("{e:#}"))));
-                }
-                Ok(Ok(b)) => b,
-            };
+        let mut store = self.ctx.new_store()?;
+        self.ctx.arm(&mut store);
+        let bindings = self
+            .ctx
+            .call(self.spec.plugin.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|e| match e.kind {
+                TransportErrorKind::Trap(m) => self.ctx.error(TransportErrorKind::Instantiate(m)),
+                _ => e,
+            })?;
+        self.ctx.arm(&mut store);
         let init = bindings.outbox_relay_transport().call_init(
             &mut store,
-            &self.target,
+            &self.ctx.target,
             &self.spec.config_json,
         );
-        match tokio::time::timeout(limit, init).await {
-            Err(_) => Err(self.error(TransportErrorKind::Timeout(limit.as_millis() as u64))),
-            Ok(Err(e)) => Err(self.call_failed(&e)),
-            Ok(Ok(Err(message))) => Err(self.error(TransportErrorKind::Init(message))),
-            Ok(Ok(Ok(()))) => {
-                tracing::info!(plugin = %self.spec.plugin.name, target = %self.target, "plugin instance started");
+        match self.ctx.call(init).await? {
+            Err(message) => Err(self.ctx.error(TransportErrorKind::Init(message))),
+            Ok(()) => {
+                tracing::info!(plugin = %self.ctx.plugin, target = %self.ctx.target, "plugin instance started");
                 Ok(Live { store, bindings })
             }
         }
@@ -165,30 +147,22 @@ impl WasmTransport {
 #[async_trait]
 impl Transport for WasmTransport {
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
-        let leftover = self.stderr.take();
-        if !leftover.is_empty() {
-            tracing::debug!(plugin = %self.spec.plugin.name, target = %self.target, stderr = %leftover, "guest stderr");
-        }
+        self.ctx.drain_stderr();
         let mut live = match self.live.take() {
             Some(live) => live,
             None => self.instantiate().await?,
         };
         let wit_batch: Vec<wit::Envelope> = batch.iter().map(wit::Envelope::from).collect();
-        live.store.data_mut().deadline = Instant::now() + self.timeout();
-        let limit = self.timeout() + HOST_SLACK;
+        self.ctx.arm(&mut live.store);
         let call = live
             .bindings
             .outbox_relay_transport()
             .call_deliver(&mut live.store, &wit_batch);
-        let outcomes = match tokio::time::timeout(limit, call).await {
-            // The instance is dropped in each failure arm: its state is unknown.
-            Err(_) => return Err(self.error(TransportErrorKind::Timeout(limit.as_millis() as u64))),
-            Ok(Err(e)) => return Err(self.call_failed(&e)),
-            Ok(Ok(outcomes)) => outcomes,
-        };
+        // On failure `live` is dropped: the instance's state is unknown.
+        let outcomes = self.ctx.call(call).await?;
         self.live = Some(live);
         if outcomes.len() != batch.len() {
-            return Err(self.error(TransportErrorKind::OutcomeCount {
+            return Err(self.ctx.error(TransportErrorKind::OutcomeCount {
                 expected: batch.len(),
                 got: outcomes.len(),
             }));

@@ -158,7 +158,7 @@ impl Relay {
                     wake: wake_rx.clone(),
                     members: members_rx.clone(),
                 };
-                workers.spawn(worker.run(shutdown.clone()));
+                workers.spawn(supervise(worker, shutdown.clone()));
             }
         }
         tracing::info!(
@@ -191,6 +191,28 @@ impl Relay {
         }
         tracing::info!("relay stopped");
         Ok(())
+    }
+}
+
+/// Runs a worker, and runs it again if it panics: a partition must never be
+/// left assigned to this relay with nobody working it.
+async fn supervise(worker: PartitionWorker, shutdown: CancellationToken) {
+    loop {
+        let run = tokio::spawn(worker.clone().run(shutdown.clone()));
+        match run.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!(
+                    target = %worker.target.name, partition = worker.partition,
+                    "worker panicked; restarting it in 1s"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::transport::{Transport, TransportFactory};
 /// How soon to look again when rows are hidden by an open transaction.
 const UNSETTLED_RECHECK: Duration = Duration::from_millis(50);
 
+#[derive(Clone)]
 pub(super) struct PartitionWorker {
     pub target: TargetSpec,
     pub partition: u32,
@@ -457,6 +458,21 @@ impl PartitionWorker {
                 Err(e) => Err(e),
             },
         };
+        let result = result.and_then(|outcomes| {
+            if outcomes.len() == envelopes.len() {
+                Ok(outcomes)
+            } else {
+                Err(crate::transport::TransportError {
+                    plugin: "(transport)".into(),
+                    target: self.target.name.clone(),
+                    kind: crate::transport::TransportErrorKind::OutcomeCount {
+                        expected: envelopes.len(),
+                        got: outcomes.len(),
+                    },
+                    stderr: String::new(),
+                })
+            }
+        });
         match result {
             Ok(outcomes) => {
                 for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
@@ -489,8 +505,11 @@ impl PartitionWorker {
                 Disposition::Dead,
             ),
             Outcome::Retry { reason, delay_ms } => {
-                let wait = backoff::delay(policy, attempts, delay_ms.map(Duration::from_millis));
-                let at = now_ms().saturating_add(wait.as_millis() as i64);
+                // A plugin's hint is a lower bound, but never beyond the policy's cap.
+                let hint = delay_ms.map(|ms| Duration::from_millis(ms).min(policy.max_backoff));
+                let wait = backoff::delay(policy, attempts, hint);
+                let at =
+                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                 (reason.clone(), Disposition::RetryAt(at))
             }
         };

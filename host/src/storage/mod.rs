@@ -43,6 +43,12 @@ pub enum StorageError {
          changing the partition count of an existing outbox is not supported"
     )]
     PartitionMismatch { stored: u32, configured: u32 },
+    #[error(
+        "the cursors point past this database's transaction ids (was it restored from a dump or moved \
+         by logical replication?); reset them with `UPDATE outbox_cursors SET position_xid = 0` after \
+         checking what was delivered"
+    )]
+    CursorsAhead,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -124,6 +124,17 @@ impl Storage for PgStorage {
         .bind(configured.to_string())
         .execute(&mut *conn)
         .await?;
+        // Positions are transaction ids of this cluster: after a dump and
+        // restore (or a move by logical replication) they would be ahead of
+        // every new transaction, and new messages would be skipped.
+        let ahead: bool = sqlx::query_scalar(
+            "SELECT coalesce(max(position_xid), 0) > pg_current_xact_id()::text::bigint FROM outbox_cursors",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if ahead {
+            return Err(StorageError::CursorsAhead);
+        }
         let stored = stored_partitions(&mut conn).await?;
         if stored != configured {
             return Err(StorageError::PartitionMismatch { stored, configured });
@@ -235,7 +246,10 @@ impl Storage for PgStorage {
         let lease = ack.lease;
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE outbox_cursors SET position_xid = $1, position_seq = $2, updated_at_ms = $3
+            "UPDATE outbox_cursors SET
+                position_xid = CASE WHEN (position_xid, position_seq) < ($1, $2) THEN $1 ELSE position_xid END,
+                position_seq = CASE WHEN (position_xid, position_seq) < ($1, $2) THEN $2 ELSE position_seq END,
+                updated_at_ms = $3
              WHERE target = $4 AND partition = $5 AND lease_owner = $6",
         )
         .bind(ack.position.xid)

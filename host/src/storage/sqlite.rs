@@ -25,9 +25,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 
 /// The columns every log read selects, in the order [`decode_entry`] expects.
 /// Casts make rows written by other producers decodable, whatever their types.
-const MESSAGE_COLUMNS: &str = "m.seq, CAST(m.id AS TEXT) AS id, CAST(m.event_name AS TEXT) AS event_name, \
-     CAST(m.partition_key AS TEXT) AS partition_key, m.partition, CAST(m.payload AS BLOB) AS payload, \
-     CAST(m.headers AS TEXT) AS headers, m.created_at_ms";
+const MESSAGE_COLUMNS: &str = "m.seq, CAST(m.id AS BLOB) AS id, CAST(m.event_name AS BLOB) AS event_name, \
+     CAST(m.partition_key AS BLOB) AS partition_key, CAST(m.partition AS INTEGER) AS partition, \
+     CAST(m.payload AS BLOB) AS payload, CAST(m.headers AS BLOB) AS headers, \
+     CAST(m.created_at_ms AS INTEGER) AS created_at_ms";
 
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
@@ -80,12 +81,24 @@ pub(crate) async fn stored_partitions(conn: &mut SqliteConnection) -> Result<u32
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
 }
 
+/// A text column read as bytes, so a value that is not UTF-8 makes the row
+/// malformed instead of failing the whole read.
+fn text(row: &SqliteRow, column: &str) -> Result<Result<Option<String>, String>> {
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    Ok(match bytes {
+        None => Ok(None),
+        Some(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|_| format!("{column} is not valid UTF-8")),
+    })
+}
+
 fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
     let seq: i64 = row.try_get("seq")?;
-    let id_text: Option<String> = row.try_get("id")?;
-    let event_name: Option<String> = row.try_get("event_name")?;
-    let id_text = id_text.unwrap_or_default();
-    let event_name = event_name.unwrap_or_default();
+    let raw_id = text(row, "id")?;
+    let raw_event = text(row, "event_name")?;
+    let id_text = raw_id.clone().ok().flatten().unwrap_or_default();
+    let event_name = raw_event.clone().ok().flatten().unwrap_or_default();
     let malformed = |reason: String| {
         Ok(Err(MalformedMessage {
             seq,
@@ -95,6 +108,9 @@ fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
             reason,
         }))
     };
+    if let Err(reason) = raw_id.and(raw_event) {
+        return malformed(reason);
+    }
     let id = match Uuid::parse_str(&id_text) {
         Ok(id) => id,
         Err(e) => return malformed(format!("id {id_text:?} is not a UUID: {e}")),
@@ -102,20 +118,26 @@ fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
     if event_name.trim().is_empty() {
         return malformed("event name is empty".into());
     }
-    let headers_raw: Option<String> = row.try_get("headers")?;
-    let headers = match decode_headers(headers_raw.as_deref().unwrap_or("{}")) {
-        Ok(h) => h,
+    let headers = match text(row, "headers")? {
+        Ok(raw) => match decode_headers(raw.as_deref().unwrap_or("{}")) {
+            Ok(h) => h,
+            Err(reason) => return malformed(reason),
+        },
         Err(reason) => return malformed(reason),
     };
-    let partition: i64 = row.try_get("partition")?;
+    let partition_key = match text(row, "partition_key")? {
+        Ok(k) => k,
+        Err(reason) => return malformed(reason),
+    };
+    let partition: Option<i64> = row.try_get("partition")?;
     let payload: Option<Vec<u8>> = row.try_get("payload")?;
     Ok(Ok(Message {
         seq,
         xid: 0,
         id,
         event_name,
-        partition_key: row.try_get("partition_key")?,
-        partition: u32::try_from(partition).unwrap_or(0),
+        partition_key,
+        partition: partition.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
         payload: payload.unwrap_or_default(),
         headers,
         created_at_ms: row.try_get::<Option<i64>, _>("created_at_ms")?.unwrap_or(0),
@@ -291,34 +313,34 @@ impl Storage for SqliteStorage {
         let now = now_ms();
         let claim_expires = now.saturating_add(duration_ms(claim_ttl));
         let mut tx = self.begin_write().await?;
-        let claimed = sqlx::query(
+        let claimed: Vec<i64> = sqlx::query_scalar(
             "UPDATE outbox_deliveries SET claim_owner = ?1, claim_expires_ms = ?2
              WHERE rowid IN (
                 SELECT rowid FROM outbox_deliveries
                 WHERE target = ?3 AND state = 'retry' AND next_attempt_ms <= ?4 AND claim_expires_ms <= ?4
-                ORDER BY next_attempt_ms, seq LIMIT ?5)",
+                ORDER BY next_attempt_ms, seq LIMIT ?5)
+             RETURNING seq",
         )
         .bind(owner)
         .bind(claim_expires)
         .bind(target)
         .bind(now)
         .bind(i64::from(limit))
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        if claimed.rows_affected() == 0 {
+        if claimed.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
         }
         let sql = format!(
             "SELECT d.seq AS d_seq, CAST(d.message_id AS TEXT) AS d_id, d.attempts, {MESSAGE_COLUMNS}
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.target = ? AND d.claim_owner = ? AND d.claim_expires_ms = ?
+             WHERE d.target = ? AND d.seq IN (SELECT value FROM json_each(?))
              ORDER BY d.seq"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target)
-            .bind(owner)
-            .bind(claim_expires)
+            .bind(serde_json::to_string(&claimed).unwrap_or_else(|_| "[]".into()))
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

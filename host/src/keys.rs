@@ -1,0 +1,118 @@
+//! Signing keys held by the host. Plugins name a key and ask the host to sign
+//! (`outbox:relay/signing`); the key material never enters a plugin, and a
+//! plugin may use only the keys its target was granted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use base64::Engine as _;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+
+use crate::config::{KeyAlgorithm, KeyConfig};
+use crate::snapshot::SnapshotKey;
+
+#[derive(Debug, thiserror::Error)]
+#[error("key {name:?}: {message}")]
+pub struct KeyError {
+    pub name: String,
+    pub message: String,
+}
+
+/// Every configured key, loaded.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    keys: BTreeMap<String, SnapshotKey>,
+}
+
+impl KeyRing {
+    /// Loads each key from its environment variable or file.
+    pub fn load(configs: &BTreeMap<String, KeyConfig>) -> Result<Self, KeyError> {
+        let mut keys = BTreeMap::new();
+        for (name, config) in configs {
+            keys.insert(name.clone(), load_key(name, config)?);
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SnapshotKey> {
+        self.keys.get(name)
+    }
+}
+
+fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
+    let error = |message: String| KeyError {
+        name: name.to_string(),
+        message,
+    };
+    let raw = match (&config.env, &config.file) {
+        (Some(var), None) => std::env::var(var)
+            .map_err(|_| error(format!("environment variable {var} is not set")))?,
+        (None, Some(file)) => read_secret_file(file).map_err(error)?,
+        _ => return Err(error("set exactly one of `env` and `file`".into())),
+    };
+    let raw = raw.trim_end_matches(['\n', '\r']);
+    if raw.is_empty() {
+        return Err(error("the key is empty".into()));
+    }
+    match config.algorithm {
+        KeyAlgorithm::Hs256 => {
+            if raw.len() < 32 {
+                return Err(error(
+                    "an HS256 secret must be at least 32 bytes long".into(),
+                ));
+            }
+            Ok(SnapshotKey::Hs256(raw.as_bytes().to_vec()))
+        }
+        KeyAlgorithm::EdDsa => {
+            let key = if raw.trim_start().starts_with("-----BEGIN") {
+                SigningKey::from_pkcs8_pem(raw)
+                    .map_err(|_| error("not a PKCS#8 PEM Ed25519 private key".into()))?
+            } else {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(raw.trim())
+                    .map_err(|_| error("not base64 (expected a 32-byte Ed25519 seed)".into()))?;
+                let seed: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| error("an Ed25519 seed is 32 bytes".into()))?;
+                SigningKey::from_bytes(&seed)
+            };
+            Ok(SnapshotKey::EdDsa(key))
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The signing a plugin instance may do: the key ring, and the key names its
+/// target was granted.
+#[derive(Debug, Clone, Default)]
+pub struct SigningGrant {
+    pub ring: std::sync::Arc<KeyRing>,
+    pub granted: BTreeSet<String>,
+}
+
+impl SigningGrant {
+    fn key(&self, name: &str, target: &str) -> Result<&SnapshotKey, String> {
+        if !self.granted.contains(name) {
+            return Err(format!(
+                "key {name:?} is not granted to target {target:?} (grant it with `keys = [\"{name}\"]` on the target)"
+            ));
+        }
+        self.ring
+            .get(name)
+            .ok_or_else(|| format!("key {name:?} is not configured"))
+    }
+
+    pub fn algorithm(&self, name: &str, target: &str) -> Result<String, String> {
+        Ok(self.key(name, target)?.algorithm().to_string())
+    }
+
+    pub fn sign(&self, name: &str, target: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.key(name, target)?
+            .sign(message)
+            .map_err(|e| e.to_string())
+    }
+}
