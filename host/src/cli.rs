@@ -68,6 +68,16 @@ enum Command {
     /// Inspect plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Verify a signed auth snapshot with a key from the config, and print its claims.
+    VerifySnapshot {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `[keys]` entry to verify with.
+        #[arg(long)]
+        key: String,
+        /// The compact JWS (the `x-auth-snapshot` header's value).
+        token: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -168,6 +178,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Enqueue(args) => enqueue(args).await,
         Command::Status { config, json } => status(load_config(&config)?, json).await,
+        Command::VerifySnapshot { config, key, token } => {
+            verify_snapshot(&load_config(&config)?, &key, &token)
+        }
         Command::Plugins(PluginsCommand::Check {
             file,
             cache_dir,
@@ -279,6 +292,21 @@ async fn status(config: Config, json: bool) -> anyhow::Result<()> {
             r.target, r.lag, oldest, r.retries_pending, r.dead_letters, leases
         );
     }
+    Ok(())
+}
+
+fn verify_snapshot(config: &Config, key: &str, token: &str) -> anyhow::Result<()> {
+    let mut wanted = std::collections::BTreeMap::new();
+    let Some(key_config) = config.keys.get(key) else {
+        bail!("no key {key:?} in [keys] of {}", config.source.display());
+    };
+    wanted.insert(key.to_string(), key_config.clone());
+    let ring = crate::keys::KeyRing::load(&wanted)?;
+    let Some(key) = ring.get(key) else {
+        bail!("key {key:?} did not load");
+    };
+    let claims = crate::snapshot::verify(token, key).context("invalid snapshot")?;
+    println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
 

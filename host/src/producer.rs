@@ -10,6 +10,55 @@
 //!
 //! Producers in other languages insert the same row with plain SQL; see
 //! `docs/producers.md`.
+//!
+//! With the `otel` feature (on by default), enqueue records the current
+//! OpenTelemetry trace context as the `traceparent`/`tracestate` headers, so the
+//! delivery continues the trace that produced the event.
+
+use std::borrow::Cow;
+
+use crate::message::NewMessage;
+
+/// With the `otel` feature: the message, plus the current OpenTelemetry trace
+/// context (`traceparent`, and `tracestate` if any) when the message has no
+/// `traceparent` of its own and the current `tracing` span belongs to a trace.
+pub fn with_trace_context(message: &NewMessage) -> Cow<'_, NewMessage> {
+    #[cfg(feature = "otel")]
+    {
+        if !message.headers.contains_key("traceparent")
+            && let Some((traceparent, tracestate)) = current_trace_context()
+        {
+            let mut m = message.clone();
+            m.headers.insert("traceparent".into(), traceparent);
+            if let Some(state) = tracestate {
+                m.headers.insert("tracestate".into(), state);
+            }
+            return Cow::Owned(m);
+        }
+    }
+    Cow::Borrowed(message)
+}
+
+/// The W3C `traceparent` (and `tracestate`) of the current `tracing` span.
+#[cfg(feature = "otel")]
+pub fn current_trace_context() -> Option<(String, Option<String>)> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let traceparent = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    let state = sc.trace_state().header();
+    Some((traceparent, (!state.is_empty()).then_some(state)))
+}
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
@@ -32,6 +81,7 @@ pub mod sqlite {
     /// # Ok(()) }
     /// ```
     pub async fn enqueue(conn: &mut SqliteConnection, message: &NewMessage) -> Result<()> {
+        let message = &*super::with_trace_context(message);
         let partitions = stored_partitions(conn).await?;
         let partition = partition_of(message.partition_key.as_deref(), &message.id, partitions);
         sqlx::query(
@@ -61,6 +111,7 @@ pub mod postgres {
     /// The partition is assigned by the table's trigger, and the relays are
     /// woken by `NOTIFY` when the transaction commits.
     pub async fn enqueue(conn: &mut PgConnection, message: &NewMessage) -> Result<()> {
+        let message = &*super::with_trace_context(message);
         sqlx::query(
             "INSERT INTO outbox_messages (id, event_name, partition_key, payload, headers)
              VALUES ($1, $2, $3, $4, $5::jsonb)",

@@ -7,6 +7,7 @@ mod conformance;
 mod crash;
 mod delivery;
 mod hostile;
+mod injectors;
 mod postgres;
 mod startup;
 

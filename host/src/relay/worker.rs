@@ -476,10 +476,21 @@ impl PartitionWorker {
         match result {
             Ok(outcomes) => {
                 for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-                    tracing::debug!(
-                        message_id = %envelope.message.id, attempt = envelope.attempt,
-                        outcome = ?outcome, "delivery"
+                    // One span per delivery, carrying the trace it continues.
+                    let trace_id = envelope
+                        .message
+                        .headers
+                        .get("traceparent")
+                        .and_then(|tp| tp.split('-').nth(1))
+                        .unwrap_or_default();
+                    let span = tracing::info_span!(
+                        "delivery",
+                        message_id = %envelope.message.id,
+                        target = %self.target.name,
+                        attempt = envelope.attempt,
+                        trace_id,
                     );
+                    span.in_scope(|| tracing::debug!(outcome = ?outcome, "delivered"));
                 }
                 outcomes
             }
