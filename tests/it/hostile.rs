@@ -97,3 +97,55 @@ async fn a_memory_hog_hits_the_memory_cap() {
     let error = misbehave("hog", "{ memory_mb = 32 }").await;
     assert!(error.contains("memory limit of 32 MiB"), "{error}");
 }
+
+#[tokio::test]
+async fn one_poison_message_does_not_take_its_batch_down() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    let config = scratch.load_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["poisoned"]
+
+[targets.poisoned]
+plugin = "poison"
+config = {{ path = "/out/delivered.jsonl" }}
+retry = {{ max_attempts = 2, initial_backoff = "50ms", jitter = 0.0 }}
+sandbox = {{ dirs = {{ "/out" = "{}" }} }}
+"#,
+        out.display()
+    ));
+    let storage = scratch.storage().await;
+    let mut messages: Vec<outbox_relay::NewMessage> = (0..9)
+        .map(|i| outbox_relay::NewMessage::new("e", format!("ok-{i}").into_bytes()))
+        .collect();
+    messages.insert(4, outbox_relay::NewMessage::new("e", b"poison".to_vec()));
+    use outbox_relay::storage::Storage as _;
+    storage.save(&messages).await.unwrap();
+    let relay = RunningRelay::start(&config).await;
+    let dead = eventually("the poison message dead-lettered", WAIT, || async {
+        let d = dead_letters(&storage, "poisoned").await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    let file = out.join("delivered.jsonl");
+    let lines = eventually("the nine good ones delivered", WAIT, || async {
+        let l = read_jsonl(&file);
+        (l.len() >= 9).then_some(l)
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, messages[4].id.to_string());
+    assert!(
+        dead[0].last_error.contains("poison found"),
+        "{}",
+        dead[0].last_error
+    );
+    assert!(
+        lines.iter().all(|l| l["attempt"] == 1),
+        "the good ones were not charged: {lines:?}"
+    );
+    assert_eq!(lines.len(), 9);
+}

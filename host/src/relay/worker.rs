@@ -15,7 +15,7 @@ use crate::routes::Routes;
 use crate::storage::{
     BatchAck, Disposition, DueRetry, Failure, Lease, Settlement, Storage, StorageError, now_ms,
 };
-use crate::transport::{Transport, TransportFactory};
+use crate::transport::{Transport, TransportError, TransportErrorKind, TransportFactory};
 
 /// How soon to look again when rows are hidden by an open transaction.
 const UNSETTLED_RECHECK: Duration = Duration::from_millis(50);
@@ -447,32 +447,32 @@ impl PartitionWorker {
         transport: &mut Option<Box<dyn Transport>>,
         envelopes: &[Envelope],
     ) -> Vec<Outcome> {
-        let result = match transport {
-            Some(t) => t.deliver(envelopes).await,
-            None => match self.transports.create(&self.target.name).await {
-                Ok(mut t) => {
-                    let r = t.deliver(envelopes).await;
-                    *transport = Some(t);
-                    r
-                }
-                Err(e) => Err(e),
-            },
-        };
-        let result = result.and_then(|outcomes| {
-            if outcomes.len() == envelopes.len() {
-                Ok(outcomes)
-            } else {
-                Err(crate::transport::TransportError {
-                    plugin: "(transport)".into(),
-                    target: self.target.name.clone(),
-                    kind: crate::transport::TransportErrorKind::OutcomeCount {
-                        expected: envelopes.len(),
-                        got: outcomes.len(),
+        let mut result = self.deliver_exactly(transport, envelopes).await;
+        // A batch that crashed the plugin as a whole may hold one poison
+        // message: deliver its envelopes one by one, so the others are not
+        // charged for it. (Not after a timeout: that would multiply the wait.)
+        if let Err(e) = &result
+            && envelopes.len() > 1
+            && matches!(
+                e.kind,
+                TransportErrorKind::Trap(_) | TransportErrorKind::OutcomeCount { .. }
+            )
+        {
+            tracing::warn!(error = %e, "the batch failed as a whole; delivering its envelopes one by one");
+            let mut outcomes = Vec::with_capacity(envelopes.len());
+            for envelope in envelopes {
+                outcomes.push(
+                    match self
+                        .deliver_exactly(transport, std::slice::from_ref(envelope))
+                        .await
+                    {
+                        Ok(mut one) => one.remove(0),
+                        Err(e) => Outcome::retry(e.to_string()),
                     },
-                    stderr: String::new(),
-                })
+                );
             }
-        });
+            result = Ok(outcomes);
+        }
         match result {
             Ok(outcomes) => {
                 for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
@@ -502,6 +502,33 @@ impl PartitionWorker {
                     .map(|_| Outcome::retry(e.to_string()))
                     .collect()
             }
+        }
+    }
+
+    /// Delivers through this worker's transport (made first if needed) and
+    /// checks that there is exactly one outcome per envelope.
+    async fn deliver_exactly(
+        &self,
+        transport: &mut Option<Box<dyn Transport>>,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<Outcome>, TransportError> {
+        let t = match transport {
+            Some(t) => t,
+            None => transport.insert(self.transports.create(&self.target.name).await?),
+        };
+        let outcomes = t.deliver(envelopes).await?;
+        if outcomes.len() == envelopes.len() {
+            Ok(outcomes)
+        } else {
+            Err(TransportError {
+                plugin: "(transport)".into(),
+                target: self.target.name.clone(),
+                kind: TransportErrorKind::OutcomeCount {
+                    expected: envelopes.len(),
+                    got: outcomes.len(),
+                },
+                stderr: String::new(),
+            })
         }
     }
 
