@@ -9,6 +9,7 @@ mod delivery;
 mod hostile;
 mod injectors;
 mod postgres;
+mod producers;
 mod startup;
 
 /// The `outbox-relay` CLI under test (built from `tests/bin/outbox-relay.rs`).
