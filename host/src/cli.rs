@@ -32,7 +32,7 @@ enum LogFormat {
 }
 
 #[derive(clap::Args)]
-struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Path to the TOML config file.
     #[arg(
         short,
@@ -40,7 +40,7 @@ struct ConfigArg {
         env = "OUTBOX_RELAY_CONFIG",
         default_value = "outbox-relay.toml"
     )]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +65,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, show, replay or purge dead letters.
+    #[command(subcommand)]
+    DeadLetters(crate::dead_letters::DeadLettersCommand),
     /// Inspect plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -115,6 +118,10 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Scaffold a new plugin crate (transport or header injector).
+    New(crate::authoring::NewArgs),
+    /// Run a component once, outside a relay: init, then one batch of sample envelopes.
+    Test(crate::authoring::TestArgs),
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -168,7 +175,9 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, stop_after } => run(load_config(&config)?, stop_after).await,
+        Command::Run { config, stop_after } => {
+            run(&config.config, load_config(&config)?, stop_after).await
+        }
         Command::Migrate(arg) => {
             let config = load_config(&arg)?;
             let storage = app::open_storage(&config).await?;
@@ -177,6 +186,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Enqueue(args) => enqueue(args).await,
+        Command::DeadLetters(command) => crate::dead_letters::run(command).await,
         Command::Status { config, json } => status(load_config(&config)?, json).await,
         Command::VerifySnapshot { config, key, token } => {
             verify_snapshot(&load_config(&config)?, &key, &token)
@@ -186,11 +196,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             cache_dir,
             json,
         }) => check_plugin(&file, &cache_dir, json),
+        Command::Plugins(PluginsCommand::New(args)) => crate::authoring::new_command(&args),
+        Command::Plugins(PluginsCommand::Test(args)) => crate::authoring::test_command(&args).await,
     }
 }
 
-async fn run(config: Config, stop_after: Option<std::time::Duration>) -> anyhow::Result<()> {
-    let relay = app::build_relay(&config).await?;
+async fn run(
+    path: &Path,
+    config: Config,
+    stop_after: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let mut relay = app::build_relay(&config).await?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -205,8 +221,127 @@ async fn run(config: Config, stop_after: Option<std::time::Duration>) -> anyhow:
         }
         signal.cancel();
     });
-    relay.run(shutdown).await?;
-    Ok(())
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    spawn_reload_triggers(path, config.relay.reload_on_change, reload_tx);
+
+    let admin = match config.admin.listen {
+        Some(listen) => {
+            let Some(handle) = crate::metrics::install() else {
+                bail!("cannot install the metrics recorder");
+            };
+            let state = crate::admin::AdminState {
+                metrics: handle,
+                storage: std::sync::Arc::new(tokio::sync::RwLock::new(relay.storage.clone())),
+                targets: std::sync::Arc::new(tokio::sync::RwLock::new(target_names(&config))),
+                ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            };
+            let serving = state.clone();
+            let stop = shutdown.clone();
+            let every = config.admin.lag_refresh;
+            tokio::spawn(async move {
+                if let Err(e) = crate::admin::serve(listen, serving, every, stop).await {
+                    tracing::error!(address = %listen, error = %e, "the admin endpoint failed");
+                }
+            });
+            Some(state)
+        }
+        None => None,
+    };
+
+    loop {
+        let generation = shutdown.child_token();
+        let mut running = tokio::spawn(relay.run(generation.clone()));
+        if let Some(admin) = &admin {
+            admin
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Wait for shutdown, or for a reload that validates.
+        let next = loop {
+            tokio::select! {
+                result = &mut running => {
+                    result??;
+                    return Ok(());
+                }
+                Some(why) = reload_rx.recv() => {
+                    tracing::info!(trigger = why, config = %path.display(), "reloading the config");
+                    match reload(path).await {
+                        Ok(next) => break next,
+                        Err(e) => tracing::error!(
+                            error = %format!("{e:#}"),
+                            "the new config was rejected; the running one stays"
+                        ),
+                    }
+                }
+            }
+        };
+        let (new_config, new_relay) = next;
+        // Batches in flight finish on the old instances; the cursors they
+        // acknowledged are where the new relay starts.
+        generation.cancel();
+        running.await??;
+        if let Some(admin) = &admin {
+            *admin.storage.write().await = new_relay.storage.clone();
+            *admin.targets.write().await = target_names(&new_config);
+        }
+        relay = new_relay;
+        tracing::info!(targets = new_config.targets.len(), "config reloaded");
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+fn target_names(config: &Config) -> Vec<String> {
+    config.targets.keys().cloned().collect()
+}
+
+async fn reload(path: &Path) -> anyhow::Result<(Config, crate::relay::Relay)> {
+    let config = Config::load(path)?;
+    let relay = app::build_relay(&config).await?;
+    Ok((config, relay))
+}
+
+/// SIGHUP, and (if enabled) a change of the config file's modification time,
+/// both ask for a reload.
+fn spawn_reload_triggers(
+    path: &Path,
+    watch_file: bool,
+    reload: tokio::sync::mpsc::Sender<&'static str>,
+) {
+    #[cfg(unix)]
+    {
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if reload.send("SIGHUP").await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    if watch_file {
+        let path = path.to_path_buf();
+        tokio::spawn(async move {
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last = modified(&path);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let now = modified(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    if reload.send("file changed").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
 
 async fn wait_for_signal() {

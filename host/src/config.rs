@@ -43,6 +43,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    /// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Signing keys the host holds for plugins (`[keys.<name>]`).
     #[serde(default)]
     pub keys: BTreeMap<String, KeyConfig>,
@@ -82,6 +85,9 @@ pub struct RelaySettings {
     pub prune_interval: Duration,
     /// Messages deleted per statement, so pruning never holds long locks.
     pub prune_batch: u32,
+    /// Reload the config and plugins when the config file changes (SIGHUP
+    /// always reloads).
+    pub reload_on_change: bool,
 }
 
 impl Default for RelaySettings {
@@ -98,6 +104,27 @@ impl Default for RelaySettings {
             retention: Duration::from_secs(7 * 24 * 3600),
             prune_interval: Duration::from_secs(60),
             prune_batch: 1000,
+            reload_on_change: true,
+        }
+    }
+}
+
+/// The admin endpoint; off unless `listen` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9090`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// How often the lag gauges are refreshed from the database.
+    #[serde(with = "humantime_serde")]
+    pub lag_refresh: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            lag_refresh: Duration::from_secs(5),
         }
     }
 }

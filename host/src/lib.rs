@@ -25,7 +25,8 @@
 //! - [`routes`]: event-name globs to targets.
 //! - [`backoff`]: the retry schedule.
 //! - [`relay`]: the workers that tie it together; [`app`] wires them from a config.
-//! - [`cli`]: the `outbox-relay` command line.
+//! - [`cli`]: the `outbox-relay` command line; [`admin`]: its HTTP endpoint
+//!   (`/metrics`, `/healthz`, `/readyz`), fed by [`metrics`].
 
 pub mod message;
 pub mod producer;
@@ -34,7 +35,11 @@ pub mod snapshot;
 pub mod storage;
 
 #[cfg(feature = "relay")]
+pub mod admin;
+#[cfg(feature = "relay")]
 pub mod app;
+#[cfg(feature = "relay")]
+pub mod authoring;
 #[cfg(feature = "relay")]
 pub mod backoff;
 #[cfg(feature = "relay")]
@@ -42,9 +47,13 @@ pub mod cli;
 #[cfg(feature = "relay")]
 pub mod config;
 #[cfg(feature = "relay")]
+pub mod dead_letters;
+#[cfg(feature = "relay")]
 pub mod injector;
 #[cfg(feature = "relay")]
 pub mod keys;
+#[cfg(feature = "relay")]
+pub mod metrics;
 #[cfg(feature = "relay")]
 pub mod plugin;
 #[cfg(feature = "relay")]

@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod authoring;
 mod conformance;
 mod crash;
 mod delivery;
 mod hostile;
 mod injectors;
+mod operate;
 mod postgres;
 mod producers;
 mod startup;

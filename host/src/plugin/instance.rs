@@ -23,6 +23,8 @@ pub(super) struct InstanceCtx {
     pub sandbox: SandboxConfig,
     pub signing: SigningGrant,
     pub stderr: GuestStderr,
+    /// Instances made so far; every one after the first is a restart.
+    pub started: u64,
 }
 
 impl InstanceCtx {
@@ -41,7 +43,16 @@ impl InstanceCtx {
             sandbox,
             signing,
             stderr,
+            started: 0,
         }
+    }
+
+    /// Counts a new instance (a restart, after the first).
+    pub fn count_start(&mut self) {
+        if self.started > 0 {
+            crate::metrics::instance_restart(&self.target, &self.plugin);
+        }
+        self.started += 1;
     }
 
     pub fn error(&self, kind: TransportErrorKind) -> TransportError {
@@ -81,11 +92,22 @@ impl InstanceCtx {
         call: impl Future<Output = wasmtime::Result<T>>,
     ) -> Result<T, TransportError> {
         let limit = self.sandbox.call_timeout + HOST_SLACK;
-        match tokio::time::timeout(limit, call).await {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(limit, call).await {
             Err(_) => Err(self.error(TransportErrorKind::Timeout(limit.as_millis() as u64))),
             Ok(Err(e)) => Err(self.call_failed(&e)),
             Ok(Ok(v)) => Ok(v),
+        };
+        crate::metrics::plugin_call(&self.target, &self.plugin, started.elapsed().as_secs_f64());
+        if let Err(e) = &result
+            && matches!(
+                e.kind,
+                TransportErrorKind::Trap(_) | TransportErrorKind::Timeout(_)
+            )
+        {
+            crate::metrics::trap(&self.target, &self.plugin);
         }
+        result
     }
 
     /// Arms the per-call deadline that the epoch callback enforces.

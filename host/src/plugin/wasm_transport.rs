@@ -118,6 +118,7 @@ impl WasmTransport {
     }
 
     async fn instantiate(&mut self) -> Result<Live, TransportError> {
+        self.ctx.count_start();
         let mut store = self.ctx.new_store()?;
         self.ctx.arm(&mut store);
         let bindings = self

@@ -11,6 +11,7 @@ use super::{TargetSpec, assigned_owner, storage_backoff};
 use crate::backoff;
 use crate::config::RelaySettings;
 use crate::message::{Envelope, LogEntry, Outcome, Position, entry_position};
+use crate::metrics::Counted;
 use crate::routes::Routes;
 use crate::storage::{
     BatchAck, Disposition, DueRetry, Failure, Lease, Settlement, Storage, StorageError, now_ms,
@@ -230,6 +231,7 @@ impl PartitionWorker {
                         || self.routes.matches(&self.target.name, &bad.event_name)
                     {
                         tracing::warn!(seq = bad.seq, id = %bad.id, reason = %bad.reason, "malformed message dead-lettered");
+                        crate::metrics::delivery(&self.target.name, Counted::Dead);
                         Entry::Dead(
                             position,
                             Failure {
@@ -447,6 +449,17 @@ impl PartitionWorker {
         transport: &mut Option<Box<dyn Transport>>,
         envelopes: &[Envelope],
     ) -> Vec<Outcome> {
+        let started = std::time::Instant::now();
+        let outcomes = self.send_batch(transport, envelopes).await;
+        crate::metrics::batch_duration(&self.target.name, started.elapsed().as_secs_f64());
+        outcomes
+    }
+
+    async fn send_batch(
+        &self,
+        transport: &mut Option<Box<dyn Transport>>,
+        envelopes: &[Envelope],
+    ) -> Vec<Outcome> {
         let mut result = self.deliver_exactly(transport, envelopes).await;
         // A batch that crashed the plugin as a whole may hold one poison
         // message: deliver its envelopes one by one, so the others are not
@@ -536,7 +549,10 @@ impl PartitionWorker {
     fn failure(&self, envelope: &Envelope, attempts: u32, outcome: &Outcome) -> Option<Failure> {
         let policy = &self.target.retry;
         let (error, disposition) = match outcome {
-            Outcome::Delivered => return None,
+            Outcome::Delivered => {
+                crate::metrics::delivery(&self.target.name, Counted::Delivered);
+                return None;
+            }
             Outcome::Reject(reason) => (format!("rejected: {reason}"), Disposition::Dead),
             Outcome::Retry { reason, .. } if attempts >= policy.max_attempts => (
                 format!("gave up after {attempts} attempts: {reason}"),
@@ -552,7 +568,10 @@ impl PartitionWorker {
             }
         };
         if disposition == Disposition::Dead {
+            crate::metrics::delivery(&self.target.name, Counted::Dead);
             tracing::warn!(message_id = %envelope.message.id, attempt = attempts, error = %error, "dead-lettered");
+        } else {
+            crate::metrics::delivery(&self.target.name, Counted::Retry);
         }
         Some(Failure {
             seq: envelope.message.seq,

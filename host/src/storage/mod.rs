@@ -144,6 +144,60 @@ pub struct DeadLetter {
     pub dead_at_ms: i64,
 }
 
+/// Which dead letters an operator means (`outbox-relay dead-letters ...`).
+///
+/// `event_pattern` is a glob on the event name, matched by the database,
+/// case-sensitively: `*` matches any run of characters (dots included) and
+/// `?` one character; every other character, `[`, `]`, `{`, `}`, `%`, `_` and
+/// `\` included, stands for itself. A dead letter whose message is no longer
+/// in the log has no event name and matches no pattern.
+///
+/// `since_ms` (inclusive) and `until_ms` (exclusive) bound the time the
+/// message was dead-lettered ([`DeadLetter::dead_at_ms`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    pub target: Option<String>,
+    pub event_pattern: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+impl Default for DeadLetterFilter {
+    /// Every dead letter.
+    fn default() -> Self {
+        Self {
+            target: None,
+            event_pattern: None,
+            since_ms: None,
+            until_ms: None,
+            limit: u32::MAX,
+        }
+    }
+}
+
+/// One failed attempt of a dead letter, from its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub at_ms: i64,
+    /// The error as recorded, including what the plugin wrote to stderr.
+    pub error: String,
+}
+
+/// One dead letter with its message and every attempt's error (`dead-letters show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterDetail {
+    pub letter: DeadLetter,
+    /// The message as it is in the log: `None` when it is no longer there;
+    /// `Some(Err(..))` when the row cannot be decoded (it was dead-lettered
+    /// for that).
+    pub message: Option<crate::message::LogEntry>,
+    /// Every failed attempt, oldest first.
+    pub history: Vec<AttemptRecord>,
+}
+
 /// Per-target figures for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetStatus {
@@ -221,6 +275,27 @@ pub trait Storage: Send + Sync + 'static {
     /// Dead letters, newest first; all targets when `target` is `None`.
     async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>>;
 
+    /// Dead letters matching `filter`, newest first (by the time they were
+    /// dead-lettered), at most `filter.limit`.
+    async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>>;
+
+    /// One dead letter of `target` with its message and attempt history;
+    /// `None` if (`target`, `seq`) is not a dead letter.
+    async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>>;
+
+    /// Moves the dead letters `seqs` of `target` back to the retry state, due
+    /// now, with no claim, in one statement. Their attempt count and history
+    /// are kept: the relay makes one more attempt, and a failure
+    /// dead-letters them again. Rows that are not dead (already replayed,
+    /// delivered, purged, or never failed) are left alone, so replaying twice
+    /// changes nothing more. Returns how many were moved.
+    async fn replay_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64>;
+
+    /// Deletes the dead letters `seqs` of `target` (only rows still dead), in
+    /// one statement; their messages become eligible for retention. Returns
+    /// how many were deleted.
+    async fn purge_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64>;
+
     /// Deletes up to `limit` messages created before `before_ms` that every one
     /// of `targets` has passed and that no failure record refers to. Returns
     /// how many it deleted.
@@ -287,6 +362,47 @@ pub(crate) fn disposition_columns(d: &Disposition) -> (&'static str, i64) {
         Disposition::RetryAt(at) => ("retry", *at),
         Disposition::Dead => ("dead", 0),
     }
+}
+
+/// A [`DeadLetterFilter::event_pattern`] as a SQL `LIKE` pattern with `\` as
+/// its escape character (Postgres).
+pub(crate) fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A [`DeadLetterFilter::event_pattern`] as a SQLite `GLOB` pattern (which is
+/// case-sensitive, like Postgres `LIKE`): `[` is its only other special
+/// character, written as the class `[[]`.
+pub(crate) fn glob_to_sqlite_glob(glob: &str) -> String {
+    glob.replace('[', "[[]")
+}
+
+/// Decodes a failure record's `history` column; an unreadable one yields no entries.
+pub(crate) fn decode_history(raw: &str) -> Vec<AttemptRecord> {
+    serde_json::from_str::<Vec<serde_json::Value>>(raw)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| AttemptRecord {
+            attempt: v["attempt"]
+                .as_u64()
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(0),
+            at_ms: v["at_ms"].as_i64().unwrap_or(0),
+            error: v["error"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
 }
 
 pub(crate) fn duration_ms(d: Duration) -> i64 {

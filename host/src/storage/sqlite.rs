@@ -16,8 +16,9 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    BatchAck, DeadLetter, DueRetry, FailureState, Lease, Result, Settlement, Storage, StorageError,
-    TargetStatus, disposition_columns, duration_ms, history_entry, now_ms,
+    BatchAck, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease,
+    Result, Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
+    duration_ms, glob_to_sqlite_glob, history_entry, now_ms,
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
 
@@ -142,6 +143,19 @@ fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
         headers,
         created_at_ms: row.try_get::<Option<i64>, _>("created_at_ms")?.unwrap_or(0),
     }))
+}
+
+/// A row of a dead-letter listing.
+fn dead_letter_row(r: &SqliteRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        target: r.try_get("target")?,
+        seq: r.try_get("seq")?,
+        message_id: r.try_get("message_id")?,
+        event_name: r.try_get("event_name")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        last_error: r.try_get("last_error")?,
+        dead_at_ms: r.try_get("updated_at_ms")?,
+    })
 }
 
 #[async_trait]
@@ -495,6 +509,96 @@ impl Storage for SqliteStorage {
                 })
             })
             .collect()
+    }
+
+    async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT d.target, d.seq, d.message_id, CAST(m.event_name AS TEXT) AS event_name, d.attempts,
+                    d.last_error, d.updated_at_ms
+             FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE d.state = 'dead' AND (?1 IS NULL OR d.target = ?1)
+               AND (?2 IS NULL OR CAST(m.event_name AS TEXT) GLOB ?2)
+               AND (?3 IS NULL OR d.updated_at_ms >= ?3)
+               AND (?4 IS NULL OR d.updated_at_ms < ?4)
+             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT ?5",
+        )
+        .bind(filter.target.as_deref())
+        .bind(filter.event_pattern.as_deref().map(glob_to_sqlite_glob))
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter_row).collect()
+    }
+
+    async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {
+        let sql = format!(
+            "SELECT d.target, d.seq AS d_seq, d.message_id, d.attempts, d.last_error, d.updated_at_ms,
+                    CAST(d.history AS TEXT) AS history, CAST(m.event_name AS TEXT) AS d_event_name,
+                    {MESSAGE_COLUMNS}
+             FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE d.target = ? AND d.seq = ? AND d.state = 'dead'"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target)
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let message = match row.try_get::<Option<i64>, _>("seq")? {
+            Some(_) => Some(decode_entry(&row)?),
+            None => None,
+        };
+        let history: Option<String> = row.try_get("history")?;
+        Ok(Some(DeadLetterDetail {
+            letter: DeadLetter {
+                target: row.try_get("target")?,
+                seq: row.try_get("d_seq")?,
+                message_id: row.try_get("message_id")?,
+                event_name: row.try_get("d_event_name")?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                last_error: row.try_get("last_error")?,
+                dead_at_ms: row.try_get("updated_at_ms")?,
+            },
+            message,
+            history: decode_history(history.as_deref().unwrap_or("[]")),
+        }))
+    }
+
+    async fn replay_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let updated = sqlx::query(
+            "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = ?1,
+                    claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ?1
+             WHERE target = ?2 AND state = 'dead' AND seq IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(now)
+        .bind(target)
+        .bind(serde_json::to_string(seqs).unwrap_or_else(|_| "[]".into()))
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected())
+    }
+
+    async fn purge_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM outbox_deliveries
+             WHERE target = ?1 AND state = 'dead' AND seq IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(target)
+        .bind(serde_json::to_string(seqs).unwrap_or_else(|_| "[]".into()))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
     }
 
     async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64> {

@@ -1,0 +1,82 @@
+//! The admin HTTP endpoint: Prometheus `/metrics`, `/healthz` (the process is
+//! up) and `/readyz` (the database answers and the plugins are loaded). Off
+//! unless `[admin] listen` is set; meant for localhost or a private network.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::storage::Storage;
+
+/// What the endpoint reports on; the relay updates it (and swaps the storage
+/// on a config reload).
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub storage: Arc<RwLock<Arc<dyn Storage>>>,
+    pub targets: Arc<RwLock<Vec<String>>>,
+    /// Plugins loaded and relay running.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serves until `shutdown`, and refreshes the lag gauges every `lag_every`.
+pub async fn serve(
+    listen: SocketAddr,
+    state: AdminState,
+    lag_every: Duration,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "admin endpoint listening");
+    let lag = tokio::spawn(refresh_lag(state.clone(), lag_every));
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    lag.abort();
+    result
+}
+
+async fn metrics(State(state): State<AdminState>) -> String {
+    state.metrics.render()
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "plugins not loaded\n");
+    }
+    let storage = state.storage.read().await.clone();
+    match tokio::time::timeout(Duration::from_secs(2), storage.status(&[])).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
+    }
+}
+
+async fn refresh_lag(state: AdminState, every: Duration) {
+    loop {
+        let storage = state.storage.read().await.clone();
+        let targets = state.targets.read().await.clone();
+        match storage.status(&targets).await {
+            Ok(rows) => {
+                for row in rows {
+                    crate::metrics::lag(&row.target, row.lag, row.oldest_pending_age_ms);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "lag refresh failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
