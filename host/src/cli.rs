@@ -64,6 +64,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Refresh every this often (e.g. `2s`) until interrupted.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
     },
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
@@ -187,7 +190,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Enqueue(args) => enqueue(args).await,
         Command::DeadLetters(command) => crate::dead_letters::run(command).await,
-        Command::Status { config, json } => status(load_config(&config)?, json).await,
+        Command::Status {
+            config,
+            json,
+            watch,
+        } => status(load_config(&config)?, json, watch).await,
         Command::VerifySnapshot { config, key, token } => {
             verify_snapshot(&load_config(&config)?, &key, &token)
         }
@@ -401,10 +408,36 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(config: Config, json: bool) -> anyhow::Result<()> {
+async fn status(
+    config: Config,
+    json: bool,
+    watch: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let storage = app::open_storage(&config).await?;
     let names: Vec<String> = config.targets.keys().cloned().collect();
-    let rows = storage.status(&names).await?;
+    let Some(every) = watch else {
+        return print_status(storage.status(&names).await?, json);
+    };
+    loop {
+        let rows = storage.status(&names).await?;
+        if !json {
+            // Clear the screen and go home, like `watch`.
+            print!("\x1b[2J\x1b[H");
+            println!(
+                "{}  (every {}, Ctrl-C to stop)\n",
+                config.source.display(),
+                humantime_serde::re::humantime::format_duration(every)
+            );
+        }
+        print_status(rows, json)?;
+        tokio::select! {
+            _ = wait_for_signal() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+fn print_status(rows: Vec<crate::storage::TargetStatus>, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -6,6 +6,7 @@
 mod authoring;
 mod conformance;
 mod crash;
+mod dead_letters;
 mod delivery;
 mod hostile;
 mod injectors;
