@@ -366,6 +366,7 @@ pub(crate) fn disposition_columns(d: &Disposition) -> (&'static str, i64) {
 
 /// A [`DeadLetterFilter::event_pattern`] as a SQL `LIKE` pattern with `\` as
 /// its escape character (Postgres).
+#[cfg(feature = "postgres")]
 pub(crate) fn glob_to_like(glob: &str) -> String {
     let mut out = String::with_capacity(glob.len() + 4);
     for c in glob.chars() {
@@ -385,6 +386,7 @@ pub(crate) fn glob_to_like(glob: &str) -> String {
 /// A [`DeadLetterFilter::event_pattern`] as a SQLite `GLOB` pattern (which is
 /// case-sensitive, like Postgres `LIKE`): `[` is its only other special
 /// character, written as the class `[[]`.
+#[cfg(feature = "sqlite")]
 pub(crate) fn glob_to_sqlite_glob(glob: &str) -> String {
     glob.replace('[', "[[]")
 }
