@@ -480,12 +480,7 @@ fn verify_snapshot(config: &Config, key: &str, token: &str) -> anyhow::Result<()
 
 fn check_plugin(file: &Path, cache_dir: &Path, json: bool) -> anyhow::Result<()> {
     let runtime = PluginRuntime::new(cache_dir)?;
-    let name = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into());
     let info = &runtime.inspect(file)?;
-    let _ = name;
     if json {
         println!("{}", serde_json::to_string_pretty(info)?);
         return Ok(());

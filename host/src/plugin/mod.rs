@@ -47,6 +47,12 @@ pub enum PluginError {
         WIT_VERSION
     )]
     VersionMismatch { path: String, found: String },
+    #[error("plugin {path}: does not export {wanted}; it exports: {exports}")]
+    MissingExport {
+        path: String,
+        wanted: &'static str,
+        exports: String,
+    },
     #[error("plugin {path}: {message}")]
     Engine { path: String, message: String },
 }
@@ -205,10 +211,9 @@ impl PluginRuntime {
     pub fn inspect(&self, path: &Path) -> Result<PluginInfo, PluginError> {
         match self.load(PluginKind::Transport, path) {
             Ok((_, _, info)) => Ok(info),
-            Err(PluginError::Invalid { message, .. }) if message.starts_with("does not export") => {
-                self.load(PluginKind::Injector, path)
-                    .map(|(_, _, info)| info)
-            }
+            Err(PluginError::MissingExport { .. }) => self
+                .load(PluginKind::Injector, path)
+                .map(|(_, _, info)| info),
             Err(e) => Err(e),
         }
     }
@@ -304,15 +309,13 @@ fn check_version(path: &str, kind: PluginKind, info: &PluginInfo) -> Result<(), 
             });
         }
     }
-    Err(PluginError::Invalid {
+    Err(PluginError::MissingExport {
         path: path.to_string(),
-        message: format!(
-            "does not export {wanted}; it exports: {}",
-            if export_names.is_empty() {
-                "nothing".to_string()
-            } else {
-                export_names.join(", ")
-            }
-        ),
+        wanted,
+        exports: if export_names.is_empty() {
+            "nothing".to_string()
+        } else {
+            export_names.join(", ")
+        },
     })
 }
