@@ -71,6 +71,17 @@ impl Transport for InjectedTransport {
                         continue;
                     }
                     Ok(Err(refusal)) => format!("injector {:?}: {refusal}", injector.name()),
+                    // An injector that cannot start stalls the whole target,
+                    // like a transport that cannot (see the relay worker).
+                    Err(e)
+                        if matches!(
+                            e.kind,
+                            crate::transport::TransportErrorKind::Init(_)
+                                | crate::transport::TransportErrorKind::Instantiate(_)
+                        ) =>
+                    {
+                        return Err(e);
+                    }
                     Err(e) => format!("injector {e}"),
                 };
                 tracing::warn!(message_id = %envelope.message.id, error = %failure, "header injection failed");

@@ -221,3 +221,39 @@ retry = { max_attempts = 3, initial_backoff = "20ms", jitter = 0.0 }
     expected.sort();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test]
+async fn a_plugin_that_cannot_start_holds_its_messages_without_charging_them() {
+    let scratch = Scratch::new();
+    // The file plugin refuses to start without its `path`.
+    let config = scratch.load_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["misconfigured"]
+
+[targets.misconfigured]
+plugin = "file"
+retry = { max_attempts = 1 }
+"#,
+    );
+    let storage = scratch.storage().await;
+    enqueue(&storage, "thing.happened", 3).await;
+    let relay = RunningRelay::start(&config).await;
+    // Long enough for several tries at starting the plugin, had they been charged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = storage
+        .status(&["misconfigured".to_string()])
+        .await
+        .unwrap();
+    relay.stop().await;
+    assert_eq!(
+        status[0].dead_letters, 0,
+        "nothing is dead-lettered for a config mistake"
+    );
+    assert_eq!(status[0].retries_pending, 0, "no attempt was charged");
+    assert_eq!(
+        status[0].lag, 3,
+        "the messages wait for a config that works"
+    );
+}

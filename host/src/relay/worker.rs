@@ -44,6 +44,21 @@ enum Step {
     Idle,
     /// An ordered target holds at a message whose next attempt is this far off.
     Hold(Duration),
+    /// The target's plugin cannot start (init refused its config, or it cannot
+    /// be instantiated): nothing was sent and no attempt was charged.
+    Stalled,
+}
+
+/// How long a worker waits before trying a stalled target's plugin again.
+const STALL_WAIT: Duration = Duration::from_secs(5);
+
+/// A failure that says the target cannot work at all, as opposed to a failure
+/// of this batch: its messages wait instead of spending their attempts.
+fn cannot_start(e: &TransportError) -> bool {
+    matches!(
+        e.kind,
+        TransportErrorKind::Init(_) | TransportErrorKind::Instantiate(_)
+    )
 }
 
 /// The worker's transport and lease, kept across steps.
@@ -72,6 +87,10 @@ impl PartitionWorker {
                 Ok(Step::Hold(d)) => {
                     errors = 0;
                     Some(d.min(self.settings.poll_interval))
+                }
+                Ok(Step::Stalled) => {
+                    errors = 0;
+                    Some(STALL_WAIT)
                 }
                 Err(e) => {
                     errors += 1;
@@ -153,7 +172,11 @@ impl PartitionWorker {
             if due.is_empty() {
                 lease
             } else {
-                let settlements = self.deliver_retries(&mut state.transport, due).await;
+                let settlements = match self.deliver_retries(&mut state.transport, due).await {
+                    Ok(settlements) => settlements,
+                    // The claims lapse after `claim_timeout`; then they are due again.
+                    Err(e) => return Ok(self.stalled(&e)),
+                };
                 self.storage
                     .settle_retries(&self.target.name, &settlements)
                     .await?;
@@ -192,9 +215,13 @@ impl PartitionWorker {
             match self.deliver_ordered(state, &lease, entries).await? {
                 Ordered::Ack(ack, hold) => (ack, hold),
                 Ordered::Wait(d) => return Ok(Step::Hold(d)),
+                Ordered::Stalled(e) => return Ok(self.stalled(&e)),
             }
         } else {
-            (self.deliver_unordered(state, &lease, entries).await, None)
+            match self.deliver_unordered(state, &lease, entries).await {
+                Ok(ack) => (ack, None),
+                Err(e) => return Ok(self.stalled(&e)),
+            }
         };
         match self.storage.mark_published(ack).await {
             Ok(()) => {}
@@ -210,6 +237,14 @@ impl PartitionWorker {
             None if full || retries_full => Step::Busy,
             None => idle,
         })
+    }
+
+    fn stalled(&self, e: &TransportError) -> Step {
+        tracing::warn!(
+            error = %e, retry_in_s = STALL_WAIT.as_secs(),
+            "the target's plugin cannot start; its messages wait and no attempt is charged"
+        );
+        Step::Stalled
     }
 
     /// Routed, well-formed entries become envelopes; malformed ones that would
@@ -256,7 +291,7 @@ impl PartitionWorker {
         state: &mut State,
         lease: &'l Lease,
         entries: Vec<LogEntry>,
-    ) -> BatchAck<'l> {
+    ) -> Result<BatchAck<'l>, TransportError> {
         let last = entries.last().map(entry_position).unwrap_or(lease.position);
         let mut failures = Vec::new();
         let mut envelopes = Vec::new();
@@ -268,19 +303,19 @@ impl PartitionWorker {
             }
         }
         if !envelopes.is_empty() {
-            let outcomes = self.send(&mut state.transport, &envelopes).await;
+            let outcomes = self.send(&mut state.transport, &envelopes).await?;
             for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
                 if let Some(f) = self.failure(envelope, 1, outcome) {
                     failures.push(f);
                 }
             }
         }
-        BatchAck {
+        Ok(BatchAck {
             lease,
             position: last,
             failures,
             resolved: Vec::new(),
-        }
+        })
     }
 
     /// Ordered: a message held by an earlier failure goes alone, when due;
@@ -340,7 +375,10 @@ impl PartitionWorker {
         let outcomes = if envelopes.is_empty() {
             Vec::new()
         } else {
-            self.send(&mut state.transport, &envelopes).await
+            match self.send(&mut state.transport, &envelopes).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => return Ok(Ordered::Stalled(e)),
+            }
         };
         let mut outcomes = envelopes.iter().zip(outcomes);
         let mut position = lease.position;
@@ -409,7 +447,7 @@ impl PartitionWorker {
         &self,
         transport: &mut Option<Box<dyn Transport>>,
         due: Vec<DueRetry>,
-    ) -> Vec<Settlement> {
+    ) -> Result<Vec<Settlement>, TransportError> {
         let mut settlements = Vec::new();
         let mut envelopes = Vec::new();
         for retry in due {
@@ -428,9 +466,9 @@ impl PartitionWorker {
             }
         }
         if envelopes.is_empty() {
-            return settlements;
+            return Ok(settlements);
         }
-        let outcomes = self.send(transport, &envelopes).await;
+        let outcomes = self.send(transport, &envelopes).await?;
         for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
             settlements.push(match self.failure(envelope, envelope.attempt, outcome) {
                 None => Settlement::Delivered {
@@ -439,16 +477,18 @@ impl PartitionWorker {
                 Some(f) => Settlement::Failed(f),
             });
         }
-        settlements
+        Ok(settlements)
     }
 
     /// Delivers through this worker's transport, making it first if needed. A
-    /// failure of the transport as a whole becomes a retry of every envelope.
+    /// failure of the transport as a whole becomes a retry of every envelope,
+    /// except when the plugin cannot start at all ([`cannot_start`]): that is
+    /// returned, and the caller holds the batch without charging it.
     async fn send(
         &self,
         transport: &mut Option<Box<dyn Transport>>,
         envelopes: &[Envelope],
-    ) -> Vec<Outcome> {
+    ) -> Result<Vec<Outcome>, TransportError> {
         let started = std::time::Instant::now();
         let outcomes = self.send_batch(transport, envelopes).await;
         crate::metrics::batch_duration(&self.target.name, started.elapsed().as_secs_f64());
@@ -459,8 +499,14 @@ impl PartitionWorker {
         &self,
         transport: &mut Option<Box<dyn Transport>>,
         envelopes: &[Envelope],
-    ) -> Vec<Outcome> {
+    ) -> Result<Vec<Outcome>, TransportError> {
         let mut result = self.deliver_exactly(transport, envelopes).await;
+        if let Err(e) = result {
+            if cannot_start(&e) {
+                return Err(e);
+            }
+            result = Err(e);
+        }
         // A batch that crashed the plugin as a whole may hold one poison
         // message: deliver its envelopes one by one, so the others are not
         // charged for it. (Not after a timeout: that would multiply the wait.)
@@ -480,6 +526,7 @@ impl PartitionWorker {
                         .await
                     {
                         Ok(mut one) => one.remove(0),
+                        Err(e) if cannot_start(&e) => return Err(e),
                         Err(e) => Outcome::retry(e.to_string()),
                     },
                 );
@@ -505,15 +552,15 @@ impl PartitionWorker {
                     );
                     span.in_scope(|| tracing::debug!(outcome = ?outcome, "delivered"));
                 }
-                outcomes
+                Ok(outcomes)
             }
             Err(e) => {
                 let ids: Vec<String> = envelopes.iter().map(|e| e.message.id.to_string()).collect();
                 tracing::warn!(error = %e, message_ids = ?ids, "transport failed for the whole batch");
-                envelopes
+                Ok(envelopes
                     .iter()
                     .map(|_| Outcome::retry(e.to_string()))
-                    .collect()
+                    .collect())
             }
         }
     }
@@ -596,4 +643,6 @@ enum Ordered<'l> {
     Wait(Duration),
     /// Acknowledge this, then hold (if a message failed) or go on.
     Ack(BatchAck<'l>, Option<Step>),
+    /// The plugin cannot start; nothing was sent.
+    Stalled(TransportError),
 }

@@ -11,8 +11,9 @@
 //! | `issuer` | optional | the `iss` claim |
 //! | `ttl_seconds` | optional, ≥ 1 | `exp` = `iat` + `ttl_seconds` |
 //!
-//! `init` asks the host for the key's algorithm, so a missing or ungranted key
-//! stops the target at start-up instead of failing every message.
+//! The key is first used when a message carries an auth context: a missing or
+//! ungranted key fails those messages (retried, then dead-lettered with the
+//! host's reason), while messages without a context still go through.
 //!
 //! For each envelope:
 //!
@@ -117,7 +118,6 @@ fn is_token_char(b: u8) -> bool {
 impl Injector for AuthSnapshot {
     fn init(_target: &str, config: &Config) -> Result<Self> {
         let settings = Settings::from_config(config)?;
-        signing::algorithm(&settings.key).map_err(|err| err.context("config: key `key`"))?;
         Ok(AuthSnapshot { settings })
     }
 
