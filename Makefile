@@ -27,6 +27,8 @@ demo: plugins
 	$(RELAY) status --config $(DEMO_CONFIG)
 
 test: plugins producer-check
+	# The bundled plugins' own unit tests, natively.
+	cd plugins && cargo test -q --workspace --target-dir $(CARGO_TARGET_DIR)/plugins-native
 	cargo test --workspace --no-fail-fast
 
 # An application that only enqueues must not compile wasmtime.

@@ -413,11 +413,25 @@ mod tests {
     }
 
     #[test]
-    fn init_needs_the_host_for_the_key() {
-        let err = AuthSnapshot::init("t", &config(r#"{"key": "snap"}"#))
-            .err()
-            .unwrap();
-        assert!(err.message().starts_with("config: key `key`: "), "{err}");
+    fn the_key_is_needed_only_for_messages_with_a_context() {
+        let mut plugin = AuthSnapshot::init("t", &config(r#"{"key": "snap"}"#)).unwrap();
+        let mut envelope = Envelope {
+            id: "01936f0e-7b2a-7cc3-9f1e-4a1f5f0c2b11".into(),
+            event_name: "e".into(),
+            partition_key: None,
+            payload: Vec::new(),
+            headers: headers(&[("authorization", "Bearer tok")]),
+            attempt: 1,
+            created_at_ms: 0,
+        };
+        // No context: only the stripping, no key needed.
+        let edits = plugin.inject(&envelope, "t").unwrap();
+        assert_eq!(edits, vec![HeaderEdit::remove("authorization")]);
+        // A context needs the host's key (not available in a native test).
+        envelope
+            .headers
+            .push(("x-auth-context".into(), r#"{"sub":"u1"}"#.into()));
+        let err = plugin.inject(&envelope, "t").unwrap_err();
         assert!(err.message().contains("host"), "{err}");
     }
 
