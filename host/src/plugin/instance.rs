@@ -47,6 +47,34 @@ impl InstanceCtx {
         }
     }
 
+    /// The context for an instance of `spec`'s plugin, for `target`.
+    pub fn for_spec<P>(
+        runtime: Arc<PluginRuntime>,
+        target: &str,
+        spec: &super::PluginSpec<P>,
+        signing: SigningGrant,
+    ) -> Self {
+        Self::new(
+            runtime,
+            spec.plugin.name.clone(),
+            target,
+            spec.sandbox.clone(),
+            signing,
+        )
+    }
+
+    /// A failure while instantiating means the plugin cannot start, whatever
+    /// the guest did (a trap in its start function included).
+    pub fn instantiation_failed(&self, e: TransportError) -> TransportError {
+        match e.kind {
+            TransportErrorKind::Trap(reason) => TransportError {
+                kind: TransportErrorKind::Instantiate(reason),
+                ..e
+            },
+            _ => e,
+        }
+    }
+
     /// Counts a new instance (a restart, after the first).
     pub fn count_start(&mut self) {
         if self.started > 0 {

@@ -32,13 +32,7 @@ impl WasmInjector {
         spec: PluginSpec<InjectorPluginPre<PluginState>>,
         signing: SigningGrant,
     ) -> Self {
-        let ctx = InstanceCtx::new(
-            runtime,
-            spec.plugin.name.clone(),
-            target,
-            spec.sandbox.clone(),
-            signing,
-        );
+        let ctx = InstanceCtx::for_spec(runtime, target, &spec, signing);
         Self {
             ctx,
             spec,
@@ -53,7 +47,8 @@ impl WasmInjector {
         let bindings = self
             .ctx
             .call(self.spec.plugin.pre.instantiate_async(&mut store))
-            .await?;
+            .await
+            .map_err(|e| self.ctx.instantiation_failed(e))?;
         self.ctx.arm(&mut store);
         let init = bindings.outbox_relay_injector().call_init(
             &mut store,

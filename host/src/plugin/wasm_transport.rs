@@ -103,13 +103,7 @@ impl WasmTransport {
         spec: PluginSpec<TransportPluginPre<PluginState>>,
         signing: SigningGrant,
     ) -> Self {
-        let ctx = InstanceCtx::new(
-            runtime,
-            spec.plugin.name.clone(),
-            target,
-            spec.sandbox.clone(),
-            signing,
-        );
+        let ctx = InstanceCtx::for_spec(runtime, target, &spec, signing);
         Self {
             ctx,
             spec,
@@ -125,10 +119,7 @@ impl WasmTransport {
             .ctx
             .call(self.spec.plugin.pre.instantiate_async(&mut store))
             .await
-            .map_err(|e| match e.kind {
-                TransportErrorKind::Trap(m) => self.ctx.error(TransportErrorKind::Instantiate(m)),
-                _ => e,
-            })?;
+            .map_err(|e| self.ctx.instantiation_failed(e))?;
         self.ctx.arm(&mut store);
         let init = bindings.outbox_relay_transport().call_init(
             &mut store,
