@@ -1,0 +1,408 @@
+//! `rabbitmq`: publishes to a RabbitMQ exchange over AMQP 0-9-1, with
+//! publisher confirms and persistent delivery.
+//!
+//! ```toml
+//! [targets.bus]
+//! plugin = "rabbitmq"
+//! sandbox = { allow_tcp = ["127.0.0.1:5672"] }
+//! [targets.bus.config]
+//! url = "amqp://guest:guest@127.0.0.1:5672/%2f"  # required; vhost percent-encoded
+//! exchange = "events"              # required; "" is the default exchange
+//! routing_key = "orders.{event}"   # optional template; default "{event}"
+//! mandatory = true                 # optional; an unroutable message is dead-lettered
+//! confirm_timeout_ms = 5000        # optional
+//! connect_timeout_ms = 5000        # optional
+//! ```
+//!
+//! A batch is published in one write (every message's `basic.publish`, content
+//! header and body frames), then the confirms are read: `basic.ack` means
+//! delivered, `basic.nack` retry, a `basic.return` (an unroutable message with
+//! `mandatory`) reject. A lost connection, a closed channel or a confirm time-out
+//! retries the messages still unconfirmed; the next batch reconnects. What a
+//! consumer sees is described in `docs/transports/rabbitmq.md`.
+
+use std::time::{Duration, Instant};
+
+use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
+
+mod codec;
+mod conn;
+
+use codec::{Properties, Value};
+use conn::{Connection, Settings};
+
+const KEYS: &[&str] = &[
+    "url",
+    "exchange",
+    "routing_key",
+    "mandatory",
+    "confirm_timeout_ms",
+    "connect_timeout_ms",
+];
+
+/// Headers the transport sets itself; an envelope header of the same name is
+/// replaced.
+const OWN_HEADERS: &[&str] = &["outbox-message-id", "outbox-event", "outbox-partition-key"];
+
+struct RabbitMq {
+    settings: Settings,
+    exchange: String,
+    routing_key: Template,
+    mandatory: bool,
+    confirm_timeout: Duration,
+    /// Dropped after any failure; the next batch connects again.
+    conn: Option<Connection>,
+}
+
+impl Transport for RabbitMq {
+    fn init(target: &str, config: &Config) -> Result<Self> {
+        if let Some(key) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(Error::new(format!(
+                "config: unknown key `{key}` (known: {})",
+                KEYS.join(", ")
+            )));
+        }
+        let url = config.get_str("url")?;
+        let exchange = config.get_str("exchange")?.to_owned();
+        if exchange.len() > 255 {
+            return Err(Error::new(
+                "config: key `exchange` is longer than 255 bytes",
+            ));
+        }
+        let routing_key = Template::parse(config.get_opt_str("routing_key")?.unwrap_or("{event}"))
+            .map_err(|e| Error::new(format!("config: key `routing_key`: {e}")))?;
+        let mandatory = config.get_bool_or("mandatory", true)?;
+        let confirm_timeout = millis(config, "confirm_timeout_ms", 5000)?;
+        let connect_timeout = millis(config, "connect_timeout_ms", 5000)?;
+        let (addr, user, password, vhost) =
+            parse_url(url).map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
+        let settings = Settings {
+            addr,
+            user,
+            password,
+            vhost,
+            connection_name: format!("outbox-relay target {target}"),
+            connect_timeout,
+            write_timeout: confirm_timeout,
+        };
+        // Connecting now makes a wrong address, login, vhost or exchange a
+        // start-up error rather than a retry on every batch.
+        let conn = Connection::open(&settings, &exchange)
+            .map_err(|e| Error::new(format!("RabbitMQ at {}: {e}", settings.addr)))?;
+        Ok(RabbitMq {
+            settings,
+            exchange,
+            routing_key,
+            mandatory,
+            confirm_timeout,
+            conn: Some(conn),
+        })
+    }
+
+    fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut todo = Vec::with_capacity(batch.len());
+        for (i, envelope) in batch.iter().enumerate() {
+            match self.routing_key.render(envelope) {
+                Ok(key) => todo.push((i, key)),
+                Err(e) => outcomes[i] = Some(Outcome::reject(format!("routing_key: {e}"))),
+            }
+        }
+        // A connection kept from an earlier batch may have died while idle
+        // (broker restart, network cut). When it fails before the broker has
+        // said anything, connect again and publish once more at once.
+        for attempt in 1..=2 {
+            let reused = self.conn.is_some();
+            match self.publish(&batch, &todo, &mut outcomes) {
+                Ok(()) => break,
+                Err(reason) if reused && attempt == 1 => {
+                    log::info(&format!(
+                        "RabbitMQ at {}: the connection from an earlier batch is gone ({reason}); reconnecting",
+                        self.settings.addr
+                    ));
+                }
+                Err(reason) => {
+                    for (i, _) in &todo {
+                        outcomes[*i].get_or_insert_with(|| Outcome::retry(reason.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome (transport bug)")))
+            .collect()
+    }
+}
+
+impl RabbitMq {
+    /// Publishes `todo` (index in `batch`, routing key) on the connection
+    /// (opening one if needed) and fills in their outcomes. `Err` when the
+    /// connection failed before the broker answered anything: no outcome of
+    /// `todo` is set then, except rejects of messages that cannot be encoded.
+    fn publish(
+        &mut self,
+        batch: &[Envelope],
+        todo: &[(usize, String)],
+        outcomes: &mut [Option<Outcome>],
+    ) -> core::result::Result<(), String> {
+        let addr = &self.settings.addr;
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => match Connection::open(&self.settings, &self.exchange) {
+                Ok(conn) => self.conn.insert(conn),
+                Err(e) => {
+                    for (i, _) in todo {
+                        outcomes[*i] = Some(Outcome::retry(format!("RabbitMQ at {addr}: {e}")));
+                    }
+                    return Ok(());
+                }
+            },
+        };
+
+        let mut frames = Vec::new();
+        let mut sent = Vec::with_capacity(todo.len());
+        for (i, key) in todo {
+            let envelope = &batch[*i];
+            let encoded = conn.encode_publish(
+                &mut frames,
+                &self.exchange,
+                key,
+                self.mandatory,
+                &properties(envelope),
+                &envelope.payload,
+            );
+            match encoded {
+                Ok(()) => sent.push(*i),
+                Err(e) => {
+                    outcomes[*i] = Some(Outcome::reject(format!("cannot encode for AMQP: {e}")))
+                }
+            }
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+
+        let first_tag = match conn.publish(&frames, sent.len()) {
+            Ok(tag) => tag,
+            Err(e) => {
+                self.conn = None;
+                return Err(format!("RabbitMQ at {addr}: publishing failed: {e}"));
+            }
+        };
+        let ids: Vec<&str> = sent.iter().map(|&i| batch[i].id.as_str()).collect();
+        let confirms = conn.await_confirms(first_tag, &ids, Instant::now() + self.confirm_timeout);
+        if let Some(e) = &confirms.error
+            && confirms.frames == 0
+            && e.is_io()
+        {
+            self.conn = None;
+            return Err(format!("RabbitMQ at {addr}: {e}"));
+        }
+        let unconfirmed = match &confirms.error {
+            None => String::new(),
+            Some(conn::ConnError::Timeout) => format!(
+                "RabbitMQ at {addr}: no publisher confirm within {} ms",
+                self.confirm_timeout.as_millis()
+            ),
+            Some(e) => format!("RabbitMQ at {addr}: {e} before confirming the message"),
+        };
+        for (k, &i) in sent.iter().enumerate() {
+            outcomes[i] = Some(match (&confirms.returned[k], confirms.acked[k]) {
+                (Some(reason), _) => Outcome::reject(reason.clone()),
+                (None, Some(true)) => Outcome::Delivered,
+                (None, Some(false)) => Outcome::retry(format!(
+                    "RabbitMQ at {addr}: the broker nacked the message (basic.nack)"
+                )),
+                (None, None) => Outcome::retry(unconfirmed.clone()),
+            });
+        }
+        if confirms.error.is_some() {
+            self.conn = None;
+        }
+        Ok(())
+    }
+}
+
+/// The AMQP properties of one envelope: see `docs/transports/rabbitmq.md`.
+fn properties(e: &Envelope) -> Properties {
+    let text = |s: &str| Value::LongStr(s.as_bytes().to_vec());
+    let mut headers: Vec<(String, Value)> = e
+        .headers
+        .iter()
+        .filter(|(name, _)| !OWN_HEADERS.iter().any(|own| own.eq_ignore_ascii_case(name)))
+        .map(|(name, value)| (name.clone(), text(value)))
+        .collect();
+    headers.push(("outbox-message-id".into(), text(&e.id)));
+    headers.push(("outbox-event".into(), text(&e.event_name)));
+    if let Some(key) = &e.partition_key {
+        headers.push(("outbox-partition-key".into(), text(key)));
+    }
+    Properties {
+        content_type: e.header("content-type").map(str::to_owned),
+        content_encoding: e.header("content-encoding").map(str::to_owned),
+        headers: Some(headers),
+        delivery_mode: Some(2),
+        message_id: Some(e.id.clone()),
+        timestamp: Some(u64::try_from(e.created_at_ms.max(0) / 1000).unwrap_or(0)),
+        kind: Some(e.event_name.clone()),
+    }
+}
+
+fn millis(config: &Config, key: &str, default: u64) -> Result<Duration> {
+    match config.get_opt_u64(key)?.unwrap_or(default) {
+        0 => Err(Error::new(format!(
+            "config: key `{key}` must be at least 1"
+        ))),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// `amqp://user:password@host:port/vhost` → (`host:port`, user, password, vhost).
+/// User and password default to `guest`, the port to 5672, and an empty path
+/// to the vhost `/` (write others percent-encoded: `%2f` is `/`).
+fn parse_url(url: &str) -> core::result::Result<(String, String, String, String), String> {
+    let Some(rest) = url.strip_prefix("amqp://") else {
+        return Err(if url.starts_with("amqps://") {
+            "TLS (`amqps://`) is not supported; use `amqp://`".into()
+        } else {
+            "must start with `amqp://` (amqp://user:password@host:port/vhost)".into()
+        });
+    };
+    if rest.contains(['?', '#']) {
+        return Err("query parameters are not supported; use the target's config keys".into());
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, password) = match authority.rsplit_once('@') {
+        Some((info, _)) => {
+            let (user, password) = info.split_once(':').unwrap_or((info, ""));
+            (percent_decode(user)?, percent_decode(password)?)
+        }
+        None => ("guest".into(), "guest".into()),
+    };
+    let addr = net::host_port(url, 5672).map_err(|e| e.to_string())?;
+    let vhost = match path {
+        "" => "/".to_owned(),
+        p if p.contains('/') => {
+            return Err(format!(
+                "the vhost {p:?} contains `/`: percent-encode it (`%2f`)"
+            ));
+        }
+        p => percent_decode(p)?,
+    };
+    Ok((addr, user, password, vhost))
+}
+
+fn percent_decode(s: &str) -> core::result::Result<String, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hex = [bytes.next(), bytes.next()];
+        let digit = |d: Option<u8>| d.and_then(|d| char::from(d).to_digit(16));
+        match (digit(hex[0]), digit(hex[1])) {
+            (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+            _ => return Err(format!("bad percent-encoding in {s:?}")),
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
+}
+
+outbox_relay_guest::export_transport!(RabbitMq);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parsed(url: &str) -> (String, String, String, String) {
+        parse_url(url).unwrap()
+    }
+
+    #[test]
+    fn urls_give_address_login_and_vhost() {
+        let s = |a: &str, b: &str, c: &str, d: &str| (a.into(), b.into(), c.into(), d.into());
+        assert_eq!(
+            parsed("amqp://127.0.0.1"),
+            s("127.0.0.1:5672", "guest", "guest", "/")
+        );
+        assert_eq!(
+            parsed("amqp://u:p%40ss@mq:5673/"),
+            s("mq:5673", "u", "p@ss", "/")
+        );
+        assert_eq!(parsed("amqp://u:p@mq/%2f"), s("mq:5672", "u", "p", "/"));
+        assert_eq!(
+            parsed("amqp://mq:1/prod%2Feu"),
+            s("mq:1", "guest", "guest", "prod/eu")
+        );
+        assert!(parse_url("amqps://mq").unwrap_err().contains("TLS"));
+        assert!(parse_url("mq:5672").unwrap_err().contains("amqp://"));
+        assert!(parse_url("amqp://mq/a/b").unwrap_err().contains("%2f"));
+        assert!(parse_url("amqp://mq/?heartbeat=5").is_err());
+        assert!(parse_url("amqp://mq/%zz").is_err());
+    }
+
+    #[test]
+    fn properties_carry_id_event_time_and_every_header() {
+        let e = Envelope {
+            id: "0190-id".into(),
+            event_name: "order.created".into(),
+            partition_key: Some("order-1".into()),
+            payload: vec![0xff],
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("traceparent".into(), "00-abc".into()),
+                ("outbox-event".into(), "forged".into()),
+            ],
+            attempt: 1,
+            created_at_ms: 1_700_000_000_999,
+        };
+        let p = properties(&e);
+        assert_eq!(p.message_id.as_deref(), Some("0190-id"));
+        assert_eq!(p.kind.as_deref(), Some("order.created"));
+        assert_eq!(p.timestamp, Some(1_700_000_000));
+        assert_eq!(p.delivery_mode, Some(2));
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
+        assert_eq!(p.content_encoding, None);
+        let text = |s: &str| Value::LongStr(s.as_bytes().to_vec());
+        assert_eq!(
+            p.headers.unwrap(),
+            vec![
+                ("content-type".to_string(), text("application/json")),
+                ("traceparent".to_string(), text("00-abc")),
+                ("outbox-message-id".to_string(), text("0190-id")),
+                ("outbox-event".to_string(), text("order.created")),
+                ("outbox-partition-key".to_string(), text("order-1")),
+            ]
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let init = |json: &str| {
+            RabbitMq::init("t", &Config::parse(json).unwrap())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(init(r#"{"exchange": ""}"#).contains("`url`"));
+        assert!(init(r#"{"url": "amqp://x"}"#).contains("`exchange`"));
+        assert!(
+            init(r#"{"url": "amqp://x", "exchange": "", "routing_key": "{nope}"}"#)
+                .contains("`routing_key`")
+        );
+        assert!(
+            init(r#"{"url": "amqp://x", "exchange": "", "confirm_timeout_ms": 0}"#)
+                .contains("`confirm_timeout_ms`")
+        );
+        assert!(init(r#"{"url": "amqps://x", "exchange": ""}"#).contains("`url`"));
+        assert!(
+            init(r#"{"url": "amqp://x", "exchange": "", "exchnage": 1}"#)
+                .contains("unknown key `exchnage`")
+        );
+    }
+}
