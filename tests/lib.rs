@@ -15,6 +15,9 @@ use outbox_relay::storage::{DeadLetter, Storage};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod proxy;
+pub use proxy::Proxy;
+
 /// Directory holding every built component (`file.wasm`, `trap.wasm`, ...).
 pub fn components_dir() -> PathBuf {
     PathBuf::from(env!("OUTBOX_TEST_COMPONENTS"))

@@ -42,6 +42,9 @@
 //!   with the plugin, target and message id.
 //! - [`log`]: lines into the host's log, tagged with plugin and target.
 //! - [`signing`]: signatures made by the host with keys the plugin never sees.
+//! - [`http`]: requests through the host's pooled HTTP client, to allowed hosts.
+//! - [`net`]: TCP connections to the addresses the sandbox allows.
+//! - [`Template`]: subjects, topics and routing keys built from a message.
 //!
 //! One build of this crate serves both plugin kinds: each export macro emits
 //! the description of its world's exports into the plugin crate itself, so a
@@ -62,14 +65,18 @@ mod config;
 mod envelope;
 mod error;
 mod injector;
+pub mod http;
 pub mod log;
+pub mod net;
 pub mod signing;
+mod template;
 mod transport;
 
 pub use config::Config;
 pub use envelope::{Envelope, HeaderEdit, Outcome};
 pub use error::{Error, Result};
 pub use injector::Injector;
+pub use template::Template;
 pub use transport::Transport;
 
 /// The version of the WIT package (`outbox:relay`) this SDK builds against.

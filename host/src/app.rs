@@ -8,6 +8,7 @@ use crate::keys::{KeyError, KeyRing, SigningGrant};
 use crate::plugin::{PluginError, PluginRuntime, PluginSpec, TargetPlugins, WasmTransportFactory};
 use crate::relay::{Relay, TargetSpec, new_owner_id};
 use crate::routes::Routes;
+use crate::transport::TransportFactory;
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
@@ -22,6 +23,11 @@ pub enum AppError {
     Plugin { target: String, cause: PluginError },
     #[error("config file {file}: {cause}")]
     Key { file: String, cause: KeyError },
+    #[error("target {target:?} cannot start: {cause}")]
+    Start {
+        target: String,
+        cause: crate::transport::TransportError,
+    },
 }
 
 /// Opens the configured database (SQLite or Postgres, by URL scheme) and applies migrations.
@@ -106,6 +112,41 @@ pub fn load_plugins(
 
 fn config_json(table: &toml::Table) -> String {
     serde_json::to_string(table).unwrap_or_else(|_| "{}".into())
+}
+
+/// Starts each named target's plugins exactly as a relay worker would
+/// (instantiate, then `init` with the target's config: a transport that
+/// connects in `init` connects here) and drops them at once. No storage is
+/// touched. One result per target, in the order given.
+pub async fn check_targets(
+    config: &Config,
+    names: &[String],
+) -> Result<Vec<(String, Result<(), AppError>)>, AppError> {
+    let runtime = Arc::new(
+        PluginRuntime::new(&config.relay.cache_dir).map_err(|cause| AppError::Plugin {
+            target: "(all)".into(),
+            cause,
+        })?,
+    );
+    let factory = WasmTransportFactory::new(runtime.clone(), load_plugins(config, &runtime)?);
+    let mut out = Vec::new();
+    for name in names {
+        let result = match factory.create(name).await {
+            Ok(_) => Ok(()),
+            Err(cause) => Err(AppError::Start {
+                target: name.clone(),
+                cause,
+            }),
+        };
+        out.push((name.clone(), result));
+    }
+    Ok(out)
+}
+
+/// [`check_targets`] for one target.
+pub async fn check_target(config: &Config, name: &str) -> Result<(), AppError> {
+    let mut results = check_targets(config, &[name.to_string()]).await?;
+    results.pop().map_or(Ok(()), |(_, r)| r)
 }
 
 /// Builds a relay from `config`: storage migrated, plugins loaded and checked.

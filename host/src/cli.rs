@@ -55,6 +55,15 @@ enum Command {
     },
     /// Create or upgrade the outbox schema.
     Migrate(ConfigArg),
+    /// Start every target's plugin once (instantiate + init, so transports
+    /// connect to their brokers) and report which cannot start, and why.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Check only these targets (default: all).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
     /// Enqueue messages (for operators and demos; applications use the producer API).
     Enqueue(EnqueueArgs),
     /// Per target: cursor lag, oldest pending age, retries pending, dead letters, lease owners.
@@ -186,6 +195,37 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let storage = app::open_storage(&config).await?;
             let partitions = storage.ensure_partitions(config.relay.partitions).await?;
             println!("migrated {} ({partitions} partitions)", config.database);
+            Ok(())
+        }
+        Command::Check { config, targets } => {
+            let config = load_config(&config)?;
+            let names = if targets.is_empty() {
+                config.targets.keys().cloned().collect()
+            } else {
+                for name in &targets {
+                    if !config.targets.contains_key(name) {
+                        anyhow::bail!(
+                            "no target {name:?} in {} (targets: {})",
+                            config.source.display(),
+                            config.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                }
+                targets
+            };
+            let mut failed = 0;
+            for (name, result) in app::check_targets(&config, &names).await? {
+                match result {
+                    Ok(()) => println!("ok      {name}"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAILED  {name}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} targets cannot start", names.len());
+            }
             Ok(())
         }
         Command::Enqueue(args) => enqueue(args).await,

@@ -191,7 +191,8 @@ pub struct KeyConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum KeyAlgorithm {
-    /// HMAC-SHA256; the key is a secret of at least 32 bytes.
+    /// HMAC-SHA256; the key is a secret of at least 32 bytes, or a Standard
+    /// Webhooks secret `whsec_<base64>` (24 to 64 bytes once decoded).
     #[serde(rename = "HS256")]
     Hs256,
     /// Ed25519; the key is a PKCS#8 PEM private key or a base64 32-byte seed.
@@ -242,6 +243,9 @@ pub struct SandboxConfig {
     pub dirs: BTreeMap<String, PathBuf>,
     /// TCP `host:port` pairs the plugin may connect to (host as an IP or `localhost`).
     pub allow_tcp: Vec<String>,
+    /// Hosts the plugin may send HTTP requests to through the host's client:
+    /// `host` (any port) or `host:port`.
+    pub allow_http: Vec<String>,
     /// Guest stderr kept per call for error reports, in KiB.
     pub stderr_kb: u32,
 }
@@ -253,6 +257,7 @@ impl Default for SandboxConfig {
             call_timeout: Duration::from_secs(30),
             dirs: BTreeMap::new(),
             allow_tcp: Vec::new(),
+            allow_http: Vec::new(),
             stderr_kb: 64,
         }
     }
@@ -510,6 +515,11 @@ impl Config {
                     ));
                 }
             }
+            for (i, entry) in sandbox.allow_http.iter().enumerate() {
+                if let Err(message) = crate::plugin::http::AllowedHost::parse(entry) {
+                    return Err(self.invalid(field(&format!("allow_http[{i}]")), message));
+                }
+            }
         }
         Ok(())
     }
@@ -668,6 +678,11 @@ mod tests {
                 "dirs = {",
                 "allow_tcp = [\"nowhere\"], dirs = {",
                 "targets.audit.sandbox.allow_tcp[0]",
+            ),
+            (
+                "dirs = {",
+                "allow_http = [\"https://x/\"], dirs = {",
+                "targets.audit.sandbox.allow_http[0]",
             ),
         ] {
             let e = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();

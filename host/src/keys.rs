@@ -57,6 +57,19 @@ fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
     }
     match config.algorithm {
         KeyAlgorithm::Hs256 => {
+            // A Standard Webhooks secret: `whsec_` + base64 of the key bytes.
+            if let Some(encoded) = raw.strip_prefix("whsec_") {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| error("a `whsec_` secret must be base64 after the prefix".into()))?;
+                if !(24..=64).contains(&bytes.len()) {
+                    return Err(error(format!(
+                        "a `whsec_` secret must decode to 24 to 64 bytes, not {}",
+                        bytes.len()
+                    )));
+                }
+                return Ok(SnapshotKey::Hs256(bytes));
+            }
             if raw.len() < 32 {
                 return Err(error(
                     "an HS256 secret must be at least 32 bytes long".into(),
@@ -114,5 +127,38 @@ impl SigningGrant {
         self.key(name, target)?
             .sign(message)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_from_file(text: &str) -> Result<SnapshotKey, KeyError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, text).unwrap();
+        load_key(
+            "hook",
+            &KeyConfig {
+                algorithm: KeyAlgorithm::Hs256,
+                env: None,
+                file: Some(file),
+            },
+        )
+    }
+
+    #[test]
+    fn a_standard_webhooks_secret_is_its_decoded_bytes() {
+        // The example secret of the Standard Webhooks specification.
+        let key = load_from_file("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        let SnapshotKey::Hs256(bytes) = key else {
+            panic!("not HS256")
+        };
+        assert_eq!(bytes.len(), 24);
+        let e = load_from_file("whsec_not base64!").unwrap_err().to_string();
+        assert!(e.contains("base64"), "{e}");
+        let e = load_from_file("whsec_c2hvcnQ=").unwrap_err().to_string();
+        assert!(e.contains("24 to 64 bytes"), "{e}");
     }
 }

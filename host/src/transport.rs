@@ -33,7 +33,7 @@ fn stderr_suffix(stderr: &str) -> String {
 pub enum TransportErrorKind {
     #[error("could not start the plugin: {0}")]
     Instantiate(String),
-    #[error("init rejected the target config: {0}")]
+    #[error("init failed: {0}")]
     Init(String),
     #[error("trapped: {0}")]
     Trap(String),

@@ -6,6 +6,7 @@ use crate::message::{Envelope, Outcome};
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "transport-plugin",
+    imports: { "outbox:relay/http.send": async },
     exports: { default: async },
 });
 
@@ -22,6 +23,7 @@ mod injector_world {
             "outbox:relay/types": super::outbox::relay::types,
             "outbox:relay/log": super::outbox::relay::log,
             "outbox:relay/signing": super::outbox::relay::signing,
+            "outbox:relay/http": super::outbox::relay::http,
         },
     });
 }

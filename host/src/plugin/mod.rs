@@ -9,6 +9,7 @@
 
 mod bindings;
 mod cache;
+pub mod http;
 mod instance;
 mod sandbox;
 mod wasm_injector;
@@ -103,6 +104,8 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: PathBuf,
+    /// One pooled HTTP client for every plugin's `outbox:relay/http` calls.
+    http: reqwest::Client,
 }
 
 impl PluginRuntime {
@@ -123,15 +126,25 @@ impl PluginRuntime {
             |state| state,
         )
         .map_err(engine_error)?;
+        let http = http::HttpGate::client().map_err(|message| PluginError::Engine {
+            path: "(http client)".into(),
+            message,
+        })?;
         Ok(Self {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
+            http,
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The shared HTTP client (a cheap handle onto one connection pool).
+    pub(crate) fn http_client(&self) -> reqwest::Client {
+        self.http.clone()
     }
 
     /// Reads, checks and compiles (or loads from cache) the component at

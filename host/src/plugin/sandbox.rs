@@ -17,7 +17,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::outbox::relay::{log, signing, types};
+use super::bindings::outbox::relay::{http, log, signing, types};
+use super::http::HttpGate;
 use crate::config::{SandboxConfig, parse_host_port};
 use crate::keys::SigningGrant;
 
@@ -32,6 +33,8 @@ pub struct PluginState {
     pub(super) deadline: Instant,
     /// The keys this instance's target may sign with.
     signing: SigningGrant,
+    /// The hosts this instance may reach over HTTP.
+    http: HttpGate,
 }
 
 impl PluginState {
@@ -41,6 +44,7 @@ impl PluginState {
         sandbox: &SandboxConfig,
         stderr: GuestStderr,
         signing: SigningGrant,
+        http: HttpGate,
     ) -> Result<Self, String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr).stdout(tokio::io::stdout());
@@ -50,14 +54,21 @@ impl PluginState {
             wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
                 .map_err(|e| format!("cannot map {} into the sandbox: {e}", host.display()))?;
         }
-        if !sandbox.allow_tcp.is_empty() {
-            let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
-            wasi.allow_tcp(true).allow_ip_name_lookup(true);
-            wasi.socket_addr_check(move |addr, usage| {
-                let ok = matches!(usage, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
-                Box::pin(async move { ok })
-            });
-        }
+        // Sockets: TCP connect to the allowed addresses only; every other use
+        // (UDP, listening, other addresses) is refused, and logged so an
+        // operator can see what a plugin tried.
+        let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
+        wasi.allow_udp(false)
+            .allow_ip_name_lookup(!sandbox.allow_tcp.is_empty());
+        let (who, whom) = (plugin.clone(), target.clone());
+        wasi.socket_addr_check(move |addr, usage| {
+            let ok = matches!(usage, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
+            if !ok {
+                tracing::warn!(plugin = &*who, target = &*whom, %addr, ?usage,
+                    "socket use denied by the sandbox (not in sandbox.allow_tcp)");
+            }
+            Box::pin(async move { ok })
+        });
         let limits = StoreLimitsBuilder::new()
             .memory_size(sandbox.memory_mb as usize * 1024 * 1024)
             .instances(16)
@@ -74,6 +85,7 @@ impl PluginState {
             target,
             deadline: Instant::now(),
             signing,
+            http,
         })
     }
 }
@@ -114,6 +126,19 @@ impl signing::Host for PluginState {
             tracing::warn!(plugin = &*self.plugin, target = &*self.target, key, error = %e, "signing refused");
         }
         result
+    }
+}
+
+impl http::Host for PluginState {
+    async fn send(
+        &mut self,
+        requests: Vec<http::Request>,
+    ) -> Vec<Result<http::Response, http::Error>> {
+        self.http.send(&self.plugin, &self.target, requests).await
+    }
+
+    fn allowed(&mut self, url: String) -> Result<(), http::Error> {
+        self.http.check(&self.plugin, &self.target, &url).map(|_| ())
     }
 }
 
