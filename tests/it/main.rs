@@ -10,10 +10,15 @@ mod dead_letters;
 mod delivery;
 mod hostile;
 mod injectors;
+mod mqtt;
+mod nats;
 mod operate;
 mod postgres;
 mod producers;
+mod rabbitmq;
+mod redis_streams;
 mod startup;
+mod webhook;
 
 /// The `outbox-relay` CLI under test (built from `tests/bin/outbox-relay.rs`).
 pub(crate) fn relay_binary() -> std::path::PathBuf {
