@@ -1,0 +1,681 @@
+//! `nats`: publishes each message to a NATS JetStream stream and waits for
+//! the stream's ack, one per message.
+//!
+//! ```toml
+//! [targets.bus]
+//! plugin = "nats"
+//! config = { url = "nats://127.0.0.1:4222", subject = "orders.{event}" }
+//! sandbox = { allow_tcp = ["127.0.0.1:4222"] }
+//! ```
+//!
+//! | key                  | default | meaning                                                  |
+//! |----------------------|---------|----------------------------------------------------------|
+//! | `url`                | —       | `nats://[user:pass@ or token@]host[:port]` or `host:port` (port 4222) |
+//! | `subject`            | —       | a [`Template`]: `{event}`, `{id}`, `{key}`, `{header.NAME}` |
+//! | `ack_timeout_ms`     | 5000    | how long a batch waits for its acks                       |
+//! | `connect_timeout_ms` | 5000    | connect and handshake time-out                            |
+//! | `user`, `password`   | —       | user/password authentication                             |
+//! | `token`              | —       | token authentication                                     |
+//!
+//! Each message is one `HPUB` with a reply subject of its own on this
+//! connection's inbox, and headers `Nats-Msg-Id` (the message id, which
+//! JetStream deduplicates on within the stream's duplicate window),
+//! `outbox-message-id`, `outbox-event` and every envelope header. A batch is
+//! written in one go, then the acks are read as they come. The connection is
+//! kept across batches and dropped after any I/O error, protocol error or ack
+//! time-out; the next batch reconnects. `docs/transports/nats.md` has the
+//! whole contract.
+
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::io::{self, Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
+
+mod ack;
+mod proto;
+
+use ack::Ack;
+use proto::ServerOp;
+
+const KEYS: [&str; 7] = [
+    "url",
+    "subject",
+    "ack_timeout_ms",
+    "connect_timeout_ms",
+    "user",
+    "password",
+    "token",
+];
+const DEFAULT_PORT: u16 = 4222;
+/// The headers this transport sets itself; envelope headers of these names
+/// (in any case) are left out so each appears once.
+const OWN_HEADERS: [&str; 3] = ["Nats-Msg-Id", "outbox-message-id", "outbox-event"];
+
+struct Nats {
+    name: String,
+    addr: String,
+    subject: Template,
+    ack_timeout: Duration,
+    connect_timeout: Duration,
+    auth: Auth,
+    /// `None` after a failure; the next batch reconnects.
+    conn: Option<Conn>,
+}
+
+#[derive(Default)]
+struct Auth {
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+impl Transport for Nats {
+    fn init(target: &str, config: &Config) -> Result<Self> {
+        if let Some(key) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(Error::new(format!(
+                "config: unknown key `{key}` (known keys: {})",
+                KEYS.join(", ")
+            )));
+        }
+        let url = config.get_str("url")?;
+        let addr = net::host_port(url, DEFAULT_PORT)
+            .map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
+        let subject = Template::parse(config.get_str("subject")?)
+            .map_err(|e| Error::new(format!("config: key `subject`: {e}")))?;
+        let millis = |key: &str| -> Result<Duration> {
+            match config.get_opt_u64(key)?.unwrap_or(5000) {
+                ms @ 1..=600_000 => Ok(Duration::from_millis(ms)),
+                _ => Err(Error::new(format!(
+                    "config: key `{key}` must be between 1 and 600000 (milliseconds)"
+                ))),
+            }
+        };
+        let mut auth = url_auth(url);
+        if let Some(user) = config.get_opt_str("user")? {
+            auth.user = Some(user.to_owned());
+            auth.password = config.get_opt_str("password")?.map(str::to_owned);
+        } else if config.get_opt_str("password")?.is_some() {
+            return Err(Error::new("config: key `password` needs `user`"));
+        }
+        if let Some(token) = config.get_opt_str("token")? {
+            auth.token = Some(token.to_owned());
+        }
+        let mut nats = Nats {
+            name: format!("outbox-relay:{target}"),
+            addr,
+            subject,
+            ack_timeout: millis("ack_timeout_ms")?,
+            connect_timeout: millis("connect_timeout_ms")?,
+            auth,
+            conn: None,
+        };
+        // A wrong address, a sandbox that does not allow it or bad credentials
+        // are start-up errors rather than a retry on every batch.
+        nats.conn = Some(nats.open().map_err(Error::new)?);
+        Ok(nats)
+    }
+
+    fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
+        let mut conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(reason) => return vec![Outcome::retry(reason); batch.len()],
+        };
+        let (mut outcomes, failure) = self.publish(&mut conn, &batch);
+        match failure {
+            None => self.conn = Some(conn),
+            Some(reason) => {
+                log::warn(&format!("dropping the connection: {reason}"));
+                for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                    *outcome = Some(Outcome::retry(reason.clone()));
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("no reply")))
+            .collect()
+    }
+}
+
+impl Nats {
+    /// Publishes the batch on `conn` and reads the acks. Returns an outcome
+    /// for each envelope that got one, and why the connection must be
+    /// dropped, if it must (the envelopes without an outcome are then retried).
+    fn publish(
+        &self,
+        conn: &mut Conn,
+        batch: &[Envelope],
+    ) -> (Vec<Option<Outcome>>, Option<String>) {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+
+        // Every publish of the batch first, each with its own reply subject.
+        let base = conn.next_token;
+        conn.next_token += batch.len() as u64;
+        let mut subjects = vec![String::new(); batch.len()];
+        let mut out = Vec::new();
+        let mut pending = 0;
+        for (i, envelope) in batch.iter().enumerate() {
+            let reply = format!("{}.{}", conn.inbox, base + i as u64);
+            match encode(&self.subject, envelope, &reply, conn.max_payload, &mut out) {
+                Ok(subject) => {
+                    subjects[i] = subject;
+                    pending += 1;
+                }
+                Err(reason) => outcomes[i] = Some(Outcome::reject(reason)),
+            }
+        }
+        if pending == 0 {
+            return (outcomes, None);
+        }
+
+        // Then the acks, in whatever order they come.
+        let deadline = Instant::now() + self.ack_timeout;
+        let mut duplicates = 0;
+        let failure = match conn.write(&out, self.ack_timeout) {
+            Err(err) => Some(format!("writing to {}: {err}", self.addr)),
+            Ok(()) => loop {
+                if pending == 0 {
+                    break None;
+                }
+                match conn.read_op(deadline) {
+                    Ok(ServerOp::Msg {
+                        subject,
+                        headers,
+                        payload,
+                        ..
+                    }) => {
+                        let Some(i) = index_of(&conn.inbox, &subject, base, batch.len()) else {
+                            continue; // not a reply to this batch
+                        };
+                        if outcomes[i].is_some() {
+                            continue;
+                        }
+                        outcomes[i] = Some(
+                            match ack::classify(&subjects[i], headers.as_deref(), &payload) {
+                                Ack::Stored { duplicate } => {
+                                    duplicates += usize::from(duplicate);
+                                    Outcome::Delivered
+                                }
+                                Ack::Failed(outcome) => outcome,
+                            },
+                        );
+                        pending -= 1;
+                    }
+                    Ok(ServerOp::Ping) => {
+                        if let Err(err) = conn.write(b"PONG\r\n", self.ack_timeout) {
+                            break Some(format!("writing to {}: {err}", self.addr));
+                        }
+                    }
+                    Ok(ServerOp::Err(err)) => match denied_subject(&err) {
+                        // The server keeps the connection after a permissions
+                        // violation: fail the messages for that subject only.
+                        Some(denied) => {
+                            for (i, outcome) in outcomes.iter_mut().enumerate() {
+                                if outcome.is_none() && subjects[i] == denied {
+                                    *outcome = Some(Outcome::retry(format!(
+                                        "the NATS server refused the publish: {err}"
+                                    )));
+                                    pending -= 1;
+                                }
+                            }
+                        }
+                        None => break Some(format!("the NATS server reported an error: {err}")),
+                    },
+                    Ok(ServerOp::Info(_) | ServerOp::Pong | ServerOp::Ok) => {}
+                    Err(err) if is_timeout(&err) => {
+                        break Some(format!(
+                            "no JetStream ack within {} ms (ack_timeout_ms) from {}",
+                            self.ack_timeout.as_millis(),
+                            self.addr
+                        ));
+                    }
+                    Err(err) => break Some(format!("connection to {} lost: {err}", self.addr)),
+                }
+            },
+        };
+        if duplicates > 0 {
+            log::info(&format!(
+                "{duplicates} of {} messages were already in the stream (same Nats-Msg-Id within its duplicate window)",
+                batch.len()
+            ));
+        }
+        (outcomes, failure)
+    }
+
+    /// Takes the open connection, after checking it is still alive, or makes
+    /// a new one. `deliver` puts it back when the batch went well.
+    fn connection(&mut self) -> core::result::Result<Conn, String> {
+        match self.conn.take() {
+            Some(mut conn) => {
+                if conn.still_open() {
+                    return Ok(conn);
+                }
+                log::info(&format!(
+                    "the connection to {} was closed; reconnecting",
+                    self.addr
+                ));
+                self.open()
+            }
+            None => self.open(),
+        }
+    }
+
+    /// Connects and does the handshake: `INFO`, then `CONNECT`, the inbox
+    /// `SUB` and a `PING` whose `PONG` proves the server accepted them.
+    fn open(&self) -> core::result::Result<Conn, String> {
+        let stream = net::connect(&self.addr, self.connect_timeout).map_err(Error::into_message)?;
+        let mut conn = Conn {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            inbox: new_inbox(&self.name),
+            next_token: 0,
+            max_payload: u64::MAX,
+        };
+        let deadline = Instant::now() + self.connect_timeout;
+        let handshake = |e: io::Error| format!("NATS handshake with {}: {e}", self.addr);
+        let info = match conn.read_op(deadline).map_err(handshake)? {
+            ServerOp::Info(json) => serde_json::from_str::<proto::Info>(&json)
+                .map_err(|e| format!("{} sent an INFO that does not parse: {e}", self.addr))?,
+            other => {
+                return Err(format!(
+                    "{} does not speak NATS (first message: {other:?})",
+                    self.addr
+                ));
+            }
+        };
+        if info.tls_required {
+            return Err(format!(
+                "{} requires TLS, which this transport does not support",
+                self.addr
+            ));
+        }
+        if !info.headers {
+            return Err(format!(
+                "{} does not support message headers (NATS server 2.2 or later is needed)",
+                self.addr
+            ));
+        }
+        if !info.jetstream {
+            log::warn(&format!(
+                "{} does not announce JetStream; publishes will fail until it does",
+                self.addr
+            ));
+        }
+        conn.max_payload = info.max_payload.unwrap_or(u64::MAX);
+
+        let mut out = Vec::new();
+        let connect = proto::Connect {
+            verbose: false,
+            pedantic: false,
+            tls_required: false,
+            name: &self.name,
+            lang: "rust-wasm",
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: 1,
+            echo: false,
+            headers: true,
+            no_responders: true,
+            user: self.auth.user.as_deref(),
+            pass: self.auth.password.as_deref(),
+            auth_token: self.auth.token.as_deref(),
+        };
+        proto::encode_connect(&mut out, &connect)?;
+        proto::encode_sub(&mut out, &format!("{}.*", conn.inbox), 1);
+        out.extend_from_slice(b"PING\r\n");
+        conn.write(&out, self.connect_timeout).map_err(handshake)?;
+        loop {
+            match conn.read_op(deadline).map_err(handshake)? {
+                ServerOp::Pong => break,
+                ServerOp::Ping => conn
+                    .write(b"PONG\r\n", self.connect_timeout)
+                    .map_err(handshake)?,
+                ServerOp::Err(err) => {
+                    return Err(format!("{} refused the connection: {err}", self.addr));
+                }
+                _ => {}
+            }
+        }
+        log::debug(&format!(
+            "connected to {} (NATS {})",
+            self.addr,
+            info.version.as_deref().unwrap_or("?")
+        ));
+        Ok(conn)
+    }
+}
+
+/// One connection to the server.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet parsed start at `pos`.
+    buf: Vec<u8>,
+    pos: usize,
+    /// This connection's reply subjects are `<inbox>.<token>`.
+    inbox: String,
+    next_token: u64,
+    max_payload: u64,
+}
+
+impl Conn {
+    fn write(&mut self, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(timeout))?;
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// The next operation from the server, waiting until `deadline` at most.
+    fn read_op(&mut self, deadline: Instant) -> io::Result<ServerOp> {
+        loop {
+            if let Some((op, used)) = proto::parse(&self.buf[self.pos..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                self.pos += used;
+                return Ok(op);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            self.fill()?;
+        }
+    }
+
+    /// Reads what is available into the buffer; an error at end of stream.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk)? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )),
+            n => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Between batches: answers the server's `PING`s and finds out whether it
+    /// closed the connection (a restart, an idle time-out), without waiting.
+    fn still_open(&mut self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return true; // cannot tell; the batch will find out
+        }
+        let mut open = true;
+        loop {
+            match proto::parse(&self.buf[self.pos..]) {
+                Ok(Some((op, used))) => {
+                    self.pos += used;
+                    match op {
+                        ServerOp::Ping => open &= self.stream.write_all(b"PONG\r\n").is_ok(),
+                        ServerOp::Err(err) => {
+                            log::warn(&format!("the NATS server reported: {err}"));
+                            open = false;
+                        }
+                        _ => {} // late replies to an earlier batch, INFO updates
+                    }
+                }
+                Ok(None) => match self.fill() {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => open = false,
+                },
+                Err(_) => open = false,
+            }
+            if !open {
+                break;
+            }
+        }
+        open && self.stream.set_nonblocking(false).is_ok()
+    }
+}
+
+/// The batch index that a reply subject `<inbox>.<token>` answers, if any,
+/// for a batch whose tokens are `base..base + len`.
+fn index_of(inbox: &str, subject: &str, base: u64, len: usize) -> Option<usize> {
+    let token: u64 = subject
+        .strip_prefix(inbox)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()?;
+    let i = usize::try_from(token.checked_sub(base)?).ok()?;
+    (i < len).then_some(i)
+}
+
+/// Appends the `HPUB` of one envelope to `out`; returns its subject, or why
+/// it can never be published (a reject).
+fn encode(
+    template: &Template,
+    envelope: &Envelope,
+    reply: &str,
+    max_payload: u64,
+    out: &mut Vec<u8>,
+) -> core::result::Result<String, String> {
+    let subject = template.render(envelope).map_err(Error::into_message)?;
+    proto::check_subject(&subject)?;
+    let own = [
+        (OWN_HEADERS[0], envelope.id.as_str()),
+        (OWN_HEADERS[1], envelope.id.as_str()),
+        (OWN_HEADERS[2], envelope.event_name.as_str()),
+    ];
+    let theirs = envelope
+        .headers
+        .iter()
+        .filter(|(name, _)| !OWN_HEADERS.iter().any(|own| own.eq_ignore_ascii_case(name)))
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    let headers: Vec<(&str, &str)> = own.into_iter().chain(theirs).collect();
+    for (name, value) in &headers {
+        proto::check_header(name, value)?;
+    }
+    let block = proto::header_block(headers);
+    let size = (block.len() + envelope.payload.len()) as u64;
+    if size > max_payload {
+        return Err(format!(
+            "the message is {size} bytes with its headers, over the server's max_payload of {max_payload}"
+        ));
+    }
+    proto::encode_hpub(out, &subject, reply, &block, &envelope.payload);
+    Ok(subject)
+}
+
+/// The subject of `Permissions Violation for Publish to "<subject>"`.
+fn denied_subject(err: &str) -> Option<String> {
+    let rest = err.strip_prefix("Permissions Violation for Publish to ")?;
+    Some(rest.trim_matches('"').to_string())
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Credentials in the URL: `nats://user:pass@host` or `nats://token@host`.
+fn url_auth(url: &str) -> Auth {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Auth::default();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Auth::default();
+    };
+    match userinfo.split_once(':') {
+        Some((user, pass)) => Auth {
+            user: Some(user.to_owned()),
+            password: Some(pass.to_owned()),
+            token: None,
+        },
+        None => Auth {
+            token: Some(userinfo.to_owned()),
+            ..Auth::default()
+        },
+    }
+}
+
+/// A reply-subject prefix no other connection uses: `_INBOX.` and 128
+/// random bits (from the per-process random keys of `std`'s hasher).
+fn new_inbox(name: &str) -> String {
+    let mut parts = [0u64; 2];
+    for (i, part) in parts.iter_mut().enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write(name.as_bytes());
+        hasher.write_usize(i);
+        if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            hasher.write_u128(since.as_nanos());
+        }
+        *part = hasher.finish();
+    }
+    format!("_INBOX.{:016x}{:016x}", parts[0], parts[1])
+}
+
+outbox_relay_guest::export_transport!(Nats);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn envelope(headers: &[(&str, &str)], payload: &[u8]) -> Envelope {
+        Envelope {
+            id: "0190-a".into(),
+            event_name: "order.created".into(),
+            partition_key: None,
+            payload: payload.to_vec(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            attempt: 1,
+            created_at_ms: 0,
+        }
+    }
+
+    fn encoded(
+        template: &str,
+        e: &Envelope,
+        max: u64,
+    ) -> core::result::Result<(String, Vec<u8>), String> {
+        let mut out = Vec::new();
+        let subject = encode(
+            &Template::parse(template).unwrap(),
+            e,
+            "_INBOX.x.3",
+            max,
+            &mut out,
+        )?;
+        Ok((subject, out))
+    }
+
+    #[test]
+    fn encodes_id_event_and_headers() {
+        let e = envelope(
+            &[
+                ("traceparent", "00-1"),
+                ("outbox-event", "spoofed"),
+                ("tenant", "acme"),
+            ],
+            &[0xff, 0x00],
+        );
+        let (subject, out) = encoded("orders.{event}.{header.tenant}", &e, u64::MAX).unwrap();
+        assert_eq!(subject, "orders.order.created.acme");
+        let block = "NATS/1.0\r\nNats-Msg-Id: 0190-a\r\noutbox-message-id: 0190-a\r\n\
+                     outbox-event: order.created\r\ntraceparent: 00-1\r\ntenant: acme\r\n\r\n";
+        let mut expected = format!(
+            "HPUB orders.order.created.acme _INBOX.x.3 {} {}\r\n{block}",
+            block.len(),
+            block.len() + 2
+        )
+        .into_bytes();
+        expected.extend_from_slice(b"\xff\x00\r\n");
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn unencodable_messages_are_rejected_with_the_reason() {
+        let e = envelope(&[("x", "a\r\nb")], b"");
+        assert!(
+            encoded("s", &e, u64::MAX)
+                .unwrap_err()
+                .contains("line break")
+        );
+        let e = envelope(&[], b"");
+        assert!(
+            encoded("s.{header.tenant}", &e, u64::MAX)
+                .unwrap_err()
+                .contains("tenant")
+        );
+        assert!(encoded("s.{key}", &e, u64::MAX).is_err());
+        let e = envelope(&[], &[0; 100]);
+        assert!(
+            encoded("s", &e, 100)
+                .unwrap_err()
+                .contains("max_payload of 100")
+        );
+        let e = Envelope {
+            event_name: "has space".into(),
+            ..envelope(&[], b"")
+        };
+        assert!(
+            encoded("s.{event}", &e, u64::MAX)
+                .unwrap_err()
+                .contains("whitespace")
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        let a = url_auth("nats://u:p@h:4222");
+        assert_eq!(
+            (a.user.as_deref(), a.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        assert_eq!(url_auth("nats://tok@h").token.as_deref(), Some("tok"));
+        assert!(url_auth("127.0.0.1:4222").token.is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let init = |json: &str| {
+            Nats::init("t", &Config::parse(json).unwrap())
+                .err()
+                .unwrap()
+        };
+        assert!(init(r#"{"subject":"s"}"#).message().contains("`url`"));
+        assert!(init(r#"{"url":"h"}"#).message().contains("`subject`"));
+        let e = init(r#"{"url":"h","subject":"s.{nope}"}"#);
+        assert!(e.message().contains("`subject`"), "{e}");
+        let e = init(r#"{"url":"h","subject":"s","ack_timeout_ms":0}"#);
+        assert!(e.message().contains("`ack_timeout_ms`"), "{e}");
+        let e = init(r#"{"url":"h","subject":"s","subjet":"x"}"#);
+        assert!(e.message().contains("unknown key `subjet`"), "{e}");
+        let e = init(r#"{"url":"h","subject":"s","password":"x"}"#);
+        assert!(e.message().contains("`password` needs `user`"), "{e}");
+    }
+
+    #[test]
+    fn reply_subjects_map_to_batch_indexes() {
+        let inbox = new_inbox("t");
+        assert!(inbox.starts_with("_INBOX.") && inbox.len() == 39, "{inbox}");
+        assert_ne!(inbox, new_inbox("t"));
+        assert_eq!(index_of("_INBOX.a", "_INBOX.a.12", 10, 5), Some(2));
+        assert_eq!(index_of("_INBOX.a", "_INBOX.a.15", 10, 5), None);
+        assert_eq!(index_of("_INBOX.a", "_INBOX.a.9", 10, 5), None);
+        assert_eq!(index_of("_INBOX.a", "_INBOX.ab.12", 10, 5), None);
+        assert_eq!(index_of("_INBOX.a", "_INBOX.a.x", 10, 5), None);
+        assert_eq!(
+            denied_subject("Permissions Violation for Publish to \"a.b\"").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(denied_subject("Stale Connection"), None);
+    }
+}
