@@ -73,8 +73,14 @@ mod tests {
 
     #[test]
     fn host_port_fills_in_the_default() {
-        assert_eq!(host_port("nats://127.0.0.1:4222", 1).unwrap(), "127.0.0.1:4222");
-        assert_eq!(host_port("amqp://guest:guest@localhost/%2f", 5672).unwrap(), "localhost:5672");
+        assert_eq!(
+            host_port("nats://127.0.0.1:4222", 1).unwrap(),
+            "127.0.0.1:4222"
+        );
+        assert_eq!(
+            host_port("amqp://guest:guest@localhost/%2f", 5672).unwrap(),
+            "localhost:5672"
+        );
         assert_eq!(host_port("redis:6380", 6379).unwrap(), "redis:6380");
         assert_eq!(host_port("mqtt.local", 1883).unwrap(), "mqtt.local:1883");
         assert!(host_port("nats://", 4222).is_err());

@@ -8,10 +8,10 @@ use crate::keys::{KeyError, KeyRing, SigningGrant};
 use crate::plugin::{PluginError, PluginRuntime, PluginSpec, TargetPlugins, WasmTransportFactory};
 use crate::relay::{Relay, TargetSpec, new_owner_id};
 use crate::routes::Routes;
-use crate::transport::TransportFactory;
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
+use crate::transport::TransportFactory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -131,8 +131,12 @@ pub async fn check_targets(
     let factory = WasmTransportFactory::new(runtime.clone(), load_plugins(config, &runtime)?);
     let mut out = Vec::new();
     for name in names {
-        let result = match factory.create(name).await {
-            Ok(_) => Ok(()),
+        let started = match factory.create(name).await {
+            Ok(mut transport) => transport.start().await,
+            Err(e) => Err(e),
+        };
+        let result = match started {
+            Ok(()) => Ok(()),
             Err(cause) => Err(AppError::Start {
                 target: name.clone(),
                 cause,

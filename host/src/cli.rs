@@ -207,7 +207,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                         anyhow::bail!(
                             "no target {name:?} in {} (targets: {})",
                             config.source.display(),
-                            config.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                            config
+                                .targets
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         );
                     }
                 }

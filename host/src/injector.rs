@@ -34,6 +34,11 @@ pub trait HeaderInjector: Send {
     /// The plugin's name, for error messages.
     fn name(&self) -> &str;
 
+    /// Gets ready (instantiate and `init`); see [`Transport::start`].
+    async fn start(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// The edits for one envelope. The outer error is a failure of the
     /// injector itself (trap, timeout); the inner one is the injector's own
     /// refusal (e.g. a key it may not use).
@@ -59,6 +64,13 @@ impl InjectedTransport {
 
 #[async_trait]
 impl Transport for InjectedTransport {
+    async fn start(&mut self) -> Result<(), TransportError> {
+        for injector in &mut self.injectors {
+            injector.start().await?;
+        }
+        self.inner.start().await
+    }
+
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut ready = Vec::with_capacity(batch.len());

@@ -61,7 +61,9 @@ fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
             if let Some(encoded) = raw.strip_prefix("whsec_") {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(encoded.trim())
-                    .map_err(|_| error("a `whsec_` secret must be base64 after the prefix".into()))?;
+                    .map_err(|_| {
+                        error("a `whsec_` secret must be base64 after the prefix".into())
+                    })?;
                 if !(24..=64).contains(&bytes.len()) {
                     return Err(error(format!(
                         "a `whsec_` secret must decode to 24 to 64 bytes, not {}",

@@ -45,6 +45,13 @@ pub enum TransportErrorKind {
 
 #[async_trait]
 pub trait Transport: Send {
+    /// Gets ready to deliver (a plugin instantiates and runs `init`, which
+    /// may connect), so that a target that cannot start says so before any
+    /// batch. `deliver` starts the transport itself when this was not called.
+    async fn start(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// Delivers a batch, returning one outcome per envelope, in order.
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError>;
 }

@@ -86,10 +86,18 @@ async fn record(
         at: Instant::now(),
     });
     match kind.as_str() {
-        "gone" => (StatusCode::GONE, [("retry-after", "0")], "this hook was removed").into_response(),
-        "busy" if !seen_before => {
-            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "2")], "busy").into_response()
-        }
+        "gone" => (
+            StatusCode::GONE,
+            [("retry-after", "0")],
+            "this hook was removed",
+        )
+            .into_response(),
+        "busy" if !seen_before => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "2")],
+            "busy",
+        )
+            .into_response(),
         _ => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -119,6 +127,25 @@ sandbox = {{ allow_http = ["{allow}"] }}
     )
 }
 
+/// `v1,<base64 HMAC-SHA256(key, id.timestamp.body)>`, computed here from the spec.
+fn expected_signature(r: &Received) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(
+        format!(
+            "{}.{}.",
+            header(r, "webhook-id"),
+            header(r, "webhook-timestamp")
+        )
+        .as_bytes(),
+    );
+    mac.update(&r.body);
+    format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
+}
+
 fn header<'a>(r: &'a Received, name: &str) -> &'a str {
     r.headers
         .get(name)
@@ -141,10 +168,15 @@ async fn posts_every_message_signed_over_reused_connections() {
     let messages: Vec<NewMessage> = (0..200u32)
         .map(|i| {
             let mut payload = format!("{{\"n\":{i}}}").into_bytes();
-            payload.extend_from_slice(&[0xff, 0x00, 0xfe]);
+            if i % 2 == 0 {
+                payload.extend_from_slice(&[0xff, 0x00, 0xfe]);
+            }
             NewMessage::new(format!("order.created.{}", i % 3), payload)
                 .with_key(format!("order-{i}"))
-                .with_header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+                .with_header(
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
                 .with_header("x-tenant", format!("tenant-{}", i % 5))
         })
         .collect();
@@ -166,9 +198,15 @@ async fn posts_every_message_signed_over_reused_connections() {
         .collect();
     for m in &messages {
         let id = m.id.to_string();
-        let r = by_id.get(id.as_str()).unwrap_or_else(|| panic!("{id} never arrived"));
+        let r = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{id} never arrived"));
         assert_eq!(r.path, format!("/ok/{}", m.event_name));
-        assert_eq!(r.body.as_ref(), m.payload.as_slice(), "payload byte for byte");
+        assert_eq!(
+            r.body.as_ref(),
+            m.payload.as_slice(),
+            "payload byte for byte"
+        );
         assert_eq!(header(r, "outbox-message-id"), id);
         assert_eq!(header(r, "outbox-event"), m.event_name);
         assert_eq!(header(r, "content-type"), "application/json");
@@ -176,9 +214,15 @@ async fn posts_every_message_signed_over_reused_connections() {
             assert_eq!(header(r, name), value, "header {name}");
         }
         assert!(header(r, "webhook-signature").starts_with("v1,"));
-        verifier
-            .verify(&r.body, &r.headers)
-            .unwrap_or_else(|e| panic!("signature of {id} does not verify: {e:?}"));
+        if std::str::from_utf8(&r.body).is_ok() {
+            verifier
+                .verify(&r.body, &r.headers)
+                .unwrap_or_else(|e| panic!("signature of {id} does not verify: {e:?}"));
+        } else {
+            // That implementation signs text bodies only; the specification
+            // signs bytes, so check a binary body's HMAC directly.
+            assert_eq!(header(r, "webhook-signature"), expected_signature(r));
+        }
     }
     // One worker sends a batch of 20 concurrently; the pool keeps those
     // connections open across the ten batches.
@@ -207,7 +251,13 @@ async fn a_410_is_dead_lettered_and_a_503_waits_for_its_retry_after() {
 
     let relay = RunningRelay::start(&config).await;
     eventually("the busy hook's second request", WAIT, || async {
-        (receiver.requests().iter().filter(|r| r.path == "/busy/hook").count() >= 2).then_some(())
+        (receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/busy/hook")
+            .count()
+            >= 2)
+            .then_some(())
     })
     .await;
     let dead = eventually("the 410 dead-lettered", WAIT, || async {
@@ -219,7 +269,11 @@ async fn a_410_is_dead_lettered_and_a_503_waits_for_its_retry_after() {
 
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id, gone.id.to_string());
-    assert!(dead[0].last_error.contains("HTTP 410"), "{}", dead[0].last_error);
+    assert!(
+        dead[0].last_error.contains("HTTP 410"),
+        "{}",
+        dead[0].last_error
+    );
     assert_eq!(dead[0].attempts, 1, "a 410 is not retried");
 
     let busy_requests: Vec<Received> = receiver
@@ -271,13 +325,18 @@ async fn a_receiver_that_goes_away_loses_nothing() {
             .iter()
             .map(|r| header(r, "webhook-id").to_string())
             .collect();
-        sent.iter().all(|m| got.contains(&m.id.to_string())).then_some(())
+        sent.iter()
+            .all(|m| got.contains(&m.id.to_string()))
+            .then_some(())
     })
     .await;
     relay.stop().await;
     assert!(dead_letters(&storage, "hooks").await.is_empty());
     let duplicates = receiver.requests().len() - sent.len();
-    assert!(duplicates <= 20, "{duplicates} duplicates; at most one batch in flight per cut");
+    assert!(
+        duplicates <= 20,
+        "{duplicates} duplicates; at most one batch in flight per cut"
+    );
 }
 
 #[tokio::test]
@@ -300,13 +359,19 @@ async fn a_url_the_sandbox_does_not_allow_stops_the_target_with_a_clear_error() 
     );
 
     let storage = scratch.storage().await;
-    storage.save(&[NewMessage::new("x", b"{}".to_vec())]).await.unwrap();
+    storage
+        .save(&[NewMessage::new("x", b"{}".to_vec())])
+        .await
+        .unwrap();
     let relay = RunningRelay::start(&config).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = storage.status(&["hooks".to_string()]).await.unwrap();
     relay.stop().await;
     assert!(receiver.requests().is_empty(), "nothing was sent");
-    assert_eq!(status[0].lag, 1, "the message waits for a config that works");
+    assert_eq!(
+        status[0].lag, 1,
+        "the message waits for a config that works"
+    );
     assert_eq!(status[0].dead_letters, 0);
     assert_eq!(status[0].retries_pending, 0);
 }

@@ -138,7 +138,9 @@ impl http::Host for PluginState {
     }
 
     fn allowed(&mut self, url: String) -> Result<(), http::Error> {
-        self.http.check(&self.plugin, &self.target, &url).map(|_| ())
+        self.http
+            .check(&self.plugin, &self.target, &url)
+            .map(|_| ())
     }
 }
 

@@ -68,6 +68,13 @@ impl HeaderInjector for WasmInjector {
         &self.ctx.plugin
     }
 
+    async fn start(&mut self) -> Result<(), TransportError> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate().await?);
+        }
+        Ok(())
+    }
+
     async fn inject(
         &mut self,
         envelope: &Envelope,

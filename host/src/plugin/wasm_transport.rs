@@ -138,6 +138,13 @@ impl WasmTransport {
 
 #[async_trait]
 impl Transport for WasmTransport {
+    async fn start(&mut self) -> Result<(), TransportError> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate().await?);
+        }
+        Ok(())
+    }
+
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
         self.ctx.drain_stderr();
         let mut live = match self.live.take() {
