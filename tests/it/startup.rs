@@ -203,3 +203,64 @@ plugin = "no-such-plugin"
         "{stderr}"
     );
 }
+
+/// `examples/fan-out.toml` is valid, and each of its targets starts against
+/// the services on this machine (each transport connects in `init`).
+#[tokio::test]
+async fn the_fan_out_example_starts_every_target() {
+    let scratch = Scratch::new();
+    let example = include_str!("../../examples/fan-out.toml");
+    let body = &example[example.find("[[routes]]").unwrap()..];
+    let secret = scratch.path().join("hooks.secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let body = body
+        .replace(
+            "env = \"PARTNER_HOOKS_SECRET\"",
+            &format!("file = \"{}\"", secret.display()),
+        )
+        .replace(
+            "../target/fan-out/out",
+            &scratch.path().join("out").display().to_string(),
+        );
+    let config = scratch.load_config(&body);
+    assert_eq!(config.targets.len(), 6);
+    let names: Vec<String> = config.targets.keys().cloned().collect();
+    let results = outbox_relay::app::check_targets(&config, &names)
+        .await
+        .unwrap();
+    for (name, result) in results {
+        if let Err(e) = result {
+            panic!("target {name} of examples/fan-out.toml cannot start: {e}");
+        }
+    }
+}
+
+/// `outbox-relay check` starts each target once and names the one that cannot start.
+#[test]
+fn check_reports_each_target_and_fails_when_one_cannot_start() {
+    let scratch = Scratch::new();
+    let path = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["fine", "broken"]
+
+[targets.fine]
+plugin = "null"
+
+[targets.broken]
+plugin = "webhook"
+config = { url = "http://127.0.0.1:9/in" }
+sandbox = { allow_http = ["hooks.example.com"] }
+"#,
+    );
+    let (ok, stdout, stderr) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(stdout.contains("ok      fine"), "{stdout}");
+    assert!(
+        stdout.contains("FAILED  broken")
+            && stdout.contains("the sandbox does not allow HTTP to 127.0.0.1"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of 2 targets cannot start"), "{stderr}");
+}
