@@ -194,7 +194,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = load_config(&arg)?;
             let storage = app::open_storage(&config).await?;
             let partitions = storage.ensure_partitions(config.relay.partitions).await?;
-            println!("migrated {} ({partitions} partitions)", config.database);
+            println!(
+                "migrated {} ({partitions} partitions)",
+                crate::config::redact_url(&config.database)
+            );
             Ok(())
         }
         Command::Check { config, targets } => {

@@ -1,6 +1,8 @@
-//! Plugins that trap, panic, loop forever or hog memory: the host keeps
-//! running, the other target keeps delivering, and the message is retried and
-//! then dead-lettered with an error that names the plugin and carries stderr.
+//! Plugins that trap, panic, loop forever, hog memory, break the batch
+//! contract or try to get out of their sandbox (files, environment, network,
+//! keys): the host keeps running, the other target keeps delivering, and the
+//! message is retried and then dead-lettered with a reason that says what
+//! happened.
 
 use std::time::Duration;
 
@@ -8,8 +10,27 @@ use outbox_relay_tests::{RunningRelay, Scratch, dead_letters, enqueue, eventuall
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Runs `plugin` beside a healthy file target and returns the dead letter it causes.
+/// Runs `plugin` beside a healthy file target and returns the dead letter it
+/// causes; checks that the error names the plugin and the target.
 async fn misbehave(plugin: &str, sandbox: &str) -> String {
+    let error = contained(plugin, &format!("sandbox = {sandbox}"), "").await;
+    assert!(
+        error.contains(&format!("plugin \"{plugin}\"")),
+        "the error names the plugin: {error}"
+    );
+    assert!(
+        error.contains("target \"hostile\""),
+        "the error names the target: {error}"
+    );
+    error
+}
+
+/// Runs `plugin` (with `target_lines` added to its target table, and
+/// `extra` at the end of the config) beside a healthy file target. The
+/// plugin's message must be retried once and dead-lettered, the relay must
+/// stay up, and the healthy target must keep delivering. Returns the dead
+/// letter's reason.
+async fn contained(plugin: &str, target_lines: &str, extra: &str) -> String {
     let scratch = Scratch::new();
     let out = scratch.path().join("out");
     let config = scratch.load_config(&format!(
@@ -26,7 +47,8 @@ sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
 [targets.hostile]
 plugin = "{plugin}"
 retry = {{ max_attempts = 2, initial_backoff = "50ms", jitter = 0.0 }}
-sandbox = {sandbox}
+{target_lines}
+{extra}
 "#,
         out = out.display()
     ));
@@ -54,17 +76,130 @@ sandbox = {sandbox}
     })
     .await;
     relay.stop().await;
+    dead[0].last_error.clone()
+}
 
-    let error = dead[0].last_error.clone();
-    assert!(
-        error.contains(&format!("plugin \"{plugin}\"")),
-        "the error names the plugin: {error}"
-    );
-    assert!(
-        error.contains("target \"hostile\""),
-        "the error names the target: {error}"
-    );
+/// Runs the `sneaky` plugin with `attempt`; returns the dead letter's reason.
+async fn sneak(attempt: &str, config: &str, sandbox: &str, extra: &str) -> String {
+    let error = contained(
+        "sneaky",
+        &format!("config = {{ attempt = \"{attempt}\"{config} }}\nsandbox = {sandbox}"),
+        extra,
+    )
+    .await;
+    assert!(!error.contains("LEAKED"), "{error}");
     error
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_read_host_files() {
+    let error = sneak("read-file", "", "{}", "").await;
+    assert!(error.contains("reading /etc/passwd failed"), "{error}");
+}
+
+#[tokio::test]
+async fn a_plugin_sees_no_environment_variables() {
+    let error = sneak("read-env", "", "{}", "").await;
+    assert!(error.contains("found no variables"), "{error}");
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_connect_to_an_address_it_was_not_allowed() {
+    // Postgres listens there; the plugin may reach only NATS.
+    let error = sneak(
+        "connect",
+        ", address = \"127.0.0.1:5432\"",
+        "{ allow_tcp = [\"127.0.0.1:4222\"] }",
+        "",
+    )
+    .await;
+    assert!(
+        error.contains("the sandbox does not allow connecting to 127.0.0.1:5432"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_send_http_to_a_host_it_was_not_allowed() {
+    let error = sneak(
+        "http",
+        ", url = \"http://127.0.0.1:5432/\"",
+        "{ allow_http = [\"hooks.example.com\"] }",
+        "",
+    )
+    .await;
+    assert!(
+        error.contains("the sandbox does not allow HTTP to 127.0.0.1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_allocates_a_gibibyte_hits_the_memory_cap() {
+    let error = sneak("alloc", "", "{ memory_mb = 64 }", "").await;
+    assert!(error.contains("memory limit of 64 MiB"), "{error}");
+}
+
+#[tokio::test]
+async fn unbounded_recursion_is_a_trap() {
+    let error = sneak("recurse", "", "{}", "").await;
+    assert!(error.contains("trapped"), "{error}");
+    // A Rust guest keeps its stack in linear memory, below its data: running
+    // off its end is an out-of-bounds access, not an engine stack overflow.
+    assert!(
+        error.contains("stack") || error.contains("out of bounds memory access"),
+        "the trap says why: {error}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_on_stderr_is_cut_to_the_configured_size() {
+    let error = sneak("stderr", "", "{ stderr_kb = 16 }", "").await;
+    assert!(error.contains("more bytes dropped"), "{error}");
+    assert!(
+        error.len() < 64 * 1024,
+        "the reason kept {} bytes of a 100 MB flood",
+        error.len()
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_sign_with_a_key_its_target_was_not_granted() {
+    let scratch = tempfile::tempdir().unwrap();
+    let key = scratch.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let error = sneak(
+        "sign",
+        ", key = \"payments\"",
+        "{}",
+        &format!(
+            "[keys.payments]\nalgorithm = \"HS256\"\nfile = \"{}\"",
+            key.display()
+        ),
+    )
+    .await;
+    assert!(
+        error.contains("signing failed") && error.contains("not granted to target \"hostile\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn fewer_outcomes_than_envelopes_break_the_contract() {
+    let error = contained("miscount", "", "").await;
+    assert!(
+        error.contains("returned 0 outcomes for a batch of 1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn more_outcomes_than_envelopes_break_the_contract() {
+    let error = contained("miscount", "config = { extra = true }", "").await;
+    assert!(
+        error.contains("returned 2 outcomes for a batch of 1"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod authoring;
+mod chaos;
 mod conformance;
 mod crash;
 mod dead_letters;
@@ -17,6 +18,7 @@ mod postgres;
 mod producers;
 mod rabbitmq;
 mod redis_streams;
+mod secrets;
 mod startup;
 mod webhook;
 

@@ -59,10 +59,18 @@ impl PluginState {
         // operator can see what a plugin tried.
         let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
         wasi.allow_udp(false)
+            .allow_tcp(!sandbox.allow_tcp.is_empty())
             .allow_ip_name_lookup(!sandbox.allow_tcp.is_empty());
         let (who, whom) = (plugin.clone(), target.clone());
         wasi.socket_addr_check(move |addr, usage| {
-            let ok = matches!(usage, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
+            let ok = match usage {
+                SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                // The implicit bind before a connect (any address, any port).
+                SocketAddrUse::TcpBind => {
+                    !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
+                }
+                _ => false,
+            };
             if !ok {
                 tracing::warn!(plugin = &*who, target = &*whom, %addr, ?usage,
                     "socket use denied by the sandbox (not in sandbox.allow_tcp)");

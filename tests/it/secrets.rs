@@ -1,0 +1,204 @@
+//! No configured secret (a webhook's signing secret, a signing key, the
+//! database password) appears in the relay's logs, its errors, `status`,
+//! `dead-letters` or `check` output, or its metrics, even at debug level and
+//! while deliveries fail.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use outbox_relay::NewMessage;
+use outbox_relay::storage::Storage as _;
+use outbox_relay_tests::{Scratch, eventually};
+
+use crate::{relay_binary, terminate};
+
+const WAIT: Duration = Duration::from_secs(60);
+const DB_PASSWORD: &str = "pg-pass-7f3a9c1e";
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SIGNING_KEY: &str = "hs256-key-4b1d9e0c7a2f5e8d3c6b9a0f1e2d3c4b";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Runs the CLI with `args`; returns stdout and stderr together.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(relay_binary())
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    let inner = WEBHOOK_SECRET.trim_start_matches("whsec_");
+    for secret in [DB_PASSWORD, WEBHOOK_SECRET, inner, SIGNING_KEY] {
+        assert!(
+            !text.contains(secret),
+            "{what} contains the secret {secret:?}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_in_logs_errors_status_or_metrics() {
+    // A receiver that fails: 500 (retried, logged) or 401 (dead-lettered).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap().to_string();
+    let app = axum::Router::new()
+        .route(
+            "/fail",
+            post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route(
+            "/deny",
+            post(|| async { (StatusCode::UNAUTHORIZED, "bad signature") }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let scratch = Scratch::postgres().await;
+    // Trust authentication accepts any password, so the relay really connects with it.
+    let database = scratch.database_url().replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{DB_PASSWORD}@"),
+        1,
+    );
+    assert!(database.contains(DB_PASSWORD), "{database}");
+    let hook_secret = scratch.path().join("hook.secret");
+    std::fs::write(&hook_secret, WEBHOOK_SECRET).unwrap();
+    let signing_key = scratch.path().join("signing.key");
+    std::fs::write(&signing_key, SIGNING_KEY).unwrap();
+    let port = free_port();
+    let path = scratch.write_config(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{port}"
+lag_refresh = "100ms"
+
+[keys.hooks]
+algorithm = "HS256"
+file = "{hook_secret}"
+
+[keys.snapshots]
+algorithm = "HS256"
+file = "{signing_key}"
+
+[[routes]]
+events = ["fail.*"]
+targets = ["failing"]
+
+[[routes]]
+events = ["deny.*"]
+targets = ["denied"]
+
+[targets.failing]
+plugin = "webhook"
+keys = ["hooks", "snapshots"]
+retry = {{ initial_backoff = "50ms", max_attempts = 3, jitter = 0.0 }}
+config = {{ url = "http://{hook_addr}/fail", secret_key = "hooks" }}
+sandbox = {{ allow_http = ["{hook_addr}"] }}
+
+[[targets.failing.injectors]]
+plugin = "auth_snapshot"
+config = {{ key = "snapshots", issuer = "secrets-test" }}
+
+[targets.denied]
+plugin = "webhook"
+keys = ["hooks"]
+config = {{ url = "http://{hook_addr}/deny", secret_key = "hooks" }}
+sandbox = {{ allow_http = ["{hook_addr}"] }}
+"#,
+        hook_secret = hook_secret.display(),
+        signing_key = signing_key.display(),
+    ));
+    let text =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen(&scratch.database_url(), &database, 1);
+    std::fs::write(&path, text).unwrap();
+    let config = path.to_str().unwrap();
+
+    let storage = scratch.pg_storage().await;
+    storage
+        .save(&[
+            NewMessage::new("fail.now", b"{}".to_vec())
+                .with_header("authorization", "Bearer not-a-configured-secret"),
+            NewMessage::new("deny.now", b"{}".to_vec()),
+        ])
+        .await
+        .unwrap();
+
+    let log = scratch.path().join("relay.log");
+    let mut relay = Command::new(relay_binary())
+        .args(["run", "--config", config])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("both messages dead-lettered", WAIT, || async {
+        let dead = storage.dead_letters(None, 10).await.unwrap();
+        (dead.len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = http_get(port, "/metrics").expect("metrics endpoint");
+    assert!(terminate(&mut relay).success());
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("HTTP 500"),
+        "the failures were logged: {logs}"
+    );
+    assert_no_secret("the relay's debug log", &logs);
+    assert_no_secret("/metrics", &metrics);
+    let dead = storage.dead_letters(None, 10).await.unwrap();
+    assert_no_secret("the dead letters' reasons", &format!("{dead:?}"));
+    for args in [
+        vec!["status", "--config", config],
+        vec!["status", "--json", "--config", config],
+        vec!["dead-letters", "list", "--config", config],
+        vec!["check", "--config", config],
+        vec!["migrate", "--config", config],
+    ] {
+        assert_no_secret(&format!("`{}`", args.join(" ")), &cli(&args));
+    }
+
+    // A database that refuses the connection: the error names the URL, not its password.
+    let broken = scratch.path().join("broken.toml");
+    let text =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen("@127.0.0.1:5432/", "@127.0.0.1:1/", 1);
+    std::fs::write(&broken, text).unwrap();
+    let out = cli(&["status", "--config", broken.to_str().unwrap()]);
+    assert!(
+        out.contains("127.0.0.1:1"),
+        "the error names the server: {out}"
+    );
+    assert_no_secret("a connection error", &out);
+}

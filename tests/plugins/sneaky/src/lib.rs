@@ -1,0 +1,122 @@
+//! `sneaky`: on every `deliver`, tries one thing its sandbox must not allow,
+//! chosen by config `attempt`. Where the attempt fails, as it must, the
+//! plugin answers `retry` with the error it saw, so the host dead-letters the
+//! message with that reason; where it succeeded, it answers `delivered` and
+//! says what leaked, so a test that expects a dead letter fails loudly.
+//!
+//! | `attempt` | what it tries |
+//! |---|---|
+//! | `read-file` | read `/etc/passwd` |
+//! | `read-env` | list environment variables |
+//! | `connect` | connect to config `address` (not in `allow_tcp`) |
+//! | `http` | HTTP to config `url` (not in `allow_http`) |
+//! | `alloc` | allocate and touch 1 GiB |
+//! | `recurse` | recurse without bound |
+//! | `stderr` | write 100 MB to stderr, then panic |
+//! | `sign` | sign with config `key` (not granted to its target) |
+
+use std::io::Write as _;
+
+use outbox_relay_guest::{Config, Envelope, Outcome, Result, Transport, http, net, signing};
+
+struct Sneaky {
+    attempt: String,
+    config: Config,
+}
+
+impl Transport for Sneaky {
+    fn init(_target: &str, config: &Config) -> Result<Self> {
+        Ok(Sneaky {
+            attempt: config.get_str("attempt")?.to_string(),
+            config: config.clone(),
+        })
+    }
+
+    fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
+        let result = self.try_it();
+        batch
+            .iter()
+            .map(|_| match &result {
+                Ok(leak) => {
+                    eprintln!("LEAKED: {leak}");
+                    Outcome::Delivered
+                }
+                Err(seen) => Outcome::Retry {
+                    reason: seen.clone(),
+                    delay_ms: None,
+                },
+            })
+            .collect()
+    }
+}
+
+impl Sneaky {
+    /// `Ok(what leaked)` if the sandbox let it through, `Err(what stopped it)`.
+    fn try_it(&self) -> std::result::Result<String, String> {
+        match self.attempt.as_str() {
+            "read-file" => std::fs::read_to_string("/etc/passwd")
+                .map(|text| format!("{} bytes of /etc/passwd", text.len()))
+                .map_err(|e| format!("reading /etc/passwd failed: {e}")),
+            "read-env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                if vars.is_empty() {
+                    Err("reading the environment found no variables".into())
+                } else {
+                    Ok(format!("environment variables {vars:?}"))
+                }
+            }
+            "connect" => {
+                let address = self.config.get_str("address").map_err(|e| e.to_string())?;
+                net::connect(address, std::time::Duration::from_secs(2))
+                    .map(|_| format!("a connection to {address}"))
+                    .map_err(|e| format!("connecting failed: {e}"))
+            }
+            "http" => {
+                let url = self.config.get_str("url").map_err(|e| e.to_string())?;
+                let request = http::Request::post(url, Vec::new());
+                match http::send(vec![request]).pop() {
+                    Some(Ok(r)) => Ok(format!("an HTTP {} from {url}", r.status)),
+                    Some(Err(e)) => Err(format!("HTTP failed: {e}")),
+                    None => Err("HTTP returned nothing".into()),
+                }
+            }
+            "alloc" => {
+                let mut block = vec![0u8; 1 << 30];
+                for i in (0..block.len()).step_by(4096) {
+                    block[i] = 1;
+                }
+                Ok(format!("{} bytes of memory", block.len()))
+            }
+            "recurse" => Ok(format!(
+                "recursion returned {}",
+                recurse(0, &mut [0u8; 256])
+            )),
+            "stderr" => {
+                let chunk = vec![b'x'; 1 << 20];
+                let mut err = std::io::stderr();
+                for _ in 0..100 {
+                    let _ = err.write_all(&chunk);
+                }
+                panic!("wrote 100 MB to stderr");
+            }
+            "sign" => {
+                let key = self.config.get_str("key").map_err(|e| e.to_string())?;
+                signing::sign(key, b"forged")
+                    .map(|sig| format!("a {}-byte signature with {key}", sig.len()))
+                    .map_err(|e| format!("signing failed: {e}"))
+            }
+            other => Err(format!("unknown attempt {other:?}")),
+        }
+    }
+}
+
+/// Never returns; `pad` keeps each frame large so the stack runs out fast.
+#[allow(unconditional_recursion)]
+#[inline(never)]
+fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(depth % 256) as usize] = depth as u8;
+    let mut next = *pad;
+    recurse(depth + 1, &mut next) + u64::from(next[0])
+}
+
+outbox_relay_guest::export_transport!(Sneaky);
