@@ -68,14 +68,19 @@ impl TestStream {
 
 impl Drop for TestStream {
     fn drop(&mut self) {
-        let (js, name) = (self.js.clone(), self.name.clone());
-        // Drop is synchronous; delete on a runtime of our own, on a thread of our own.
+        let name = self.name.clone();
+        // Drop is synchronous, and the test's client runs on the test's
+        // runtime, which is blocked here: delete with a client and a runtime
+        // of our own, on a thread of our own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async { js.delete_stream(&name).await.ok() });
+            rt.block_on(async {
+                let client = async_nats::connect(NATS).await.ok()?;
+                jetstream::new(client).delete_stream(&name).await.ok()
+            })
         })
         .join();
     }
