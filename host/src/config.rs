@@ -88,6 +88,10 @@ pub struct RelaySettings {
     /// Reload the config and plugins when the config file changes (SIGHUP
     /// always reloads).
     pub reload_on_change: bool,
+    /// A message whose payload is larger is dead-lettered, not delivered.
+    pub max_payload_bytes: usize,
+    /// A message whose partition key is longer is dead-lettered, not delivered.
+    pub max_key_bytes: usize,
 }
 
 impl Default for RelaySettings {
@@ -105,6 +109,8 @@ impl Default for RelaySettings {
             prune_interval: Duration::from_secs(60),
             prune_batch: 1000,
             reload_on_change: true,
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_key_bytes: 1024,
         }
     }
 }
@@ -379,6 +385,12 @@ impl Config {
         }
         if r.partitions == 0 || r.partitions > 4096 {
             return Err(self.invalid("relay.partitions", "must be between 1 and 4096"));
+        }
+        if r.max_payload_bytes == 0 {
+            return Err(self.invalid("relay.max_payload_bytes", "must be at least 1"));
+        }
+        if r.max_key_bytes == 0 {
+            return Err(self.invalid("relay.max_key_bytes", "must be at least 1"));
         }
         if r.poll_interval < Duration::from_millis(10) {
             return Err(self.invalid("relay.poll_interval", "must be at least 10ms"));

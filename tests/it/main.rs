@@ -10,6 +10,7 @@ mod crash;
 mod dead_letters;
 mod delivery;
 mod hostile;
+mod hostile_input;
 mod injectors;
 mod mqtt;
 mod nats;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{TargetSpec, assigned_owner, storage_backoff};
 use crate::backoff;
 use crate::config::RelaySettings;
-use crate::message::{Envelope, LogEntry, Outcome, Position, entry_position};
+use crate::message::{Envelope, LogEntry, MalformedMessage, Outcome, Position, entry_position};
 use crate::metrics::Counted;
 use crate::routes::Routes;
 use crate::storage::{
@@ -247,11 +247,44 @@ impl PartitionWorker {
         Step::Stalled
     }
 
+    /// A message over the size limits is treated as malformed: no target
+    /// could take it, and it must not hold up the messages behind it.
+    fn within_limits(&self, entry: LogEntry) -> LogEntry {
+        let message = entry?;
+        let reason = if message.payload.len() > self.settings.max_payload_bytes {
+            format!(
+                "the payload is {} bytes, over relay.max_payload_bytes ({})",
+                message.payload.len(),
+                self.settings.max_payload_bytes
+            )
+        } else if let Some(key) = message
+            .partition_key
+            .as_ref()
+            .filter(|k| k.len() > self.settings.max_key_bytes)
+        {
+            format!(
+                "the partition key is {} bytes, over relay.max_key_bytes ({})",
+                key.len(),
+                self.settings.max_key_bytes
+            )
+        } else {
+            return Ok(message);
+        };
+        Err(MalformedMessage {
+            seq: message.seq,
+            xid: message.xid,
+            id: message.id.to_string(),
+            event_name: message.event_name,
+            reason,
+        })
+    }
+
     /// Routed, well-formed entries become envelopes; malformed ones that would
     /// have come here become dead letters; the rest are passed over.
     fn sort_entries(&self, entries: Vec<LogEntry>) -> Vec<Entry> {
         entries
             .into_iter()
+            .map(|entry| self.within_limits(entry))
             .map(|entry| match entry {
                 Ok(message) if self.routes.matches(&self.target.name, &message.event_name) => {
                     Entry::Deliver(Envelope {
@@ -451,7 +484,7 @@ impl PartitionWorker {
         let mut settlements = Vec::new();
         let mut envelopes = Vec::new();
         for retry in due {
-            match retry.entry {
+            match self.within_limits(retry.entry) {
                 Ok(message) => envelopes.push(Envelope {
                     message,
                     attempt: retry.attempts + 1,
