@@ -1,6 +1,7 @@
 # The two commands (see README):
 #   make demo   run the relay on a SQLite file with the bundled plugins
 #   make test   build everything and run every test
+#   make bench  run the benchmarks (docs/performance.md); BENCH_ARGS="--quick" for a smoke run
 # .ci/run runs `make lint test`.
 
 CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -11,7 +12,7 @@ DEMO_CONFIG := examples/outbox-relay.toml
 # The example config names ../target/...; follow CARGO_TARGET_DIR if it is elsewhere.
 export OUTBOX_RELAY__RELAY__PLUGIN_DIR := $(COMPONENTS)
 
-.PHONY: demo test plugins lint producer-check
+.PHONY: demo test plugins lint producer-check bench
 
 plugins:
 	bash plugins/build.sh $(COMPONENTS)
@@ -48,3 +49,9 @@ lint: plugins
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd plugins && cargo clippy -q --target wasm32-wasip2 --workspace -- -D warnings
 	cd tests/plugins && cargo clippy -q --target wasm32-wasip2 --workspace -- -D warnings
+
+# Every benchmark scenario in release mode; results to bench/results/ (see
+# docs/performance.md). Pass flags with BENCH_ARGS, e.g. BENCH_ARGS="--quick"
+# or BENCH_ARGS="--scenario drain,latency --messages 50000".
+bench:
+	cargo run --release -p outbox-relay-tests --bin outbox-relay-bench -- $(BENCH_ARGS)

@@ -1,0 +1,601 @@
+//! `outbox-relay-bench`: the benchmark harness (`make bench`).
+//!
+//! Every scenario runs the relay in this process against a database of its
+//! own (a SQLite file on disk, or a fresh Postgres database), writes its
+//! figures to `bench/results/<scenario>.json`, and adds rows to the summary
+//! printed at the end (also written as `summary.md`). Ratios are taken
+//! between runs of the same invocation, on the same machine. Nothing here
+//! asserts a timing: a missed target is reported, not failed.
+//!
+//! See docs/performance.md for what each scenario measures and the recorded run.
+
+#![allow(clippy::unwrap_used)]
+
+mod drain;
+mod latency;
+mod report;
+mod rss;
+mod setup;
+mod transports;
+mod writers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use drain::{DrainParams, DrainRun};
+use report::{Row, RunInfo, ScenarioResult};
+use setup::{BenchDb, DbKind, Sink, thousands};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// A backlog relayed to the `null` component, per database.
+    Drain,
+    /// The seed's algorithm against the same Postgres database, at 0 s and 1 s poll.
+    SeedBaseline,
+    /// The drain through a native in-process null sink versus the `null` component.
+    WasmOverhead,
+    /// Concurrent single-message writers while the relay runs.
+    Writers,
+    /// Commit-to-ack latency at a steady rate on Postgres.
+    Latency,
+    /// `webhook` to a local receiver, `nats` to JetStream.
+    Transports,
+    /// Peak RSS of the real CLI with six targets loaded.
+    Rss,
+}
+
+const ALL: [Scenario; 7] = [
+    Scenario::Drain,
+    Scenario::SeedBaseline,
+    Scenario::WasmOverhead,
+    Scenario::Writers,
+    Scenario::Latency,
+    Scenario::Transports,
+    Scenario::Rss,
+];
+
+/// Benchmarks of outbox-relay. Results go to bench/results/ (with --quick, to
+/// target/bench-quick/ unless --out is given).
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay-bench")]
+struct Args {
+    /// Scenarios to run, comma-separated (default: all, in this order).
+    #[arg(long, short, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Databases for drain, wasm-overhead and writers.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [DbKind::Sqlite, DbKind::Postgres])]
+    databases: Vec<DbKind>,
+    /// Backlog size for drain, seed-baseline and wasm-overhead [default: 200000; quick 5000].
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Force the relay's batch_size (default: the relay's default, 100).
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Concurrent writer connections in the writers scenario.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// How long the writers write, in seconds [default: 30; quick 5].
+    #[arg(long)]
+    writers_secs: Option<u64>,
+    /// Messages per second in the latency scenario.
+    #[arg(long, default_value_t = 1000)]
+    latency_rate: u32,
+    /// How long the latency scenario produces, in seconds [default: 30; quick 5].
+    #[arg(long)]
+    latency_secs: Option<u64>,
+    /// Time box of the seed algorithm at 0 s poll, in seconds [default: 30; quick 5].
+    #[arg(long)]
+    baseline_secs: Option<u64>,
+    /// Time box of the seed algorithm at its default 1 s poll [default: 20; quick 5].
+    #[arg(long)]
+    baseline_poll_secs: Option<u64>,
+    /// Messages per transport in the transports scenario [default: 50000; quick 2000].
+    #[arg(long)]
+    transport_messages: Option<u64>,
+    /// Backlog for the six targets of the rss scenario [default: 20000; quick 1000].
+    #[arg(long)]
+    rss_messages: Option<u64>,
+    /// The NATS server (JetStream enabled) for the transports and rss scenarios.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: String,
+    /// A smoke run: small backlogs and short windows.
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON results and summary.md go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Args {
+    fn pick<T: Copy>(&self, given: Option<T>, full: T, quick: T) -> T {
+        given.unwrap_or(if self.quick { quick } else { full })
+    }
+
+    fn drain_params(&self) -> DrainParams {
+        DrainParams {
+            messages: self.pick(self.messages, 200_000, 5_000),
+            payload: self.payload,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // The rss scenario runs this binary as the real `outbox-relay` CLI.
+    if std::env::var_os(rss::AS_RELAY).is_some() {
+        return outbox_relay::cli::main();
+    }
+    let args = Args::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("some scenarios failed to run (see above); the others' results were written");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs as the relay binary does (`info`, or `RUST_LOG`), to a file, so the
+/// relay pays for its logging as in production without flooding the output.
+fn init_logging() {
+    let dir = setup::repo_root().join("target").join("bench-tmp");
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(file) = std::fs::File::create(dir.join("bench.log")) else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let scenarios: Vec<Scenario> = if args.scenario.is_empty() {
+        ALL.to_vec()
+    } else {
+        ALL.iter()
+            .copied()
+            .filter(|s| args.scenario.contains(s))
+            .collect()
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            setup::repo_root().join("target").join("bench-quick")
+        } else {
+            setup::repo_root().join("bench").join("results")
+        }
+    });
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let info = RunInfo {
+        command: format!(
+            "cargo run --release -p outbox-relay-tests --bin outbox-relay-bench --{}",
+            argv.iter().map(|a| format!(" {a}")).collect::<String>()
+        ),
+        machine: setup::machine(),
+        databases: setup::database_versions().await,
+        git: setup::git_commit(),
+        started_at: now_utc(),
+    };
+    eprintln!(
+        "outbox-relay-bench: {} on {} (nproc {}), results to {}",
+        scenarios
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.machine["cpu"].as_str().unwrap_or("?"),
+        info.machine["nproc"],
+        out.display()
+    );
+
+    let params = args.drain_params();
+    let mut rows = Vec::new();
+    let mut ok = true;
+    // The Postgres drain, kept so the seed baseline runs in the same database.
+    let mut pg_drain: Option<(BenchDb, DrainRun)> = None;
+    for scenario in scenarios {
+        let name = scenario_name(scenario);
+        eprintln!("\n== {name}");
+        let result = match scenario {
+            Scenario::Drain => drain_scenario(&args, &params, &mut pg_drain).await,
+            Scenario::SeedBaseline => baseline_scenario(&args, &params, &mut pg_drain).await,
+            Scenario::WasmOverhead => overhead_scenario(&args, &params).await,
+            Scenario::Writers => writers_scenario(&args).await,
+            Scenario::Latency => latency_scenario(&args).await,
+            Scenario::Transports => transports_scenario(&args).await,
+            Scenario::Rss => rss_scenario(&args).await,
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                ok = false;
+                eprintln!("  FAILED: {e:#}");
+                ScenarioResult {
+                    name,
+                    params: json!({}),
+                    data: json!({ "error": format!("{e:#}") }),
+                    rows: vec![Row::new(name, "(scenario)", "failed").note(format!("{e:#}"))],
+                }
+            }
+        };
+        report::write_scenario(&out, &info, &result)?;
+        rows.extend(result.rows);
+    }
+    report::print_summary(&rows);
+    let summary = report::markdown(&info, &rows);
+    std::fs::write(out.join("summary.md"), summary)?;
+    eprintln!("\nresults: {}", out.display());
+    Ok(ok)
+}
+
+fn scenario_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::Drain => "drain",
+        Scenario::SeedBaseline => "seed-baseline",
+        Scenario::WasmOverhead => "wasm-overhead",
+        Scenario::Writers => "writers",
+        Scenario::Latency => "latency",
+        Scenario::Transports => "transports",
+        Scenario::Rss => "rss",
+    }
+}
+
+fn drain_params_json(p: &DrainParams) -> Value {
+    json!({
+        "messages": p.messages,
+        "payload_bytes": p.payload,
+        "batch_size": p.batch_size.unwrap_or(100),
+        "partitions": 1,
+    })
+}
+
+async fn drain_scenario(
+    args: &Args,
+    params: &DrainParams,
+    pg_drain: &mut Option<(BenchDb, DrainRun)>,
+) -> anyhow::Result<ScenarioResult> {
+    let mut runs = Vec::new();
+    let mut rows = Vec::new();
+    for &kind in &args.databases {
+        let db = BenchDb::new(kind).await?;
+        let run = drain::drain(&db, params, Sink::Configured).await?;
+        rows.push(
+            Row::new(
+                "drain",
+                format!(
+                    "{} × {} B → null component, {}",
+                    thousands(params.messages as f64),
+                    params.payload,
+                    kind.label()
+                ),
+                run.value(),
+            )
+            .note(format!(
+                "{:.2} s; the cursor is at the end afterwards (lag {})",
+                run.elapsed.as_secs_f64(),
+                run.lag_after
+            )),
+        );
+        runs.push(run.json());
+        if kind == DbKind::Postgres {
+            *pg_drain = Some((db, run));
+        }
+    }
+    Ok(ScenarioResult {
+        name: "drain",
+        params: drain_params_json(params),
+        data: json!({ "runs": runs }),
+        rows,
+    })
+}
+
+async fn baseline_scenario(
+    args: &Args,
+    params: &DrainParams,
+    pg_drain: &mut Option<(BenchDb, DrainRun)>,
+) -> anyhow::Result<ScenarioResult> {
+    let (db, relay) = match pg_drain.take() {
+        Some(kept) => {
+            eprintln!(
+                "  the relay's figure: the Postgres drain of this run ({} msg/s)",
+                thousands(kept.1.rate)
+            );
+            kept
+        }
+        None => {
+            let db = BenchDb::new(DbKind::Postgres).await?;
+            let run = drain::drain(&db, params, Sink::Configured).await?;
+            (db, run)
+        }
+    };
+    let config = drain::drain_config(&db, params)?;
+    let zero = drain::seed_baseline(
+        &db,
+        &config,
+        params,
+        Duration::ZERO,
+        Duration::from_secs(args.pick(args.baseline_secs, 30, 5)),
+    )
+    .await?;
+    let one = drain::seed_baseline(
+        &db,
+        &config,
+        params,
+        Duration::from_secs(1),
+        Duration::from_secs(args.pick(args.baseline_poll_secs, 20, 5)),
+    )
+    .await?;
+    let ratio0 = relay.rate / zero.rate.max(f64::MIN_POSITIVE);
+    let ratio1 = relay.rate / one.rate.max(f64::MIN_POSITIVE);
+    let rows = vec![
+        Row::new(
+            "seed-baseline",
+            "seed algorithm, poll 0 s, Postgres",
+            format!("{} msg/s", thousands(zero.rate)),
+        )
+        .ratio(format!("relay {ratio0:.1}× baseline"))
+        .target("relay ≥ 20× baseline at 0 s poll", ratio0 >= 20.0)
+        .note(format!(
+            "relay {} msg/s (drain, same database); baseline {} messages in {:.1} s{}",
+            thousands(relay.rate),
+            thousands(zero.published as f64),
+            zero.elapsed.as_secs_f64(),
+            if zero.drained {
+                ", backlog drained"
+            } else {
+                ", time-boxed"
+            }
+        )),
+        Row::new(
+            "seed-baseline",
+            "seed algorithm, poll 1 s (its default), Postgres",
+            format!("{:.1} msg/s", one.rate),
+        )
+        .ratio(format!("relay {ratio1:.0}× baseline"))
+        .note(format!(
+            "{} messages in {:.1} s (time-boxed)",
+            one.published,
+            one.elapsed.as_secs_f64()
+        )),
+    ];
+    Ok(ScenarioResult {
+        name: "seed-baseline",
+        params: drain_params_json(params),
+        data: json!({
+            "relay": relay.json(),
+            "baseline_poll_0s": zero.json(),
+            "baseline_poll_1s": one.json(),
+            "ratio_relay_to_baseline_0s": (ratio0 * 100.0).round() / 100.0,
+            "ratio_relay_to_baseline_1s": (ratio1 * 10.0).round() / 10.0,
+            "baseline_algorithm": "UPDATE seed_outbox SET claimed_at = now() WHERE id IN (SELECT ... ORDER BY created_at LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING ...; then per message: deliver a batch of 1 to the null component, UPDATE ... SET published_at = now() WHERE id = $1 (autocommit); then sleep the poll interval",
+        }),
+        rows,
+    })
+}
+
+async fn overhead_scenario(args: &Args, params: &DrainParams) -> anyhow::Result<ScenarioResult> {
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
+    for &kind in &args.databases {
+        let native = drain::drain(&BenchDb::new(kind).await?, params, Sink::NativeNull).await?;
+        let wasm = drain::drain(&BenchDb::new(kind).await?, params, Sink::Configured).await?;
+        let ratio = wasm.rate / native.rate.max(f64::MIN_POSITIVE);
+        rows.push(
+            Row::new(
+                "wasm-overhead",
+                format!("null component vs native null sink, {}", kind.label()),
+                format!(
+                    "{} vs {} msg/s",
+                    thousands(wasm.rate),
+                    thousands(native.rate)
+                ),
+            )
+            .ratio(format!("{ratio:.2}×"))
+            .target("≥ 0.85×", ratio >= 0.85),
+        );
+        runs.push(json!({
+            "database": kind.label(),
+            "native": native.json(),
+            "wasm": wasm.json(),
+            "ratio_wasm_to_native": (ratio * 1000.0).round() / 1000.0,
+        }));
+    }
+    Ok(ScenarioResult {
+        name: "wasm-overhead",
+        params: drain_params_json(params),
+        data: json!({ "runs": runs }),
+        rows,
+    })
+}
+
+async fn writers_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
+    let window = Duration::from_secs(args.pick(args.writers_secs, 30, 5));
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
+    for &kind in &args.databases {
+        let run =
+            writers::writers(kind, args.writers, window, args.payload, args.batch_size).await?;
+        rows.push(
+            Row::new(
+                "writers",
+                format!(
+                    "{} writers, 1 message per transaction, {}",
+                    args.writers,
+                    kind.label()
+                ),
+                format!(
+                    "insert {}/s, drain {}/s",
+                    thousands(run.insert_rate),
+                    thousands(run.drain_rate)
+                ),
+            )
+            .ratio(format!(
+                "drain/insert {:.3}",
+                run.drain_rate / run.insert_rate.max(f64::MIN_POSITIVE)
+            ))
+            .target("drain ≥ insert, lag bounded", run.keeps_up)
+            .note(run.lag_summary()),
+        );
+        runs.push(run.json());
+    }
+    Ok(ScenarioResult {
+        name: "writers",
+        params: json!({
+            "writers": args.writers,
+            "window_s": window.as_secs(),
+            "payload_bytes": args.payload,
+            "batch_size": args.batch_size.unwrap_or(100),
+            "keeps_up_means": "mean lag over the last third of the window is at most the first third's plus one second of inserts, and the relay catches up within 2 s after the writers stop",
+        }),
+        data: json!({ "runs": runs }),
+        rows,
+    })
+}
+
+async fn latency_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
+    let window = Duration::from_secs(args.pick(args.latency_secs, 30, 5));
+    let run = latency::latency(args.latency_rate, window, args.payload, args.batch_size).await?;
+    let p99_ok = run.p99 <= Duration::from_millis(50);
+    Ok(ScenarioResult {
+        name: "latency",
+        params: json!({
+            "rate_per_s": args.latency_rate,
+            "window_s": window.as_secs(),
+            "producer_connections": 32, "load": "open loop: one transaction started every 1/rate s, each on a pooled connection",
+            "payload_bytes": args.payload,
+            "measured": "from the producer's COMMIT returning to the null component's deliver returning",
+        }),
+        data: run.json(),
+        rows: vec![
+            Row::new(
+                "latency",
+                format!(
+                    "commit → ack at {}/s, Postgres",
+                    thousands(f64::from(args.latency_rate))
+                ),
+                run.value(),
+            )
+            .target("p99 ≤ 50 ms", p99_ok)
+            .note(format!(
+                "{} messages at {}/s achieved; p99.9 {:.1} ms, max {:.1} ms",
+                thousands(run.messages as f64),
+                thousands(run.rate_achieved),
+                run.p999.as_secs_f64() * 1000.0,
+                run.max.as_secs_f64() * 1000.0
+            )),
+        ],
+    })
+}
+
+async fn transports_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
+    let n = args.pick(args.transport_messages, 50_000, 2_000);
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
+    let cases: [(&str, f64); 2] = [("webhook", 5_000.0), ("nats", 20_000.0)];
+    for (transport, goal) in cases {
+        let result = match transport {
+            "webhook" => transports::webhook(n, args.payload, args.batch_size).await,
+            _ => transports::nats(n, args.payload, args.batch_size, &args.nats).await,
+        };
+        let target = format!("≥ {}/s", thousands(goal));
+        let figure = match transport {
+            "webhook" => "webhook → local keep-alive receiver (204), Postgres",
+            _ => "nats → JetStream, one ack per message, Postgres",
+        };
+        let run = match result {
+            Ok(run) => run,
+            Err(e) => transports::TransportRun::NotMeasured {
+                transport: if transport == "webhook" {
+                    "webhook"
+                } else {
+                    "nats"
+                },
+                reason: format!("failed: {e:#}"),
+            },
+        };
+        rows.push(match &run {
+            transports::TransportRun::Measured { rate, check, .. } => {
+                Row::new("transports", figure, format!("{} msg/s", thousands(*rate)))
+                    .target(target, *rate >= goal)
+                    .note(check.clone())
+            }
+            transports::TransportRun::NotMeasured { reason, .. } => {
+                eprintln!("  {transport}: not measured: {reason}");
+                let mut row = Row::new("transports", figure, "not measured")
+                    .note(format!("not measured: {reason}"));
+                row.target = target;
+                row
+            }
+        });
+        runs.push(run.json());
+    }
+    Ok(ScenarioResult {
+        name: "transports",
+        params: json!({ "messages": n, "payload_bytes": args.payload, "batch_size": args.batch_size.unwrap_or(100), "nats": args.nats }),
+        data: json!({ "runs": runs }),
+        rows,
+    })
+}
+
+async fn rss_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
+    let n = args.pick(args.rss_messages, 20_000, 1_000);
+    let run = rss::rss(n, args.payload, &args.nats).await?;
+    // The target is in MB; compare in bytes.
+    let met = run.peak_rss_kib * 1024 <= 150_000_000;
+    let mut row = Row::new(
+        "rss",
+        "peak RSS, `outbox-relay run` with six targets loaded, draining",
+        format!("{:.1} MiB", run.peak_mb()),
+    )
+    .target("≤ 150 MB (143 MiB)", met)
+    .note(format!(
+        "targets {}; {} messages to each in {:.1} s; RSS at the end {:.1} MiB",
+        run.targets.join(", "),
+        thousands(run.backlog as f64),
+        run.drained_in.as_secs_f64(),
+        run.rss_at_end_kib as f64 / 1024.0
+    ));
+    if !run.notes.is_empty() {
+        row.note = format!("{}; {}", row.note, run.notes.join("; "));
+    }
+    Ok(ScenarioResult {
+        name: "rss",
+        params: json!({ "backlog": n, "payload_bytes": args.payload }),
+        data: run.json(),
+        rows: vec![row],
+    })
+}
