@@ -724,4 +724,58 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
     }
+
+    /// Fuzzing the loader: any text, and any mangling of a valid config,
+    /// gives a config or an error that names the file; it never panics.
+    /// `PROPTEST_CASES=20000 cargo test -p outbox-relay --lib fuzz_` runs it
+    /// longer (docs/reliability.md records such a run).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn load_text(text: &str) -> Result<Config, ConfigError> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("relay.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load_with_env(&path, Env::prefixed("OUTBOX_RELAY_FUZZ_UNSET__"))
+        }
+
+        fn check(text: &str) {
+            if let Err(e) = load_text(text) {
+                let message = e.to_string();
+                assert!(
+                    message.contains("relay.toml"),
+                    "the error names no file: {message}"
+                );
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn fuzz_any_text_loads_or_fails_cleanly(text in "(?s).{0,400}") {
+                check(&text);
+            }
+
+            #[test]
+            fn fuzz_tomlish_text_loads_or_fails_cleanly(
+                text in "([a-z_.]{1,12} = (\"[a-z*/.:{} ]{0,20}\"|[0-9]{1,12}|true|\\[\\]|\\{ ?\\})\n|\\[{1,2}[a-z_.]{1,16}\\]{1,2}\n){0,20}"
+            ) {
+                check(&text);
+            }
+
+            #[test]
+            fn fuzz_a_mangled_valid_config_loads_or_fails_cleanly(
+                at in 0usize..MINIMAL.len(),
+                len in 0usize..40,
+                insert in "(?s).{0,40}",
+            ) {
+                let mut text = MINIMAL.to_string();
+                let start = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                let end = (start + len).min(text.len());
+                let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                text.replace_range(start..end, &insert);
+                check(&text);
+            }
+        }
+    }
 }

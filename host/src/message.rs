@@ -229,4 +229,48 @@ mod tests {
         assert_eq!(partition_of(Some("order-42"), &id, 16), 0x5724_46f4 % 16);
         assert_eq!(partition_of(Some("order-42"), &Uuid::now_v7(), 16), 4);
     }
+
+    /// Fuzzing the row decoder's headers column (see docs/reliability.md).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn fuzz_any_headers_text_decodes_or_gives_a_reason(raw in "(?s).{0,300}") {
+                if let Err(reason) = decode_headers(&raw) {
+                    prop_assert!(!reason.is_empty());
+                }
+            }
+
+            #[test]
+            fn fuzz_jsonish_headers_decode_or_give_a_reason(
+                raw in "\\{(\"[A-Za-z-]{0,8}\": ?(\"[a-z ]{0,8}\"|[0-9]{1,3}|null|true|\\[\\]|\\{\\}), ?){0,6}\"z\": \"\"\\}"
+            ) {
+                if let Err(reason) = decode_headers(&raw) {
+                    prop_assert!(reason.contains("must be a string") || reason.contains("JSON"), "{}", reason);
+                }
+            }
+
+            #[test]
+            fn fuzz_a_map_of_strings_round_trips_lower_cased(
+                map in proptest::collection::btree_map("[A-Za-z0-9-]{1,12}", "(?s).{0,20}", 0..8)
+            ) {
+                let raw = serde_json::to_string(&map).unwrap();
+                let decoded = decode_headers(&raw).unwrap();
+                for (name, value) in &map {
+                    // Names differing only in case collapse to one; the last wins.
+                    prop_assert!(decoded.contains_key(&name.to_ascii_lowercase()));
+                    let _ = value;
+                }
+                prop_assert!(decoded.keys().all(|k| *k == k.to_ascii_lowercase()));
+            }
+
+            #[test]
+            fn fuzz_partition_is_always_in_range(key in proptest::option::of("(?s).{0,64}"), n in 1u32..5000) {
+                let p = partition_of(key.as_deref(), &Uuid::now_v7(), n);
+                prop_assert!(p < n);
+            }
+        }
+    }
 }
