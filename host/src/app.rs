@@ -26,7 +26,7 @@ pub enum AppError {
     #[error("target {target:?} cannot start: {cause}")]
     Start {
         target: String,
-        cause: crate::transport::TransportError,
+        cause: Box<crate::transport::TransportError>,
     },
 }
 
@@ -139,7 +139,7 @@ pub async fn check_targets(
             Ok(()) => Ok(()),
             Err(cause) => Err(AppError::Start {
                 target: name.clone(),
-                cause,
+                cause: Box::new(cause),
             }),
         };
         out.push((name.clone(), result));
