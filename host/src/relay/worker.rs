@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -65,13 +65,23 @@ fn cannot_start(e: &TransportError) -> bool {
 struct State {
     transport: Option<Box<dyn Transport>>,
     lease: Option<Lease>,
+    /// When the lease was last taken or renewed in the database (the time
+    /// the request was sent, so the lease lasts at least `lease_ttl` from it).
+    renewed_at: Option<Instant>,
 }
+
+/// A lease is renewed in the database once this fraction of its TTL has
+/// passed, not on every step: renewing is a write (a WAL flush on Postgres)
+/// per batch otherwise. Before any plugin call at least three quarters of the
+/// TTL remain, which the config keeps above three `call_timeout`s.
+const RENEW_AFTER_FRACTION: u32 = 4;
 
 impl PartitionWorker {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut state = State {
             transport: None,
             lease: None,
+            renewed_at: None,
         };
         let mut errors = 0u32;
         while !shutdown.is_cancelled() {
@@ -132,6 +142,14 @@ impl PartitionWorker {
             }
             return Ok(None);
         }
+        // Held and renewed recently: still ours, and its position is the
+        // cursor as this worker last moved it (only the holder moves it).
+        if let (Some(lease), Some(at)) = (&state.lease, state.renewed_at)
+            && at.elapsed() < self.settings.lease_ttl / RENEW_AFTER_FRACTION
+        {
+            return Ok(Some(lease.clone()));
+        }
+        let asked_at = Instant::now();
         let lease = self
             .storage
             .acquire_lease(
@@ -145,6 +163,7 @@ impl PartitionWorker {
             tracing::info!("partition taken");
         }
         state.lease.clone_from(&lease);
+        state.renewed_at = lease.as_ref().map(|_| asked_at);
         Ok(lease)
     }
 
@@ -180,8 +199,8 @@ impl PartitionWorker {
                 self.storage
                     .settle_retries(&self.target.name, &settlements)
                     .await?;
-                // Renew before the next plugin call, so two calls in one step
-                // never outlast the lease.
+                // Renew (if due) before the next plugin call, so two calls in
+                // one step never outlast the lease.
                 let Some(renewed) = self.lease(state).await? else {
                     return Ok(Step::Idle);
                 };
@@ -223,11 +242,18 @@ impl PartitionWorker {
                 Err(e) => return Ok(self.stalled(&e)),
             }
         };
+        let acked = ack.position;
         match self.storage.mark_published(ack).await {
-            Ok(()) => {}
+            Ok(()) => {
+                // The cursor moved (never backwards): so does the lease held.
+                if let Some(held) = state.lease.as_mut() {
+                    held.position = held.position.max(acked);
+                }
+            }
             Err(StorageError::LeaseLost { .. }) => {
                 tracing::warn!("lease lost during a batch; another relay will deliver it again");
                 state.lease = None;
+                state.renewed_at = None;
                 return Ok(Step::Idle);
             }
             Err(e) => return Err(e),
