@@ -70,16 +70,61 @@ pub fn drain_config(db: &BenchDb, params: &DrainParams) -> anyhow::Result<Config
 /// Seeds `db` with the backlog and lets the relay drain it through `sink`.
 pub async fn drain(db: &BenchDb, params: &DrainParams, sink: Sink) -> anyhow::Result<DrainRun> {
     let config = drain_config(db, params)?;
+    let seeded_in = seed(db, &config, params).await?;
+    drain_seeded(db, &config, params, sink, seeded_in).await
+}
+
+pub async fn seed(db: &BenchDb, config: &Config, params: &DrainParams) -> anyhow::Result<Duration> {
     eprintln!(
         "  seeding {} messages of {} bytes into {} ...",
         thousands(params.messages as f64),
         params.payload,
         db.kind.label()
     );
-    let seeded_in = seed_log(db, &config, params.messages, params.payload).await?;
-    eprintln!("  seeded in {:.1} s; draining ...", seeded_in.as_secs_f64());
+    let seeded_in = seed_log(db, config, params.messages, params.payload).await?;
+    eprintln!("  seeded in {:.1} s", seeded_in.as_secs_f64());
+    Ok(seeded_in)
+}
+
+/// Moves the cursors back to the start of the log (no relay running), so
+/// the same backlog can be drained again.
+pub async fn rewind(db: &BenchDb) -> anyhow::Result<()> {
+    match db.kind {
+        DbKind::Sqlite => {
+            let storage = outbox_relay::storage::sqlite::SqliteStorage::connect(&db.url).await?;
+            sqlx::query(
+                "UPDATE outbox_cursors SET position = 0, lease_owner = NULL, lease_expires_ms = 0",
+            )
+            .execute(storage.pool())
+            .await?;
+            storage.pool().close().await;
+        }
+        DbKind::Postgres => {
+            let pool = db.pg_pool().await?;
+            sqlx::query(
+                "UPDATE outbox_cursors SET position_xid = 0, position_seq = 0, lease_owner = NULL, lease_expires_ms = 0",
+            )
+            .execute(&pool)
+            .await?;
+            sqlx::query("VACUUM ANALYZE outbox_cursors")
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// Lets the relay drain the backlog already in `db` through `sink`.
+pub async fn drain_seeded(
+    db: &BenchDb,
+    config: &Config,
+    params: &DrainParams,
+    sink: Sink,
+    seeded_in: Duration,
+) -> anyhow::Result<DrainRun> {
     let probe = Probe::new(false);
-    let relay = Running::start(&config, sink, probe.clone()).await?;
+    let relay = Running::start(config, sink, probe.clone()).await?;
     let started = relay.started;
     let last = probe
         .wait_for(params.messages, Duration::from_secs(1800))
@@ -97,7 +142,11 @@ pub async fn drain(db: &BenchDb, params: &DrainParams, sink: Sink) -> anyhow::Re
         lag_after: lag(&*storage, &["null"]).await?,
     };
     eprintln!(
-        "  {} messages in {:.2} s: {} msg/s (lag after: {})",
+        "  {}: {} messages in {:.2} s: {} msg/s (lag after: {})",
+        match sink {
+            Sink::Configured => "null component",
+            Sink::NativeNull => "native null sink",
+        },
         thousands(run.messages as f64),
         elapsed.as_secs_f64(),
         thousands(run.rate),

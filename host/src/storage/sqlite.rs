@@ -326,6 +326,20 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<DueRetry>> {
         let now = now_ms();
         let claim_expires = now.saturating_add(duration_ms(claim_ttl));
+        // Look before taking the write lock: the relay asks on every batch,
+        // and nothing is due almost always. A read does not contend with
+        // the application's writers; a `BEGIN IMMEDIATE` does.
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox_deliveries
+                WHERE target = ?1 AND state = 'retry' AND next_attempt_ms <= ?2 AND claim_expires_ms <= ?2)",
+        )
+        .bind(target)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let claimed: Vec<i64> = sqlx::query_scalar(
             "UPDATE outbox_deliveries SET claim_owner = ?1, claim_expires_ms = ?2
