@@ -68,7 +68,14 @@ struct State {
     /// When the lease was last taken or renewed in the database (the time
     /// the request was sent, so the lease lasts at least `lease_ttl` from it).
     renewed_at: Option<Instant>,
+    /// When a claim of due retries last came back empty.
+    no_retries_at: Option<Instant>,
 }
+
+/// After a claim of due retries came back empty, the next claim waits this
+/// long: a worker draining a backlog steps hundreds of times a second, and a
+/// retry is due seconds after its failure, so this delays it by at most this.
+const RETRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A lease is renewed in the database once this fraction of its TTL has
 /// passed, not on every step: renewing is a write (a WAL flush on Postgres)
@@ -82,6 +89,7 @@ impl PartitionWorker {
             transport: None,
             lease: None,
             renewed_at: None,
+            no_retries_at: None,
         };
         let mut errors = 0u32;
         while !shutdown.is_cancelled() {
@@ -175,9 +183,13 @@ impl PartitionWorker {
         };
 
         let mut retries_full = false;
-        let lease = if self.target.ordered {
+        let checked_lately = state
+            .no_retries_at
+            .is_some_and(|at| at.elapsed() < RETRY_CHECK_INTERVAL);
+        let lease = if self.target.ordered || checked_lately {
             lease
         } else {
+            let asked_at = Instant::now();
             let due = self
                 .storage
                 .claim_retries(
@@ -188,6 +200,7 @@ impl PartitionWorker {
                 )
                 .await?;
             retries_full = due.len() as u32 == batch_size;
+            state.no_retries_at = due.is_empty().then_some(asked_at);
             if due.is_empty() {
                 lease
             } else {

@@ -258,8 +258,15 @@ impl Storage for PgStorage {
     async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()> {
         let now = now_ms();
         let lease = ack.lease;
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
+        // A batch with nothing to record is one statement, so no BEGIN and
+        // COMMIT round trips: the cursor update is atomic on its own.
+        let plain = ack.resolved.is_empty() && ack.failures.is_empty();
+        let mut tx = if plain {
+            None
+        } else {
+            Some(self.pool.begin().await?)
+        };
+        let cursor = sqlx::query(
             "UPDATE outbox_cursors SET
                 position_xid = CASE WHEN (position_xid, position_seq) < ($1, $2) THEN $1 ELSE position_xid END,
                 position_seq = CASE WHEN (position_xid, position_seq) < ($1, $2) THEN $2 ELSE position_seq END,
@@ -271,9 +278,11 @@ impl Storage for PgStorage {
         .bind(now)
         .bind(&lease.target)
         .bind(i32_of(lease.partition))
-        .bind(&lease.owner)
-        .execute(&mut *tx)
-        .await?;
+        .bind(&lease.owner);
+        let updated = match tx.as_mut() {
+            Some(tx) => cursor.execute(&mut **tx).await?,
+            None => cursor.execute(&self.pool).await?,
+        };
         if updated.rows_affected() == 0 {
             return Err(StorageError::LeaseLost {
                 target: lease.target.clone(),
@@ -281,6 +290,9 @@ impl Storage for PgStorage {
                 owner: lease.owner.clone(),
             });
         }
+        let Some(mut tx) = tx else {
+            return Ok(());
+        };
         if !ack.resolved.is_empty() {
             sqlx::query("DELETE FROM outbox_deliveries WHERE target = $1 AND seq = ANY($2)")
                 .bind(&lease.target)
