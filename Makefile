@@ -53,8 +53,9 @@ lint: plugins
 # Every benchmark scenario in release mode; results to bench/results/ (see
 # docs/performance.md). Pass flags with BENCH_ARGS, e.g. BENCH_ARGS="--quick"
 # or BENCH_ARGS="--scenario drain,latency --messages 50000".
+# The bench writes its own configs: the demo's plugin_dir override must not apply.
 bench:
-	cargo run --release -p outbox-relay-tests --bin outbox-relay-bench -- $(BENCH_ARGS)
+	env -u OUTBOX_RELAY__RELAY__PLUGIN_DIR cargo run --release -p outbox-relay-tests --bin outbox-relay-bench -- $(BENCH_ARGS)
 
 # The recorded chaos soak of docs/reliability.md (100,000 messages, relays
 # SIGKILLed 24 times, Postgres backends terminated, NATS restarted); figures

@@ -225,6 +225,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         out.display()
     );
 
+    let overrides: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("OUTBOX_RELAY__"))
+        .collect();
+    if !overrides.is_empty() {
+        eprintln!(
+            "warning: {} override the benchmark's configs; unset them for comparable figures",
+            overrides.join(", ")
+        );
+    }
+
     let params = args.drain_params();
     let mut rows = Vec::new();
     let mut ok = true;
