@@ -3,7 +3,6 @@
 //! without losing or repeating anything.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,32 +11,9 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage;
 use outbox_relay_tests::{Scratch, enqueue, eventually, read_jsonl};
 
-use crate::{relay_binary, terminate};
+use crate::{free_port, http_get, relay_binary, terminate};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET; returns the status code and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
 
 fn spawn_logged(config: &Path, log: &Path) -> Child {
     Command::new(relay_binary())

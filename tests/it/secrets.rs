@@ -3,7 +3,6 @@
 //! `dead-letters` or `check` output, or its metrics, even at debug level and
 //! while deliveries fail.
 
-use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,32 +12,12 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 
-use crate::{relay_binary, terminate};
+use crate::{free_port, http_get, relay_binary, terminate};
 
 const WAIT: Duration = Duration::from_secs(60);
 const DB_PASSWORD: &str = "pg-pass-7f3a9c1e";
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SIGNING_KEY: &str = "hs256-key-4b1d9e0c7a2f5e8d3c6b9a0f1e2d3c4b";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
 
 /// Runs the CLI with `args`; returns stdout and stderr together.
 fn cli(args: &[&str]) -> String {
@@ -166,7 +145,7 @@ sandbox = {{ allow_http = ["{hook_addr}"] }}
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = http_get(port, "/metrics").expect("metrics endpoint");
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics endpoint");
     assert!(terminate(&mut relay).success());
 
     let logs = std::fs::read_to_string(&log).unwrap();
