@@ -1,6 +1,7 @@
 //! The relay: one worker per (target, partition), each reading the log after
 //! its cursor, delivering through its own transport instance, and advancing
-//! the cursor once per batch.
+//! the cursor once per batch (pipelined through a backlog: see
+//! `worker::PartitionWorker::deliver_backlog`).
 //!
 //! Many relay processes share one database. Each heartbeats into
 //! `outbox_relays`; the live relays, sorted, share the partitions of every

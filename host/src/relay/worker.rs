@@ -1,4 +1,6 @@
 //! One (target, partition) worker: lease → retries due → next batch → ack.
+//! Through a backlog, an unordered target's worker overlaps these: batch N is
+//! delivered while batch N-1's ack is written and batch N+1 is read.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -225,17 +227,13 @@ impl PartitionWorker {
             .storage
             .fetch_pending(self.partition, lease.position, batch_size)
             .await?;
+        if !self.target.ordered {
+            return self
+                .deliver_backlog(state, &lease, entries, retries_full)
+                .await;
+        }
         let full = entries.len() as u32 == batch_size;
-        // Rows an older open transaction still hides will be readable soon.
-        let unsettled = !full
-            && self
-                .storage
-                .has_unsettled(
-                    self.partition,
-                    entries.last().map_or(lease.position, entry_position),
-                )
-                .await?;
-        let idle = if unsettled {
+        let idle = if !full && self.unsettled(&entries, lease.position).await? {
             Step::Hold(UNSETTLED_RECHECK)
         } else {
             Step::Idle
@@ -243,39 +241,183 @@ impl PartitionWorker {
         if entries.is_empty() {
             return Ok(if retries_full { Step::Busy } else { idle });
         }
-        let (ack, next) = if self.target.ordered {
-            match self.deliver_ordered(state, &lease, entries).await? {
-                Ordered::Ack(ack, hold) => (ack, hold),
-                Ordered::Wait(d) => return Ok(Step::Hold(d)),
-                Ordered::Stalled(e) => return Ok(self.stalled(&e)),
-            }
-        } else {
-            match self.deliver_unordered(state, &lease, entries).await {
-                Ok(ack) => (ack, None),
-                Err(e) => return Ok(self.stalled(&e)),
-            }
+        let (ack, next) = match self
+            .deliver_ordered(&mut state.transport, &lease, entries)
+            .await?
+        {
+            Ordered::Ack(ack, hold) => (ack, hold),
+            Ordered::Wait(d) => return Ok(Step::Hold(d)),
+            Ordered::Stalled(e) => return Ok(self.stalled(&e)),
         };
-        let acked = ack.position;
-        match self.storage.mark_published(ack).await {
-            Ok(()) => {
-                // The cursor moved (never backwards): so does the lease held.
-                if let Some(held) = state.lease.as_mut() {
-                    held.position = held.position.max(acked);
-                }
-            }
-            Err(StorageError::LeaseLost { .. }) => {
-                tracing::warn!("lease lost during a batch; another relay will deliver it again");
-                state.lease = None;
-                state.renewed_at = None;
-                return Ok(Step::Idle);
-            }
-            Err(e) => return Err(e),
+        if !self.acknowledge(state, ack).await? {
+            return Ok(Step::Idle);
         }
         Ok(match next {
             Some(hold) => hold,
             None if full || retries_full => Step::Busy,
             None => idle,
         })
+    }
+
+    /// Whether an open transaction still hides rows after the last of
+    /// `entries`: they will be readable soon, so look again shortly.
+    async fn unsettled(
+        &self,
+        entries: &[LogEntry],
+        read_from: Position,
+    ) -> Result<bool, StorageError> {
+        self.storage
+            .has_unsettled(
+                self.partition,
+                entries.last().map_or(read_from, entry_position),
+            )
+            .await
+    }
+
+    /// Writes a batch's acknowledgement and moves the held lease's cursor.
+    /// `Ok(false)`: the lease was lost, and another relay will deliver the
+    /// batch again. After any other error the cursor is read back from the
+    /// database before the next batch, not trusted from memory.
+    async fn acknowledge(
+        &self,
+        state: &mut State,
+        ack: BatchAck<'_>,
+    ) -> Result<bool, StorageError> {
+        let acked = ack.position;
+        let written = self.storage.mark_published(ack).await;
+        self.acknowledged(state, acked, written)
+    }
+
+    fn acknowledged(
+        &self,
+        state: &mut State,
+        acked: Position,
+        written: Result<(), StorageError>,
+    ) -> Result<bool, StorageError> {
+        match written {
+            Ok(()) => {
+                // The cursor moved (never backwards): so does the lease held.
+                if let Some(held) = state.lease.as_mut() {
+                    held.position = held.position.max(acked);
+                }
+                Ok(true)
+            }
+            Err(StorageError::LeaseLost { .. }) => {
+                tracing::warn!("lease lost during a batch; another relay will deliver it again");
+                state.lease = None;
+                state.renewed_at = None;
+                Ok(false)
+            }
+            Err(e) => {
+                state.renewed_at = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Unordered targets: delivers `entries` and, while a backlog lasts, the
+    /// batches after it, pipelined. While batch N is with the plugin, the
+    /// acknowledgement of batch N-1 is written and batch N+1 is read, so a
+    /// batch costs the longer of the plugin call and the database round
+    /// trips, not their sum. At most one acknowledgement is unwritten, and it
+    /// is written before this returns; the pipeline stops after
+    /// [`RETRY_CHECK_INTERVAL`] or when the lease is due for renewal, so the
+    /// worker's other duties (due retries, the lease, hand-over) keep their pace.
+    async fn deliver_backlog(
+        &self,
+        state: &mut State,
+        lease: &Lease,
+        mut entries: Vec<LogEntry>,
+        retries_full: bool,
+    ) -> Result<Step, StorageError> {
+        let batch_size = self.target.batch_size;
+        let started = Instant::now();
+        let mut unwritten: Option<BatchAck<'_>> = None;
+        let mut read_from = lease.position;
+        loop {
+            let full = entries.len() as u32 == batch_size;
+            let last = entries.last().map_or(read_from, entry_position);
+            let renewal_due = state
+                .renewed_at
+                .is_none_or(|at| at.elapsed() >= self.settings.lease_ttl / RENEW_AFTER_FRACTION);
+            let read_ahead = full && started.elapsed() < RETRY_CHECK_INTERVAL && !renewal_due;
+            let previous = unwritten.take();
+            let previous_at = previous.as_ref().map(|ack| ack.position);
+            let (delivered, written, next, unsettled) = tokio::join!(
+                async {
+                    if entries.is_empty() {
+                        return Ok(None);
+                    }
+                    self.deliver_unordered(&mut state.transport, lease, read_from, entries)
+                        .await
+                        .map(Some)
+                },
+                async {
+                    match previous {
+                        Some(ack) => self.storage.mark_published(ack).await,
+                        None => Ok(()),
+                    }
+                },
+                async {
+                    if read_ahead {
+                        Some(
+                            self.storage
+                                .fetch_pending(self.partition, last, batch_size)
+                                .await,
+                        )
+                    } else {
+                        None
+                    }
+                },
+                async {
+                    if full {
+                        Ok(false)
+                    } else {
+                        self.storage.has_unsettled(self.partition, last).await
+                    }
+                },
+            );
+            if let Some(at) = previous_at
+                && !self.acknowledged(state, at, written)?
+            {
+                return Ok(Step::Idle);
+            }
+            let ack = match delivered {
+                Ok(Some(ack)) => ack,
+                // Nothing was read: only the due retries (if any) were done.
+                Ok(None) => {
+                    let idle = if unsettled? {
+                        Step::Hold(UNSETTLED_RECHECK)
+                    } else {
+                        Step::Idle
+                    };
+                    return Ok(if retries_full { Step::Busy } else { idle });
+                }
+                Err(e) => return Ok(self.stalled(&e)),
+            };
+            match next {
+                Some(Ok(next)) if !next.is_empty() => {
+                    unwritten = Some(ack);
+                    read_from = last;
+                    entries = next;
+                }
+                next => {
+                    if !self.acknowledge(state, ack).await? {
+                        return Ok(Step::Idle);
+                    }
+                    if let Some(Err(e)) = next {
+                        return Err(e);
+                    }
+                    return Ok(if full || retries_full {
+                        Step::Busy
+                    } else if unsettled? {
+                        Step::Hold(UNSETTLED_RECHECK)
+                    } else {
+                        Step::Idle
+                    });
+                }
+            }
+        }
     }
 
     fn stalled(&self, e: &TransportError) -> Step {
@@ -360,11 +502,12 @@ impl PartitionWorker {
     /// Unordered: deliver the batch, record every failure, move past it all.
     async fn deliver_unordered<'l>(
         &self,
-        state: &mut State,
+        transport: &mut Option<Box<dyn Transport>>,
         lease: &'l Lease,
+        read_from: Position,
         entries: Vec<LogEntry>,
     ) -> Result<BatchAck<'l>, TransportError> {
-        let last = entries.last().map(entry_position).unwrap_or(lease.position);
+        let last = entries.last().map_or(read_from, entry_position);
         let mut failures = Vec::new();
         let mut envelopes = Vec::new();
         for entry in self.sort_entries(entries) {
@@ -375,7 +518,7 @@ impl PartitionWorker {
             }
         }
         if !envelopes.is_empty() {
-            let outcomes = self.send(&mut state.transport, &envelopes).await?;
+            let outcomes = self.send(transport, &envelopes).await?;
             for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
                 if let Some(f) = self.failure(envelope, 1, outcome) {
                     failures.push(f);
@@ -396,7 +539,7 @@ impl PartitionWorker {
     /// before the first message that is to be retried.
     async fn deliver_ordered<'l>(
         &self,
-        state: &mut State,
+        transport: &mut Option<Box<dyn Transport>>,
         lease: &'l Lease,
         entries: Vec<LogEntry>,
     ) -> Result<Ordered<'l>, StorageError> {
@@ -447,7 +590,7 @@ impl PartitionWorker {
         let outcomes = if envelopes.is_empty() {
             Vec::new()
         } else {
-            match self.send(&mut state.transport, &envelopes).await {
+            match self.send(transport, &envelopes).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => return Ok(Ordered::Stalled(e)),
             }
