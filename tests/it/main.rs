@@ -15,6 +15,7 @@ mod injectors;
 mod mqtt;
 mod nats;
 mod operate;
+mod pipeline;
 mod postgres;
 mod producers;
 mod rabbitmq;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{TargetSpec, assigned_owner, storage_backoff};
@@ -19,6 +20,17 @@ use crate::storage::{
     BatchAck, Disposition, DueRetry, Failure, Lease, Settlement, Storage, StorageError, now_ms,
 };
 use crate::transport::{Transport, TransportError, TransportErrorKind, TransportFactory};
+
+/// The result of a storage call made in a task of its own. A panic there is
+/// this worker's panic; a task cancelled (the runtime is shutting down) is
+/// an error like a lost connection.
+fn joined<T>(result: Result<Result<T, StorageError>, JoinError>) -> Result<T, StorageError> {
+    match result {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StorageError::Database(sqlx::Error::PoolClosed)),
+    }
+}
 
 /// How soon to look again when rows are hidden by an open transaction.
 const UNSETTLED_RECHECK: Duration = Duration::from_millis(50);
@@ -316,13 +328,19 @@ impl PartitionWorker {
     }
 
     /// Unordered targets: delivers `entries` and, while a backlog lasts, the
-    /// batches after it, pipelined. While batch N is with the plugin, the
-    /// acknowledgement of batch N-1 is written and batch N+1 is read, so a
-    /// batch costs the longer of the plugin call and the database round
-    /// trips, not their sum. At most one acknowledgement is unwritten, and it
-    /// is written before this returns; the pipeline stops after
-    /// [`RETRY_CHECK_INTERVAL`] or when the lease is due for renewal, so the
-    /// worker's other duties (due retries, the lease, hand-over) keep their pace.
+    /// batches after it, pipelined. While batch N is with the plugin, batch
+    /// N+1 is read and earlier acknowledgements are written, each in a task of
+    /// its own (this task is busy in the plugin call), so a batch costs the
+    /// longest of the plugin call and the database round trips, not their sum.
+    ///
+    /// One write is in flight at a time. Acknowledgements that come while it
+    /// is are merged and written together when it is done, so a slow write
+    /// (SQLite's write lock, taken by busy writers) costs one round trip for
+    /// several batches instead of one per batch; at most
+    /// [`MAX_UNWRITTEN_BATCHES`] wait. Everything is written before this
+    /// returns. The pipeline stops after [`RETRY_CHECK_INTERVAL`] or when the
+    /// lease is due for renewal, so the worker's other duties (due retries,
+    /// the lease, hand-over) keep their pace.
     async fn deliver_backlog(
         &self,
         state: &mut State,
@@ -331,8 +349,9 @@ impl PartitionWorker {
         retries_full: bool,
     ) -> Result<Step, StorageError> {
         let batch_size = self.target.batch_size;
+        let partition = self.partition;
         let started = Instant::now();
-        let mut unwritten: Option<BatchAck<'_>> = None;
+        let mut acks = Acks::default();
         let mut read_from = lease.position;
         loop {
             let full = entries.len() as u32 == batch_size;
@@ -341,83 +360,148 @@ impl PartitionWorker {
                 .renewed_at
                 .is_none_or(|at| at.elapsed() >= self.settings.lease_ttl / RENEW_AFTER_FRACTION);
             let read_ahead = full && started.elapsed() < RETRY_CHECK_INTERVAL && !renewal_due;
-            let previous = unwritten.take();
-            let previous_at = previous.as_ref().map(|ack| ack.position);
-            let (delivered, written, next, unsettled) = tokio::join!(
-                async {
-                    if entries.is_empty() {
-                        return Ok(None);
-                    }
-                    self.deliver_unordered(&mut state.transport, lease, read_from, entries)
-                        .await
-                        .map(Some)
-                },
-                async {
-                    match previous {
-                        Some(ack) => self.storage.mark_published(ack).await,
-                        None => Ok(()),
-                    }
-                },
-                async {
-                    if read_ahead {
-                        Some(
-                            self.storage
-                                .fetch_pending(self.partition, last, batch_size)
-                                .await,
-                        )
-                    } else {
-                        None
-                    }
-                },
-                async {
-                    if full {
-                        Ok(false)
-                    } else {
-                        self.storage.has_unsettled(self.partition, last).await
-                    }
-                },
-            );
-            if let Some(at) = previous_at
-                && !self.acknowledged(state, at, written)?
-            {
-                return Ok(Step::Idle);
+            let storage = self.storage.clone();
+            let reading = read_ahead.then(|| {
+                tokio::spawn(
+                    async move { storage.fetch_pending(partition, last, batch_size).await },
+                )
+            });
+            // A short batch is the tail of the log: whether rows hidden by
+            // an open transaction follow it is asked alongside the delivery.
+            let storage = self.storage.clone();
+            let unsettled = (!full)
+                .then(|| tokio::spawn(async move { storage.has_unsettled(partition, last).await }));
+            // Let the tasks just spawned start (a task spawned from a worker
+            // thread waits in its LIFO slot until the spawner yields) before
+            // this task is busy in the plugin call.
+            if reading.is_some() || unsettled.is_some() || acks.writing.is_some() {
+                tokio::task::yield_now().await;
             }
-            let ack = match delivered {
-                Ok(Some(ack)) => ack,
-                // Nothing was read: only the due retries (if any) were done.
-                Ok(None) => {
-                    let idle = if unsettled? {
-                        Step::Hold(UNSETTLED_RECHECK)
-                    } else {
-                        Step::Idle
-                    };
-                    return Ok(if retries_full { Step::Busy } else { idle });
-                }
-                Err(e) => return Ok(self.stalled(&e)),
+            let delivered = if entries.is_empty() {
+                None
+            } else {
+                Some(
+                    self.deliver_unordered(&mut state.transport, lease, read_from, entries)
+                        .await,
+                )
             };
-            match next {
-                Some(Ok(next)) if !next.is_empty() => {
-                    unwritten = Some(ack);
-                    read_from = last;
-                    entries = next;
-                }
-                next => {
-                    if !self.acknowledge(state, ack).await? {
+            let ack = match delivered {
+                Some(Ok(ack)) => ack,
+                // Nothing was read: only the due retries (if any) were done.
+                None => {
+                    if !self.write_all(state, lease, acks).await? {
                         return Ok(Step::Idle);
                     }
-                    if let Some(Err(e)) = next {
+                    let idle = self.tail_step(unsettled).await?;
+                    return Ok(if retries_full { Step::Busy } else { idle });
+                }
+                Some(Err(e)) => {
+                    self.write_all(state, lease, acks).await?;
+                    return Ok(self.stalled(&e));
+                }
+            };
+            acks.merge(ack);
+            let next = match reading {
+                Some(task) => Some(joined(task.await)),
+                None => None,
+            };
+            let next = match next {
+                Some(Ok(next)) if !next.is_empty() => next,
+                // The end of the backlog, of this turn, or a failed read.
+                other => {
+                    if !self.write_all(state, lease, acks).await? {
+                        return Ok(Step::Idle);
+                    }
+                    if let Some(Err(e)) = other {
                         return Err(e);
                     }
                     return Ok(if full || retries_full {
                         Step::Busy
-                    } else if unsettled? {
-                        Step::Hold(UNSETTLED_RECHECK)
                     } else {
-                        Step::Idle
+                        self.tail_step(unsettled).await?
                     });
                 }
+            };
+            if !self.write_some(state, lease, &mut acks).await? {
+                return Ok(Step::Idle);
+            }
+            read_from = last;
+            entries = next;
+        }
+    }
+
+    /// After the log's tail: look again shortly if an open transaction hides
+    /// rows after it, otherwise wait for the poll interval or a wake-up.
+    async fn tail_step(
+        &self,
+        unsettled: Option<JoinHandle<Result<bool, StorageError>>>,
+    ) -> Result<Step, StorageError> {
+        let unsettled = match unsettled {
+            Some(task) => joined(task.await)?,
+            None => false,
+        };
+        Ok(if unsettled {
+            Step::Hold(UNSETTLED_RECHECK)
+        } else {
+            Step::Idle
+        })
+    }
+
+    /// Takes in the write in flight if it is done, or waits for it when the
+    /// merged acknowledgements have reached their bound; then starts writing
+    /// those. `Ok(false)`: the lease was lost.
+    async fn write_some(
+        &self,
+        state: &mut State,
+        lease: &Lease,
+        acks: &mut Acks,
+    ) -> Result<bool, StorageError> {
+        if let Some((at, task)) = acks.writing.take() {
+            if task.is_finished() || acks.batches >= MAX_UNWRITTEN_BATCHES {
+                if !self.acknowledged(state, at, joined(task.await))? {
+                    return Ok(false);
+                }
+            } else {
+                acks.writing = Some((at, task));
+                return Ok(true);
             }
         }
+        if let Some(pending) = acks.pending.take() {
+            let at = pending.position;
+            acks.batches = 0;
+            acks.writing = Some((at, self.write_in_background(lease, pending)));
+        }
+        Ok(true)
+    }
+
+    /// Waits for the write in flight and writes what is left. `Ok(false)`:
+    /// the lease was lost.
+    async fn write_all(
+        &self,
+        state: &mut State,
+        lease: &Lease,
+        mut acks: Acks,
+    ) -> Result<bool, StorageError> {
+        if let Some((at, task)) = acks.writing.take()
+            && !self.acknowledged(state, at, joined(task.await))?
+        {
+            return Ok(false);
+        }
+        match acks.pending.take() {
+            Some(pending) => self.acknowledge(state, pending.ack(lease)).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Writes acknowledgements in a task of their own.
+    fn write_in_background(
+        &self,
+        lease: &Lease,
+        pending: PendingAck,
+    ) -> JoinHandle<Result<(), StorageError>> {
+        let storage = self.storage.clone();
+        let lease = lease.clone();
+        tokio::spawn(async move { storage.mark_published(pending.ack(&lease)).await })
     }
 
     fn stalled(&self, e: &TransportError) -> Step {
@@ -860,4 +944,58 @@ enum Ordered<'l> {
     Ack(BatchAck<'l>, Option<Step>),
     /// The plugin cannot start; nothing was sent.
     Stalled(TransportError),
+}
+
+/// How many batches' acknowledgements may wait, merged, while a write is in
+/// flight. After a crash these, the batch being written and the batch being
+/// delivered are delivered again.
+const MAX_UNWRITTEN_BATCHES: u32 = 8;
+
+/// Acknowledgements of delivered batches, merged: the cursor moves to the
+/// furthest, and every failure and settled record is kept.
+struct PendingAck {
+    position: Position,
+    failures: Vec<Failure>,
+    resolved: Vec<i64>,
+}
+
+impl PendingAck {
+    fn ack<'l>(self, lease: &'l Lease) -> BatchAck<'l> {
+        BatchAck {
+            lease,
+            position: self.position,
+            failures: self.failures,
+            resolved: self.resolved,
+        }
+    }
+}
+
+/// A pipelined worker's acknowledgements: the write in flight (with the
+/// position it moves the cursor to) and those merged while it is.
+#[derive(Default)]
+struct Acks {
+    writing: Option<(Position, JoinHandle<Result<(), StorageError>>)>,
+    pending: Option<PendingAck>,
+    /// How many batches `pending` holds.
+    batches: u32,
+}
+
+impl Acks {
+    fn merge(&mut self, ack: BatchAck<'_>) {
+        self.batches += 1;
+        match &mut self.pending {
+            Some(pending) => {
+                pending.position = pending.position.max(ack.position);
+                pending.failures.extend(ack.failures);
+                pending.resolved.extend(ack.resolved);
+            }
+            None => {
+                self.pending = Some(PendingAck {
+                    position: ack.position,
+                    failures: ack.failures,
+                    resolved: ack.resolved,
+                });
+            }
+        }
+    }
 }

@@ -22,6 +22,9 @@ use super::{
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
 
+/// How often the relay asks SQLite whether another connection committed.
+const COMMIT_CHECK: Duration = Duration::from_millis(20);
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The columns every log read selects, in the order [`decode_entry`] expects.
@@ -56,8 +59,10 @@ impl SqliteStorage {
         {
             std::fs::create_dir_all(dir).map_err(|e| connect_error(sqlx::Error::Io(e)))?;
         }
+        // A worker reads its next batch and writes its last acknowledgement
+        // while its plugin delivers; reads run side by side in WAL mode.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .connect_with(options)
             .await
             .map_err(connect_error)?;
@@ -692,5 +697,58 @@ impl Storage for SqliteStorage {
             })
         })
         .transpose()
+    }
+
+    /// SQLite announces nothing, but `PRAGMA data_version` changes whenever
+    /// another connection commits, and asking reads only the WAL index in
+    /// shared memory: this asks every [`COMMIT_CHECK`] on a connection of its
+    /// own, so a commit wakes the workers within that instead of the poll interval.
+    async fn watch_commits(&self, on_commit: &tokio::sync::watch::Sender<u64>) {
+        use sqlx::Connection;
+        let options = self.pool.connect_options();
+        let mut conn: Option<SqliteConnection> = None;
+        let mut seen: Option<i64> = None;
+        let mut failing = false;
+        let mut ticks = tokio::time::interval(COMMIT_CHECK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let version = match conn.as_mut() {
+                Some(c) => sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                    .fetch_one(c)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => match SqliteConnection::connect_with(&options).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match version {
+                Ok(version) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("watching for commits again");
+                    }
+                    // The first answer on a connection is a baseline; a
+                    // commit could have come in between, so wake then too.
+                    if seen != Some(version) {
+                        on_commit.send_modify(|n| *n += 1);
+                    }
+                    seen = Some(version);
+                }
+                Err(error) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(%error, "cannot watch for commits; polling until it can");
+                    }
+                    conn = None;
+                    seen = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 }
