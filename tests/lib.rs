@@ -108,14 +108,27 @@ impl Scratch {
 
     /// Like [`Scratch::write_config`], with extra `[relay]` lines, to a file of its own name.
     pub fn write_config_as(&self, file: &str, relay: &str, body: &str) -> PathBuf {
+        self.write_config_with_relay(
+            file,
+            &format!(
+                r#"poll_interval = "50ms"
+lease_ttl = "3s"
+claim_timeout = "10s"
+shutdown_grace = "5s"
+{relay}"#
+            ),
+            body,
+        )
+    }
+
+    /// A config whose `[relay]` settings are `relay` and nothing else but
+    /// the plugin and cache directories (none of the tests' short intervals),
+    /// to a file of its own name.
+    pub fn write_config_with_relay(&self, file: &str, relay: &str, body: &str) -> PathBuf {
         let text = format!(
             r#"database = "{db}"
 
 [relay]
-poll_interval = "50ms"
-lease_ttl = "3s"
-claim_timeout = "10s"
-shutdown_grace = "5s"
 plugin_dir = "{plugins}"
 cache_dir = "{cache}"
 {relay}

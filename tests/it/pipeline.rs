@@ -7,30 +7,12 @@ use std::time::Duration;
 
 use outbox_relay::config::Config;
 use outbox_relay::storage::Storage;
-use outbox_relay_tests::{RunningRelay, Scratch, components_dir, enqueue, eventually, read_jsonl};
+use outbox_relay_tests::{RunningRelay, Scratch, enqueue, eventually, read_jsonl};
 
-/// A config of this scratch's SQLite file with `relay` as its whole
-/// `[relay]` table (beyond the directories) and `body` after it.
+/// A config of this scratch's SQLite file with `relay` as its `[relay]`
+/// settings and `body` after them.
 fn config(scratch: &Scratch, relay: &str, body: &str) -> Config {
-    let path = scratch.path().join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"database = "{db}"
-
-[relay]
-plugin_dir = "{plugins}"
-cache_dir = "{cache}"
-{relay}
-
-{body}
-"#,
-            db = scratch.database_url(),
-            plugins = components_dir().display(),
-            cache = env!("OUTBOX_TEST_CACHE"),
-        ),
-    )
-    .unwrap();
+    let path = scratch.write_config_with_relay("relay.toml", relay, body);
     Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
