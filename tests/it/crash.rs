@@ -105,9 +105,13 @@ async fn sigkill_mid_run_loses_nothing_and_does_not_redeliver_acknowledged_messa
         }
         duplicates += n - 1;
     }
+    // What was in flight: the batch being delivered and at most 8 delivered
+    // batches whose acknowledgement was not yet written (docs/operations.md),
+    // of 10 messages each. (With acknowledgements as quick as here it is
+    // rarely more than one batch.)
     assert!(
-        duplicates <= 10,
-        "duplicates are bounded by the batch in flight, got {duplicates}"
+        duplicates <= 9 * 10,
+        "duplicates are bounded by the batches in flight, got {duplicates}"
     );
 }
 

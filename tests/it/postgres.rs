@@ -233,10 +233,12 @@ async fn a_killed_relay_is_taken_over_without_loss() {
         )
         .await;
         let duplicates: usize = sent.iter().map(|m| counts[&m.id.to_string()] - 1).sum();
-        // One batch in flight per partition the victim held (of both targets).
+        // The batches in flight per partition the victim held (of both
+        // targets): the one being delivered and at most 8 delivered but not
+        // yet acknowledged (docs/operations.md).
         assert!(
-            duplicates <= held as usize * BATCH,
-            "{target}: {duplicates} duplicates, more than the {held} batches of {BATCH} in flight"
+            duplicates <= held as usize * 9 * BATCH,
+            "{target}: {duplicates} duplicates, more than the {held} × 9 batches of {BATCH} in flight"
         );
     }
 

@@ -1,6 +1,6 @@
 //! One (target, partition) worker: lease → retries due → next batch → ack.
 //! Through a backlog, an unordered target's worker overlaps these: batch N is
-//! delivered while batch N-1's ack is written and batch N+1 is read.
+//! delivered while earlier batches' acks are written and batch N+1 is read.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -337,7 +337,8 @@ impl PartitionWorker {
     /// is are merged and written together when it is done, so a slow write
     /// (SQLite's write lock, taken by busy writers) costs one round trip for
     /// several batches instead of one per batch; at most
-    /// [`MAX_UNWRITTEN_BATCHES`] wait. Everything is written before this
+    /// [`MAX_UNWRITTEN_BATCHES`] delivered batches are unacknowledged, in the
+    /// write and waiting together. Everything is written before this
     /// returns. The pipeline stops after [`RETRY_CHECK_INTERVAL`] or when the
     /// lease is due for renewal, so the worker's other duties (due retries,
     /// the lease, hand-over) keep their pace.
@@ -448,28 +449,30 @@ impl PartitionWorker {
     }
 
     /// Takes in the write in flight if it is done, or waits for it when the
-    /// merged acknowledgements have reached their bound; then starts writing
-    /// those. `Ok(false)`: the lease was lost.
+    /// unacknowledged batches have reached their bound; then starts writing
+    /// the merged acknowledgements. `Ok(false)`: the lease was lost.
     async fn write_some(
         &self,
         state: &mut State,
         lease: &Lease,
         acks: &mut Acks,
     ) -> Result<bool, StorageError> {
-        if let Some((at, task)) = acks.writing.take() {
-            if task.is_finished() || acks.batches >= MAX_UNWRITTEN_BATCHES {
-                if !self.acknowledged(state, at, joined(task.await))? {
+        if let Some(write) = acks.writing.take() {
+            if write.task.is_finished() || write.batches + acks.batches >= MAX_UNWRITTEN_BATCHES {
+                if !self.acknowledged(state, write.position, joined(write.task.await))? {
                     return Ok(false);
                 }
             } else {
-                acks.writing = Some((at, task));
+                acks.writing = Some(write);
                 return Ok(true);
             }
         }
         if let Some(pending) = acks.pending.take() {
-            let at = pending.position;
-            acks.batches = 0;
-            acks.writing = Some((at, self.write_in_background(lease, pending)));
+            acks.writing = Some(Write {
+                position: pending.position,
+                batches: std::mem::take(&mut acks.batches),
+                task: self.write_in_background(lease, pending),
+            });
         }
         Ok(true)
     }
@@ -482,8 +485,8 @@ impl PartitionWorker {
         lease: &Lease,
         mut acks: Acks,
     ) -> Result<bool, StorageError> {
-        if let Some((at, task)) = acks.writing.take()
-            && !self.acknowledged(state, at, joined(task.await))?
+        if let Some(write) = acks.writing.take()
+            && !self.acknowledged(state, write.position, joined(write.task.await))?
         {
             return Ok(false);
         }
@@ -946,8 +949,8 @@ enum Ordered<'l> {
     Stalled(TransportError),
 }
 
-/// How many batches' acknowledgements may wait, merged, while a write is in
-/// flight. After a crash these, the batch being written and the batch being
+/// How many delivered batches may be unacknowledged (in the write in flight,
+/// or merged and waiting for it). After a crash these and the batch being
 /// delivered are delivered again.
 const MAX_UNWRITTEN_BATCHES: u32 = 8;
 
@@ -970,14 +973,23 @@ impl PendingAck {
     }
 }
 
-/// A pipelined worker's acknowledgements: the write in flight (with the
-/// position it moves the cursor to) and those merged while it is.
+/// A pipelined worker's acknowledgements: the write in flight and those
+/// merged while it is.
 #[derive(Default)]
 struct Acks {
-    writing: Option<(Position, JoinHandle<Result<(), StorageError>>)>,
+    writing: Option<Write>,
     pending: Option<PendingAck>,
     /// How many batches `pending` holds.
     batches: u32,
+}
+
+/// An acknowledgement being written in a task of its own.
+struct Write {
+    /// Where it moves the cursor.
+    position: Position,
+    /// How many batches it acknowledges.
+    batches: u32,
+    task: JoinHandle<Result<(), StorageError>>,
 }
 
 impl Acks {
