@@ -35,6 +35,75 @@ pub const INJECTOR_INTERFACE: &str = "outbox:relay/injector@0.1.0";
 pub const WIT_PACKAGE: &str = "outbox:relay";
 pub const WIT_VERSION: &str = "0.1.0";
 
+/// The guest's `envelope` record, borrowed from the relay's messages: a
+/// batch is lowered into the guest straight from them, without first being
+/// copied into the owned [`wit::Envelope`]s that `bindgen!` generates.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub struct EnvelopeRef<'a> {
+    id: &'a str,
+    #[component(name = "event-name")]
+    event_name: &'a str,
+    #[component(name = "partition-key")]
+    partition_key: Option<&'a str>,
+    payload: &'a [u8],
+    headers: &'a [(&'a str, &'a str)],
+    attempt: u32,
+    #[component(name = "created-at-ms")]
+    created_at_ms: i64,
+}
+
+/// What [`EnvelopeRef`]s borrow besides the messages: each id in text, and
+/// each message's headers as a list of pairs.
+pub struct BatchText<'a> {
+    ids: Vec<[u8; uuid::fmt::Hyphenated::LENGTH]>,
+    headers: Vec<Vec<(&'a str, &'a str)>>,
+}
+
+impl<'a> BatchText<'a> {
+    pub fn new(batch: &'a [Envelope]) -> Self {
+        BatchText {
+            ids: batch
+                .iter()
+                .map(|e| {
+                    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+                    e.message.id.hyphenated().encode_lower(&mut text);
+                    text
+                })
+                .collect(),
+            headers: batch
+                .iter()
+                .map(|e| {
+                    e.message
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// The batch as the guest's records.
+    pub fn envelopes<'b>(&'b self, batch: &'b [Envelope]) -> Vec<EnvelopeRef<'b>> {
+        batch
+            .iter()
+            .zip(&self.ids)
+            .zip(&self.headers)
+            .map(|((e, id), headers)| EnvelopeRef {
+                // Hyphenated lower-case hex: always ASCII.
+                id: std::str::from_utf8(id).unwrap_or_default(),
+                event_name: &e.message.event_name,
+                partition_key: e.message.partition_key.as_deref(),
+                payload: &e.message.payload,
+                headers,
+                attempt: e.attempt,
+                created_at_ms: e.message.created_at_ms,
+            })
+            .collect()
+    }
+}
+
 impl From<&Envelope> for wit::Envelope {
     fn from(e: &Envelope) -> Self {
         let m = &e.message;

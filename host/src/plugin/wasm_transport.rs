@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use wasmtime::Store;
+use wasmtime::component::Func;
 
-use super::bindings::{TransportPlugin, TransportPluginPre, wit};
+use super::bindings::{
+    BatchText, EnvelopeRef, TRANSPORT_INTERFACE, TransportPlugin, TransportPluginPre, wit,
+};
 use super::instance::InstanceCtx;
 use super::wasm_injector::WasmInjector;
 use super::{LoadedPlugin, PluginRuntime, PluginState};
@@ -84,7 +87,9 @@ impl TransportFactory for WasmTransportFactory {
 
 struct Live {
     store: Store<PluginState>,
-    bindings: TransportPlugin,
+    /// The exported `deliver`, called with [`EnvelopeRef`]s rather than
+    /// through the generated bindings (which take owned copies of the batch).
+    deliver: Func,
 }
 
 /// One instance of a transport component for one target. It is created on
@@ -115,11 +120,25 @@ impl WasmTransport {
         self.ctx.count_start();
         let mut store = self.ctx.new_store()?;
         self.ctx.arm(&mut store);
-        let bindings = self
+        let instance = self
             .ctx
-            .call(self.spec.plugin.pre.instantiate_async(&mut store))
+            .call(
+                self.spec
+                    .plugin
+                    .pre
+                    .instance_pre()
+                    .instantiate_async(&mut store),
+            )
             .await
             .map_err(|e| self.ctx.instantiation_failed(e))?;
+        let cannot_bind = |e: String| self.ctx.error(TransportErrorKind::Instantiate(e));
+        let bindings = TransportPlugin::new(&mut store, &instance)
+            .map_err(|e| cannot_bind(format!("{e:#}")))?;
+        let deliver = instance
+            .get_export_index(&mut store, None, TRANSPORT_INTERFACE)
+            .and_then(|iface| instance.get_export_index(&mut store, Some(&iface), "deliver"))
+            .and_then(|index| instance.get_func(&mut store, index))
+            .ok_or_else(|| cannot_bind(format!("{TRANSPORT_INTERFACE} exports no `deliver`")))?;
         self.ctx.arm(&mut store);
         let init = bindings.outbox_relay_transport().call_init(
             &mut store,
@@ -130,7 +149,7 @@ impl WasmTransport {
             Err(message) => Err(self.ctx.error(TransportErrorKind::Init(message))),
             Ok(()) => {
                 tracing::info!(plugin = %self.ctx.plugin, target = %self.ctx.target, "plugin instance started");
-                Ok(Live { store, bindings })
+                Ok(Live { store, deliver })
             }
         }
     }
@@ -151,12 +170,22 @@ impl Transport for WasmTransport {
             Some(live) => live,
             None => self.instantiate().await?,
         };
-        let wit_batch: Vec<wit::Envelope> = batch.iter().map(wit::Envelope::from).collect();
+        let text = BatchText::new(batch);
+        let envelopes = text.envelopes(batch);
         self.ctx.arm(&mut live.store);
-        let call = live
-            .bindings
-            .outbox_relay_transport()
-            .call_deliver(&mut live.store, &wit_batch);
+        let deliver = live
+            .deliver
+            .typed::<(&[EnvelopeRef<'_>],), (Vec<wit::Outcome>,)>(&live.store)
+            .map_err(|e| {
+                self.ctx
+                    .error(TransportErrorKind::Instantiate(format!("{e:#}")))
+            })?;
+        let call = async {
+            let (outcomes,) = deliver
+                .call_async(&mut live.store, (envelopes.as_slice(),))
+                .await?;
+            Ok(outcomes)
+        };
         // On failure `live` is dropped: the instance's state is unknown.
         let outcomes = self.ctx.call(call).await?;
         self.live = Some(live);
