@@ -125,20 +125,7 @@ shutdown_grace = "5s"
     /// the plugin and cache directories (none of the tests' short intervals),
     /// to a file of its own name.
     pub fn write_config_with_relay(&self, file: &str, relay: &str, body: &str) -> PathBuf {
-        let text = format!(
-            r#"database = "{db}"
-
-[relay]
-plugin_dir = "{plugins}"
-cache_dir = "{cache}"
-{relay}
-
-{body}
-"#,
-            db = self.database_url(),
-            plugins = components_dir().display(),
-            cache = env!("OUTBOX_TEST_CACHE"),
-        );
+        let text = config_text(&self.database_url(), relay, body);
         let path = self.path().join(file);
         std::fs::write(&path, text).unwrap();
         path
@@ -274,6 +261,39 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// A relay config: `database`, a `[relay]` table of the built components,
+/// the tests' compile cache and the `relay` lines, then `body` (routes and
+/// targets).
+pub fn config_text(database: &str, relay: &str, body: &str) -> String {
+    format!(
+        r#"database = "{database}"
+
+[relay]
+plugin_dir = "{plugins}"
+cache_dir = "{cache}"
+{relay}
+
+{body}
+"#,
+        plugins = components_dir().display(),
+        cache = env!("OUTBOX_TEST_CACHE"),
+    )
+}
+
+/// The `id` of every line of a record file (as the `file` target and the
+/// test plugins write them), in the file's order.
+pub fn read_ids(path: &Path) -> Vec<String> {
+    read_jsonl(path)
+        .iter()
+        .map(|l| {
+            l["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a line without an id: {l}"))
+                .to_string()
+        })
         .collect()
 }
 

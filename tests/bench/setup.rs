@@ -14,7 +14,7 @@ use outbox_relay::storage::Storage;
 use outbox_relay::storage::sqlite::SqliteStorage;
 use outbox_relay::transport::{Transport, TransportError, TransportFactory};
 use outbox_relay::{Envelope, NewMessage, Outcome};
-use outbox_relay_tests::{Scratch, components_dir};
+use outbox_relay_tests::Scratch;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -92,20 +92,7 @@ impl BenchDb {
     /// Writes `<name>.toml` with this database, the built components, the
     /// given `[relay]` lines (defaults otherwise) and `body`; loads it.
     pub fn config(&self, name: &str, relay: &str, body: &str) -> anyhow::Result<(PathBuf, Config)> {
-        let text = format!(
-            r#"database = "{db}"
-
-[relay]
-plugin_dir = "{plugins}"
-cache_dir = "{cache}"
-{relay}
-
-{body}
-"#,
-            db = self.url,
-            plugins = components_dir().display(),
-            cache = env!("OUTBOX_TEST_CACHE"),
-        );
+        let text = outbox_relay_tests::config_text(&self.url, relay, body);
         let path = self.path().join(format!("{name}.toml"));
         std::fs::write(&path, text)?;
         let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;

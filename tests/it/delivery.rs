@@ -5,7 +5,9 @@ use std::time::Duration;
 use outbox_relay::NewMessage;
 use outbox_relay::producer;
 use outbox_relay::storage::Storage;
-use outbox_relay_tests::{RunningRelay, Scratch, dead_letters, enqueue, eventually, read_jsonl};
+use outbox_relay_tests::{
+    RunningRelay, Scratch, dead_letters, enqueue, eventually, read_ids, read_jsonl,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -122,10 +124,7 @@ retry = {{ max_attempts = 1000, initial_backoff = "10s" }}
     .await;
     assert_eq!(status[0].lag, 0, "the broken target's cursor moved on too");
     relay.stop().await;
-    let ids: Vec<String> = read_jsonl(&file)
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids: Vec<String> = read_ids(&file);
     let expected: Vec<String> = sent.iter().map(|m| m.id.to_string()).collect();
     assert_eq!(ids, expected, "in order, each once");
 }

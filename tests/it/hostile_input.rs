@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outbox_relay_tests::{RunningRelay, Scratch, dead_letters, eventually, read_jsonl};
+use outbox_relay_tests::{RunningRelay, Scratch, dead_letters, eventually, read_ids, read_jsonl};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -133,10 +133,7 @@ async fn check(scratch: &Scratch, storage: &dyn outbox_relay::storage::Storage, 
     assert!(relay.is_running());
     relay.stop().await;
 
-    let delivered: Vec<String> = read_jsonl(&file)
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().to_string())
-        .collect();
+    let delivered: Vec<String> = read_ids(&file);
     assert_eq!(delivered, good, "every good row, once, in order");
     assert_eq!(dead.len(), bad.len());
     for row in bad {

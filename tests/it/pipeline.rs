@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use outbox_relay::config::Config;
 use outbox_relay::storage::Storage;
-use outbox_relay_tests::{RunningRelay, Scratch, enqueue, eventually, read_jsonl};
+use outbox_relay_tests::{RunningRelay, Scratch, enqueue, eventually, read_ids, read_jsonl};
 
 /// A config of this scratch's SQLite file with `relay` as its `[relay]`
 /// settings and `body` after them.
@@ -71,10 +71,7 @@ retry = {{ initial_backoff = "100ms", jitter = 0.0 }}
 
     // Nothing failed at the file target and nothing crashed: each message
     // once, in the order of the log.
-    let delivered: Vec<String> = read_jsonl(&audit)
-        .iter()
-        .map(|line| line["id"].as_str().unwrap().to_string())
-        .collect();
+    let delivered: Vec<String> = read_ids(&audit);
     assert_eq!(delivered, ids, "the file target got the log once, in order");
 
     // The flaky target failed every first attempt; those failures were
@@ -148,9 +145,6 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     )
     .await;
     relay.stop().await;
-    let ids: Vec<String> = read_jsonl(&audit)
-        .iter()
-        .map(|line| line["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids: Vec<String> = read_ids(&audit);
     assert_eq!(ids, [first[0].id.to_string(), second[0].id.to_string()]);
 }
