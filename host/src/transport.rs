@@ -56,6 +56,34 @@ pub trait Transport: Send {
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError>;
 }
 
+/// The batch contract's rule on outcome counts, in the one place it is applied
+/// (the relay's delivery and `plugins test` call it; adapters do not pad or
+/// check): exactly one outcome per envelope, or the batch fails as a whole
+/// with [`TransportErrorKind::OutcomeCount`]. Padding a short answer would
+/// guess at envelopes the plugin may have delivered; failing the batch makes
+/// the relay deliver its envelopes one by one, as after a trap, so no
+/// delivered message is sent again because of a miscount.
+pub async fn deliver_checked(
+    transport: &mut dyn Transport,
+    target: &str,
+    batch: &[Envelope],
+) -> Result<Vec<Outcome>, TransportError> {
+    let outcomes = transport.deliver(batch).await?;
+    if outcomes.len() == batch.len() {
+        Ok(outcomes)
+    } else {
+        Err(TransportError {
+            plugin: "(transport)".into(),
+            target: target.to_string(),
+            kind: TransportErrorKind::OutcomeCount {
+                expected: batch.len(),
+                got: outcomes.len(),
+            },
+            stderr: String::new(),
+        })
+    }
+}
+
 /// Makes one transport instance per relay worker of a target.
 #[async_trait]
 pub trait TransportFactory: Send + Sync {
