@@ -13,10 +13,12 @@ use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
+use super::classify::Entry;
+use super::delivery::{CannotStart, Delivery};
 use super::pipeline::joined;
 use super::worker::{PartitionWorker, RETRY_CHECK_INTERVAL, State, Step, UNSETTLED_RECHECK};
-use crate::message::{LogEntry, entry_position};
-use crate::storage::StorageError;
+use crate::message::{LogEntry, Position, entry_position};
+use crate::storage::{Ack, StorageError};
 
 impl PartitionWorker {
     pub(super) async fn deliver_backlog(
@@ -106,6 +108,36 @@ impl PartitionWorker {
             read_from = last;
             entries = next;
         }
+    }
+
+    /// The ack of an unordered batch: every failure recorded, the cursor past it all.
+    pub(super) async fn deliver_unordered(
+        &self,
+        delivery: &mut Delivery,
+        last: Position,
+        entries: Vec<LogEntry>,
+    ) -> Result<Ack, CannotStart> {
+        let mut ack = Ack {
+            position: last,
+            ..Ack::default()
+        };
+        let mut envelopes = Vec::new();
+        for entry in self.classify(entries) {
+            match entry {
+                Entry::Deliver(e) => envelopes.push(e),
+                Entry::Dead(_, f) => ack.failures.push(f),
+                Entry::Skip(_) => {}
+            }
+        }
+        if !envelopes.is_empty() {
+            let outcomes = delivery.send(&envelopes).await?;
+            for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
+                if let Some(f) = delivery.verdict(envelope, outcome) {
+                    ack.failures.push(f);
+                }
+            }
+        }
+        Ok(ack)
     }
 }
 

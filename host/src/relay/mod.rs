@@ -6,6 +6,9 @@
 //!
 //! - [`worker`]: one (target, partition) worker's loop: lease, retries due,
 //!   next batch, ack, and how long to wait after each step.
+//! - [`lease`]: the partition lease as a worker holds it, re-checked before
+//!   every plugin call.
+//! - [`retries`]: due retries, claimed, delivered and settled.
 //! - [`classify`]: what a target makes of a fetched batch (deliver, dead
 //!   letter, pass over), pure.
 //! - [`delivery`]: the transport instance, the poison-message split and the
@@ -26,8 +29,10 @@ mod backlog;
 mod classify;
 mod delivery;
 pub mod health;
+mod lease;
 mod ordered;
 mod pipeline;
+mod retries;
 mod worker;
 #[cfg(test)]
 mod worker_tests;

@@ -1,13 +1,10 @@
 //! One (target, partition) worker: lease → unwritten acks → retries due →
-//! next batch → ack. Its duties live next to it: [`classify`](super::classify)
-//! sorts a fetched batch, [`Delivery`] owns the transport and the verdicts,
-//! [`AckWriter`] the acks, [`ordered`](super::ordered) the ordered path, and
-//! [`backlog`](super::backlog) the pipelined unordered path.
-//!
-//! The lease is re-checked before every plugin call ([`PartitionWorker::held`]):
-//! a relay that was paused (SIGSTOP, a VM migration) past a quarter of the
-//! lease's TTL asks the database again before it delivers what it holds, and
-//! drops it when the lease has moved.
+//! next batch → ack, and how long to wait after each step. Its duties live
+//! beside it: [`lease`](super::lease) the lease, [`retries`](super::retries)
+//! the due retries, [`classify`](super::classify) a fetched batch,
+//! [`Delivery`] the transport and the verdicts, [`AckWriter`] the acks,
+//! [`ordered`](super::ordered) the ordered path and [`backlog`](super::backlog)
+//! the pipelined unordered path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use super::classify::{self, Entry, Limits};
 use super::delivery::{CannotStart, Delivery};
 use super::health::{Health, TargetHealth};
+use super::lease::Held;
 use super::ordered::{self, Ordered};
-use super::pipeline::{AckWriter, Written};
-use super::{TargetSpec, assigned_owner, storage_backoff};
+use super::pipeline::AckWriter;
+use super::{TargetSpec, storage_backoff};
 use crate::config::RelaySettings;
-use crate::message::{Envelope, LogEntry, Position};
+use crate::message::{LogEntry, Position};
 use crate::routes::Routes;
-use crate::storage::{Ack, DueRetry, Lease, Settlement, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 use crate::transport::TransportFactory;
 
 /// How soon to look again when rows are hidden by an open transaction.
@@ -38,12 +36,6 @@ const STALL_WAIT: Duration = Duration::from_secs(5);
 /// long: a worker draining a backlog steps hundreds of times a second, and a
 /// retry is due seconds after its failure, so this delays it by at most this.
 pub(super) const RETRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-
-/// A lease is renewed in the database once this fraction of its TTL has
-/// passed, not on every step: renewing is a write (a WAL flush on Postgres)
-/// per batch otherwise. Before any plugin call at least three quarters of the
-/// TTL remain, which the config keeps above three `call_timeout`s.
-const RENEW_AFTER_FRACTION: u32 = 4;
 
 #[derive(Clone)]
 pub(super) struct PartitionWorker {
@@ -77,50 +69,13 @@ pub(super) enum Step {
     Stalled,
 }
 
-/// The lease as this worker holds it.
-#[derive(Default)]
-pub(super) struct Held {
-    pub lease: Option<Lease>,
-    /// When the lease was last taken or renewed in the database (the time
-    /// the request was sent, so the lease lasts at least `lease_ttl` from it).
-    pub renewed_at: Option<Instant>,
-}
-
-impl Held {
-    /// Applies what an ack write came to. `false`: the lease was lost.
-    pub fn written(
-        &mut self,
-        written: Result<Written, StorageError>,
-    ) -> Result<bool, StorageError> {
-        match written {
-            Ok(Written::Upto(position)) => {
-                // The cursor moved (never backwards): so does the lease held.
-                if let (Some(held), Some(p)) = (self.lease.as_mut(), position) {
-                    held.position = held.position.max(p);
-                }
-                Ok(true)
-            }
-            Ok(Written::LeaseLost) => {
-                tracing::warn!("lease lost during a batch; another relay will deliver it again");
-                *self = Held::default();
-                Ok(false)
-            }
-            Err(e) => {
-                // Read the cursor back from the database before the next batch.
-                self.renewed_at = None;
-                Err(e)
-            }
-        }
-    }
-}
-
 /// The worker's transport, lease and acks, kept across steps.
 pub(super) struct State {
     pub delivery: Delivery,
     pub held: Held,
     pub acks: AckWriter,
     /// When a claim of due retries last came back empty.
-    no_retries_at: Option<Instant>,
+    pub no_retries_at: Option<Instant>,
 }
 
 impl State {
@@ -177,60 +132,6 @@ impl PartitionWorker {
                 tracing::warn!(target = %self.target.name, error = %e, "could not release the lease");
             }
         }
-    }
-
-    /// The lease, if this relay is the partition's assigned owner and still
-    /// holds it: renewed in the database once a quarter of its TTL has
-    /// passed (always, after a pause that long), handed over if another live
-    /// relay is assigned. Call it before every plugin call.
-    pub(super) async fn held(&self, state: &mut State) -> Result<Option<Lease>, StorageError> {
-        let members = self.members.borrow().clone();
-        if let Some(assigned) = assigned_owner(&members, &self.target.name, self.partition)
-            && assigned != self.owner
-        {
-            if let Some(lease) = state.held.lease.take() {
-                tracing::info!(to = assigned, "handing the partition over");
-                state.held.written(state.acks.write_all(&lease).await)?;
-                self.storage.release_lease(&lease).await?;
-            }
-            return Ok(None);
-        }
-        // Held and renewed recently: still ours, and its position is the
-        // cursor as this worker last moved it (only the holder moves it).
-        if !self.renewal_due(&state.held)
-            && let Some(lease) = &state.held.lease
-        {
-            return Ok(Some(lease.clone()));
-        }
-        let asked_at = Instant::now();
-        let mut lease = self
-            .storage
-            .acquire_lease(
-                &self.target.name,
-                self.partition,
-                &self.owner,
-                self.settings.lease_ttl,
-            )
-            .await?;
-        match (&mut lease, &state.held.lease) {
-            (Some(new), Some(old)) => new.position = new.position.max(old.position),
-            (Some(_), None) => tracing::info!("partition taken"),
-            (None, Some(_)) => {
-                tracing::warn!("the lease moved to another relay; dropping what this worker held");
-                state.acks.discard();
-            }
-            (None, None) => {}
-        }
-        state.held.lease.clone_from(&lease);
-        state.held.renewed_at = lease.as_ref().map(|_| asked_at);
-        Ok(lease)
-    }
-
-    /// True once a quarter of the lease's TTL has passed since it was last
-    /// taken or renewed in the database.
-    pub(super) fn renewal_due(&self, held: &Held) -> bool {
-        held.renewed_at
-            .is_none_or(|at| at.elapsed() >= self.settings.lease_ttl / RENEW_AFTER_FRACTION)
     }
 
     pub(super) fn limits(&self) -> Limits {
@@ -334,111 +235,6 @@ impl PartitionWorker {
         } else {
             Step::Idle
         })
-    }
-
-    /// Claims and delivers the target's due retries (every target: an
-    /// ordered target's are its replayed dead letters and what was left from
-    /// a time it was unordered). Returns whether a full batch was due, and
-    /// the step to end on, if the step must end here.
-    async fn retry_due(&self, state: &mut State) -> Result<(bool, Option<Step>), StorageError> {
-        let checked_lately = state
-            .no_retries_at
-            .is_some_and(|at| at.elapsed() < RETRY_CHECK_INTERVAL);
-        if checked_lately {
-            return Ok((false, None));
-        }
-        let asked_at = Instant::now();
-        let batch_size = self.target.batch_size;
-        let due = self
-            .storage
-            .claim_retries(
-                &self.target.name,
-                &self.owner,
-                batch_size,
-                self.settings.claim_timeout,
-            )
-            .await?;
-        state.no_retries_at = due.is_empty().then_some(asked_at);
-        if due.is_empty() {
-            return Ok((false, None));
-        }
-        let full = due.len() as u32 == batch_size;
-        if self.held(state).await?.is_none() {
-            // The claims lapse after `claim_timeout`; then they are due again.
-            return Ok((full, Some(Step::Idle)));
-        }
-        let settlements = match self.deliver_retries(&mut state.delivery, due).await {
-            Ok(settlements) => settlements,
-            Err(e) => return Ok((full, Some(self.stalled(e)))),
-        };
-        self.storage
-            .settle_retries(&self.target.name, &settlements)
-            .await?;
-        Ok((full, None))
-    }
-
-    async fn deliver_retries(
-        &self,
-        delivery: &mut Delivery,
-        due: Vec<DueRetry>,
-    ) -> Result<Vec<Settlement>, CannotStart> {
-        let mut settlements = Vec::new();
-        let mut envelopes = Vec::new();
-        for retry in due {
-            match classify::within_limits(retry.entry, self.limits()) {
-                Ok(message) => envelopes.push(Envelope {
-                    message,
-                    attempt: retry.attempts + 1,
-                }),
-                Err(bad) => settlements.push(Settlement::Failed(classify::malformed_failure(
-                    bad,
-                    retry.attempts,
-                ))),
-            }
-        }
-        if envelopes.is_empty() {
-            return Ok(settlements);
-        }
-        let outcomes = delivery.send(&envelopes).await?;
-        for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-            settlements.push(match delivery.verdict(envelope, outcome) {
-                None => Settlement::Delivered {
-                    seq: envelope.message.seq,
-                },
-                Some(f) => Settlement::Failed(f),
-            });
-        }
-        Ok(settlements)
-    }
-
-    /// The ack of an unordered batch: every failure recorded, the cursor past it all.
-    pub(super) async fn deliver_unordered(
-        &self,
-        delivery: &mut Delivery,
-        last: Position,
-        entries: Vec<LogEntry>,
-    ) -> Result<Ack, CannotStart> {
-        let mut ack = Ack {
-            position: last,
-            ..Ack::default()
-        };
-        let mut envelopes = Vec::new();
-        for entry in self.classify(entries) {
-            match entry {
-                Entry::Deliver(e) => envelopes.push(e),
-                Entry::Dead(_, f) => ack.failures.push(f),
-                Entry::Skip(_) => {}
-            }
-        }
-        if !envelopes.is_empty() {
-            let outcomes = delivery.send(&envelopes).await?;
-            for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-                if let Some(f) = delivery.verdict(envelope, outcome) {
-                    ack.failures.push(f);
-                }
-            }
-        }
-        Ok(ack)
     }
 
     pub(super) fn stalled(&self, e: CannotStart) -> Step {
