@@ -15,6 +15,7 @@ use crate::injector::{HeaderEdit, HeaderInjector};
 use crate::keys::SigningGrant;
 use crate::message::{Envelope, Headers, Message, Outcome};
 use crate::plugin::{PluginRuntime, PluginSpec, WasmInjector, WasmTransport};
+use crate::sandbox_address::{AddressError, HostPort};
 use crate::transport::Transport;
 
 /// The kind of plugin, as the command line names it.
@@ -364,7 +365,7 @@ pub struct TestArgs {
     pub dirs: Vec<(String, PathBuf)>,
     /// Allow TCP connections to `HOST:PORT`; repeatable.
     #[arg(long = "allow-tcp", value_name = "HOST:PORT", value_parser = parse_allow_tcp)]
-    pub allow_tcp: Vec<String>,
+    pub allow_tcp: Vec<HostPort>,
     /// Linear-memory cap of the instance, in MiB.
     #[arg(long, default_value_t = SandboxConfig::default().memory_mb)]
     pub memory_mb: u32,
@@ -391,13 +392,8 @@ fn parse_dir_mapping(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-fn parse_allow_tcp(s: &str) -> Result<String, String> {
-    match crate::config::parse_host_port(s) {
-        Some(_) => Ok(s.to_string()),
-        None => Err(format!(
-            "expected HOST:PORT, e.g. 127.0.0.1:4222; got {s:?}"
-        )),
-    }
+fn parse_allow_tcp(s: &str) -> Result<HostPort, String> {
+    s.parse().map_err(|e: AddressError| e.to_string())
 }
 
 /// One line of an `--envelopes` file.

@@ -12,13 +12,15 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::sandbox_address::{AllowedHost, HostPort};
+
 /// Prefix of environment overrides; `__` separates nesting levels, e.g.
 /// `OUTBOX_RELAY__RELAY__BATCH_SIZE=500` or `OUTBOX_RELAY__DATABASE=sqlite://x.db`.
 pub const ENV_PREFIX: &str = "OUTBOX_RELAY__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {file}: {cause}")]
+    #[error("config file {file}: {}", describe_parse_error(cause))]
     Parse {
         file: String,
         cause: Box<figment::Error>,
@@ -247,11 +249,12 @@ pub struct SandboxConfig {
     pub call_timeout: Duration,
     /// Directories mapped into the guest: guest path → host directory (created if missing).
     pub dirs: BTreeMap<String, PathBuf>,
-    /// TCP `host:port` pairs the plugin may connect to (host as an IP or `localhost`).
-    pub allow_tcp: Vec<String>,
+    /// TCP `host:port` pairs the plugin may connect to (host as an IP or a
+    /// name, resolved when an instance starts; IPv6 in brackets).
+    pub allow_tcp: Vec<HostPort>,
     /// Hosts the plugin may send HTTP requests to through the host's client:
     /// `host` (any port) or `host:port`.
-    pub allow_http: Vec<String>,
+    pub allow_http: Vec<AllowedHost>,
     /// Guest stderr kept per call for error reports, in KiB.
     pub stderr_kb: u32,
 }
@@ -519,19 +522,8 @@ impl Config {
                     ));
                 }
             }
-            for (i, addr) in sandbox.allow_tcp.iter().enumerate() {
-                if parse_host_port(addr).is_none() {
-                    return Err(self.invalid(
-                        field(&format!("allow_tcp[{i}]")),
-                        format!("{addr:?} is not host:port"),
-                    ));
-                }
-            }
-            for (i, entry) in sandbox.allow_http.iter().enumerate() {
-                if let Err(message) = crate::plugin::http::AllowedHost::parse(entry) {
-                    return Err(self.invalid(field(&format!("allow_http[{i}]")), message));
-                }
-            }
+            // `allow_tcp` and `allow_http` entries were checked as they were
+            // parsed (see `sandbox_address`).
         }
         Ok(())
     }
@@ -593,14 +585,30 @@ fn valid_target_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Splits `host:port` (IPv6 in brackets). Returns `None` when malformed.
-pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
+/// A figment error, with the field it is about written as a config path
+/// (`targets.x.sandbox.allow_tcp[1]`) when it has one.
+fn describe_parse_error(e: &figment::Error) -> String {
+    if e.path.is_empty() {
+        return e.to_string();
     }
-    Some((host.to_string(), port.parse().ok()?))
+    let mut field = String::new();
+    for key in &e.path {
+        if key.parse::<usize>().is_ok() {
+            field.push_str(&format!("[{key}]"));
+        } else {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(key);
+        }
+    }
+    let from = e
+        .metadata
+        .as_ref()
+        .filter(|md| !matches!(md.source, Some(figment::Source::File(_))))
+        .map(|md| format!(" (from {})", md.name))
+        .unwrap_or_default();
+    format!("field `{field}`: {}{from}", e.kind)
 }
 
 pub use crate::storage::redact_url;
@@ -700,6 +708,64 @@ mod tests {
             let e = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(field), "expected {field} in: {e}");
         }
+    }
+
+    /// A bad `allow_tcp` / `allow_http` entry fails as the file is parsed,
+    /// naming the field, the entry and what is wrong with it.
+    #[test]
+    fn bad_sandbox_addresses_fail_at_parse_time_naming_the_field() {
+        for (sandbox, field, why) in [
+            (
+                r#"allow_tcp = ["127.0.0.1:4222", "a:b:80"]"#,
+                "targets.audit.sandbox.allow_tcp[1]",
+                "\"a:b:80\" has more than one ':'",
+            ),
+            (
+                r#"allow_tcp = ["nowhere"]"#,
+                "targets.audit.sandbox.allow_tcp[0]",
+                "\"nowhere\" has no port",
+            ),
+            (
+                r#"allow_tcp = ["x:70000"]"#,
+                "targets.audit.sandbox.allow_tcp[0]",
+                "\"70000\" is not a port",
+            ),
+            (
+                r#"allow_http = ["hooks.example.com", "https://x/"]"#,
+                "targets.audit.sandbox.allow_http[1]",
+                "no scheme, path or user",
+            ),
+        ] {
+            let text = MINIMAL.replace("dirs = {", &format!("{sandbox}, dirs = {{"));
+            let e = parse(&text).unwrap_err();
+            assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+            let e = e.to_string();
+            assert!(e.contains(&format!("field `{field}`")), "{field} in: {e}");
+            assert!(e.contains(why), "{why} in: {e}");
+        }
+        let text = MINIMAL.replace(
+            "[targets.audit]",
+            "[targets.audit]\ninjectors = [{ plugin = \"x\", sandbox = { allow_http = [\"a:b:c\"] } }]",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("field `targets.audit.injectors[0].sandbox.allow_http[0]`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn good_sandbox_addresses_are_kept_typed() {
+        let text = MINIMAL.replace(
+            "dirs = {",
+            r#"allow_tcp = ["[::1]:4222", "Broker.internal:1883"], allow_http = ["hooks.example.com"], dirs = {"#,
+        );
+        let c = parse(&text).unwrap();
+        let sandbox = &c.targets["audit"].sandbox;
+        let tcp: Vec<String> = sandbox.allow_tcp.iter().map(|a| a.to_string()).collect();
+        assert_eq!(tcp, ["[::1]:4222", "broker.internal:1883"]);
+        assert_eq!(sandbox.allow_tcp[0].host(), "::1");
+        assert!(sandbox.allow_http[0].allows("hooks.example.com", Some(443)));
     }
 
     #[test]

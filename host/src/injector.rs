@@ -1,10 +1,12 @@
 //! The header-injector port, and the chain that runs a target's injectors
 //! before its transport.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 
 use crate::message::{Envelope, Headers, Outcome};
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Transport, TransportError, TransportErrorKind};
 
 /// One change to an envelope's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,39 @@ impl InjectedTransport {
     pub fn new(injectors: Vec<Box<dyn HeaderInjector>>, inner: Box<dyn Transport>) -> Self {
         Self { injectors, inner }
     }
+
+    /// Runs every injector on `envelope`, in order, each seeing the edits of
+    /// those before it. `Ok(Err(reason))`: an injector refused or failed, and
+    /// the envelope is not sent.
+    async fn run_chain(
+        &mut self,
+        envelope: &mut Cow<'_, Envelope>,
+    ) -> Result<Result<(), String>, TransportError> {
+        for injector in &mut self.injectors {
+            match injector.inject(envelope).await {
+                Ok(Ok(edits)) => {
+                    if !edits.is_empty() {
+                        apply(&mut envelope.to_mut().message.headers, &edits);
+                    }
+                }
+                Ok(Err(refusal)) => {
+                    return Ok(Err(format!("injector {:?}: {refusal}", injector.name())));
+                }
+                // An injector that cannot start stalls the whole target,
+                // like a transport that cannot (see the relay worker).
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        TransportErrorKind::Init(_) | TransportErrorKind::Instantiate(_)
+                    ) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => return Ok(Err(format!("injector {e}"))),
+            }
+        }
+        Ok(Ok(()))
+    }
 }
 
 #[async_trait]
@@ -71,47 +106,51 @@ impl Transport for InjectedTransport {
         self.inner.start().await
     }
 
+    /// Runs the chain on each envelope, then delivers those it did not
+    /// refuse. An envelope is copied only when an injector edits it (and
+    /// then once, whatever the chain's length); when nothing was edited or
+    /// refused, the transport gets the relay's batch itself.
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-        let mut ready = Vec::with_capacity(batch.len());
-        'envelopes: for (i, envelope) in batch.iter().enumerate() {
-            let mut envelope = envelope.clone();
-            for injector in &mut self.injectors {
-                let failure = match injector.inject(&envelope).await {
-                    Ok(Ok(edits)) => {
-                        apply(&mut envelope.message.headers, &edits);
-                        continue;
-                    }
-                    Ok(Err(refusal)) => format!("injector {:?}: {refusal}", injector.name()),
-                    // An injector that cannot start stalls the whole target,
-                    // like a transport that cannot (see the relay worker).
-                    Err(e)
-                        if matches!(
-                            e.kind,
-                            crate::transport::TransportErrorKind::Init(_)
-                                | crate::transport::TransportErrorKind::Instantiate(_)
-                        ) =>
-                    {
-                        return Err(e);
-                    }
-                    Err(e) => format!("injector {e}"),
-                };
+        let mut refused: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut edited: Vec<Cow<'_, Envelope>> = Vec::with_capacity(batch.len());
+        for (envelope, refusal) in batch.iter().zip(&mut refused) {
+            let mut envelope = Cow::Borrowed(envelope);
+            if let Err(failure) = self.run_chain(&mut envelope).await? {
                 tracing::warn!(message_id = %envelope.message.id, error = %failure, "header injection failed");
-                outcomes[i] = Some(Outcome::retry(failure));
-                continue 'envelopes;
+                *refusal = Some(Outcome::retry(failure));
             }
-            ready.push((i, envelope));
+            edited.push(envelope);
         }
-        if !ready.is_empty() {
-            let envelopes: Vec<Envelope> = ready.iter().map(|(_, e)| e.clone()).collect();
-            let delivered = self.inner.deliver(&envelopes).await?;
-            for ((i, _), outcome) in ready.iter().zip(delivered) {
-                outcomes[*i] = Some(outcome);
-            }
+        let untouched = refused.iter().all(Option::is_none)
+            && edited.iter().all(|e| matches!(e, Cow::Borrowed(_)));
+        if untouched {
+            return self.inner.deliver(batch).await;
         }
-        Ok(outcomes
+        let ready: Vec<Envelope> = edited
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome")))
+            .zip(&refused)
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|(envelope, _)| envelope.into_owned())
+            .collect();
+        let delivered = if ready.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.deliver(&ready).await?
+        };
+        // The chain splits the batch, so it holds its transport to the same
+        // rule the wasm adapter does rather than guess outcomes.
+        TransportErrorKind::check_outcome_count(ready.len(), delivered.len()).map_err(|kind| {
+            TransportError {
+                plugin: "(transport behind injectors)".into(),
+                target: String::new(),
+                kind,
+                stderr: String::new(),
+            }
+        })?;
+        let mut delivered = delivered.into_iter();
+        Ok(refused
+            .into_iter()
+            .filter_map(|refusal| refusal.or_else(|| delivered.next()))
             .collect())
     }
 }
@@ -134,5 +173,167 @@ mod tests {
         );
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-snapshot"], "b");
+    }
+
+    /// Sets `x-<name>` to the value `x-seen` had when it ran (or "-"), and
+    /// refuses events named `refuse.<name>`; or, with `edits: false`, reads only.
+    struct Fake {
+        name: &'static str,
+        edits: bool,
+    }
+
+    #[async_trait]
+    impl HeaderInjector for Fake {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        async fn inject(
+            &mut self,
+            envelope: &Envelope,
+        ) -> Result<Result<Vec<HeaderEdit>, String>, TransportError> {
+            if envelope.message.event_name == format!("refuse.{}", self.name) {
+                return Ok(Err("no".into()));
+            }
+            if !self.edits {
+                return Ok(Ok(Vec::new()));
+            }
+            let seen = envelope.message.headers.get("x-seen").cloned();
+            Ok(Ok(vec![
+                HeaderEdit::Set(format!("x-{}", self.name), seen.unwrap_or("-".into())),
+                HeaderEdit::Set("x-seen".into(), self.name.into()),
+            ]))
+        }
+    }
+
+    /// Records what it was handed; answers `reject(<x-seen>)` per envelope,
+    /// with `short` fewer outcomes than it should.
+    #[derive(Default)]
+    struct Recorder {
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<Envelope>)>>>,
+        short: usize,
+    }
+
+    #[async_trait]
+    impl Transport for Recorder {
+        async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push((batch.as_ptr() as usize, batch.to_vec()));
+            Ok(batch
+                .iter()
+                .skip(self.short)
+                .map(|e| {
+                    Outcome::Reject(e.message.headers.get("x-seen").cloned().unwrap_or_default())
+                })
+                .collect())
+        }
+    }
+
+    fn batch(events: &[&str]) -> Vec<Envelope> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| Envelope {
+                message: crate::message::Message {
+                    seq: i as i64,
+                    xid: 0,
+                    id: uuid::Uuid::now_v7(),
+                    event_name: event.to_string(),
+                    partition_key: None,
+                    partition: 0,
+                    payload: b"payload".to_vec(),
+                    headers: Headers::new(),
+                    created_at_ms: 0,
+                },
+                attempt: 1,
+            })
+            .collect()
+    }
+
+    fn chain(injectors: Vec<Fake>, recorder: Recorder) -> InjectedTransport {
+        InjectedTransport::new(
+            injectors
+                .into_iter()
+                .map(|f| Box::new(f) as Box<dyn HeaderInjector>)
+                .collect(),
+            Box::new(recorder),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_chain_that_only_reads_hands_on_the_relays_batch_uncopied() {
+        let recorder = Recorder::default();
+        let seen = recorder.seen.clone();
+        let mut t = chain(
+            vec![Fake {
+                name: "a",
+                edits: false,
+            }],
+            recorder,
+        );
+        let batch = batch(&["e", "e"]);
+        let outcomes = t.deliver(&batch).await.unwrap();
+        assert_eq!(outcomes.len(), 2);
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[0].0,
+            batch.as_ptr() as usize,
+            "the same slice, not a copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_injector_sees_the_edits_before_it_and_refusals_keep_their_place() {
+        let recorder = Recorder::default();
+        let seen = recorder.seen.clone();
+        let mut t = chain(
+            vec![
+                Fake {
+                    name: "a",
+                    edits: true,
+                },
+                Fake {
+                    name: "b",
+                    edits: true,
+                },
+            ],
+            recorder,
+        );
+        let outcomes = t.deliver(&batch(&["e", "refuse.b", "e"])).await.unwrap();
+        assert_eq!(outcomes[0], Outcome::Reject("b".into()));
+        assert!(
+            matches!(&outcomes[1], Outcome::Retry { reason, .. } if reason == "injector \"b\": no"),
+            "{:?}",
+            outcomes[1]
+        );
+        assert_eq!(outcomes[2], Outcome::Reject("b".into()));
+        let seen = seen.lock().unwrap();
+        let sent = &seen[0].1;
+        assert_eq!(sent.len(), 2, "the refused envelope is not sent");
+        assert_eq!(sent[0].message.headers["x-a"], "-");
+        assert_eq!(sent[0].message.headers["x-b"], "a", "b ran after a's edits");
+    }
+
+    #[tokio::test]
+    async fn a_transport_that_miscounts_fails_the_batch() {
+        let recorder = Recorder {
+            short: 1,
+            ..Recorder::default()
+        };
+        let mut t = chain(
+            vec![Fake {
+                name: "a",
+                edits: true,
+            }],
+            recorder,
+        );
+        let e = t.deliver(&batch(&["e", "e"])).await.unwrap_err();
+        assert_eq!(
+            e.kind,
+            TransportErrorKind::OutcomeCount {
+                expected: 2,
+                got: 1
+            }
+        );
     }
 }

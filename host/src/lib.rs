@@ -22,6 +22,8 @@
 //! - [`plugin`]: the wasmtime adapter of the transport port: engine, sandbox,
 //!   compiled-component cache, long-lived instances.
 //! - [`config`]: TOML + environment configuration, validated.
+//! - [`sandbox_address`]: the `host:port` and host entries a sandbox may
+//!   reach (`allow_tcp`, `allow_http`), one grammar, checked as the config is parsed.
 //! - [`routes`]: event-name globs to targets.
 //! - [`backoff`]: the retry schedule.
 //! - [`relay`]: the workers that tie it together; [`app`] wires them from a config.
@@ -60,6 +62,8 @@ pub mod plugin;
 pub mod relay;
 #[cfg(feature = "relay")]
 pub mod routes;
+#[cfg(feature = "relay")]
+pub mod sandbox_address;
 #[cfg(feature = "relay")]
 pub mod transport;
 

@@ -43,6 +43,22 @@ pub enum TransportErrorKind {
     OutcomeCount { expected: usize, got: usize },
 }
 
+impl TransportErrorKind {
+    /// The batch contract's one rule for outcome counts: exactly one outcome
+    /// per envelope, in order, or the whole batch fails with
+    /// [`TransportErrorKind::OutcomeCount`]. The relay then retries the
+    /// batch's envelopes one by one, as after a trap, so a message is never
+    /// re-sent because an outcome was made up for it (docs/plugins.md,
+    /// "Outcomes"). The wasm adapter applies it to every answer of a plugin.
+    pub fn check_outcome_count(expected: usize, got: usize) -> Result<(), TransportErrorKind> {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(TransportErrorKind::OutcomeCount { expected, got })
+        }
+    }
+}
+
 #[async_trait]
 pub trait Transport: Send {
     /// Gets ready to deliver (a plugin instantiates and runs `init`, which
@@ -52,7 +68,8 @@ pub trait Transport: Send {
         Ok(())
     }
 
-    /// Delivers a batch, returning one outcome per envelope, in order.
+    /// Delivers a batch, returning one outcome per envelope, in order; any
+    /// other count is an error (see [`TransportErrorKind::check_outcome_count`]).
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError>;
 }
 
@@ -88,4 +105,22 @@ pub async fn deliver_checked(
 #[async_trait]
 pub trait TransportFactory: Send + Sync {
     async fn create(&self, target: &str) -> Result<Box<dyn Transport>, TransportError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_outcome_per_envelope_passes() {
+        assert_eq!(TransportErrorKind::check_outcome_count(3, 3), Ok(()));
+        for got in [0, 2, 4] {
+            let e = TransportErrorKind::check_outcome_count(3, got).unwrap_err();
+            assert_eq!(e, TransportErrorKind::OutcomeCount { expected: 3, got });
+            assert_eq!(
+                e.to_string(),
+                format!("returned {got} outcomes for a batch of 3")
+            );
+        }
+    }
 }

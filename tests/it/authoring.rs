@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage;
-use outbox_relay_tests::{RunningRelay, Scratch, dead_letters, enqueue, eventually};
+use outbox_relay_tests::{RunningRelay, Scratch, component, dead_letters, enqueue, eventually};
 
 use crate::relay_binary;
 
@@ -130,6 +130,41 @@ fn scaffold_and_build(scratch: &Scratch, name: &str, kind: &str) -> PathBuf {
     std::fs::copy(&built, &wasm)
         .unwrap_or_else(|e| panic!("no component at {}: {e}", built.display()));
     wasm
+}
+
+/// A transport that answers with more or fewer outcomes than the batch had
+/// envelopes breaks the batch contract: `plugins test` says so and fails,
+/// printing no outcome as if it could be trusted.
+#[test]
+fn plugins_test_fails_on_a_wrong_outcome_count() {
+    let scratch = Scratch::new();
+    let wasm = component("miscount");
+    let cache = scratch.path().join("cache");
+    // The three built-in samples; miscount answers one fewer, or one more.
+    for (config, got) in [("{}", 2), (r#"{"extra":true}"#, 4)] {
+        let out = cli(&[
+            "plugins",
+            "test",
+            wasm.to_str().unwrap(),
+            "--config",
+            config,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !out.status.success(),
+            "a miscount must fail plugins test\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("returned {got} outcomes for a batch of 3")),
+            "{stderr}"
+        );
+        assert!(
+            !stdout.contains("delivered"),
+            "no outcome is shown: {stdout}"
+        );
+    }
 }
 
 #[test]

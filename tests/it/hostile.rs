@@ -202,6 +202,113 @@ async fn more_outcomes_than_envelopes_break_the_contract() {
     );
 }
 
+/// A wrong count is trusted for no envelope of the batch: nothing is padded
+/// or cut to fit, so no envelope is taken as delivered (or retried) on an
+/// outcome that was made up. Each is tried again on its own, where the plugin
+/// answers for it alone, and dead-lettered with what it did.
+#[tokio::test]
+async fn a_short_answer_is_trusted_for_no_envelope_of_its_batch() {
+    let scratch = Scratch::new();
+    let config = scratch.load_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["hostile"]
+
+[targets.hostile]
+plugin = "miscount"
+retry = { max_attempts = 2, initial_backoff = "50ms", jitter = 0.0 }
+"#,
+    );
+    let storage = scratch.storage().await;
+    let sent = enqueue(&storage, "thing.happened", 3).await;
+    let relay = RunningRelay::start(&config).await;
+    let dead = eventually("all three dead-lettered", WAIT, || async {
+        let d = dead_letters(&storage, "hostile").await;
+        (d.len() == 3).then_some(d)
+    })
+    .await;
+    relay.stop().await;
+    let mut ids: Vec<String> = dead.iter().map(|d| d.message_id.clone()).collect();
+    let mut expected: Vec<String> = sent.iter().map(|m| m.id.to_string()).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "none of the three was taken as delivered");
+    for d in &dead {
+        assert_eq!(d.attempts, 2, "{d:?}");
+        assert!(
+            d.last_error
+                .contains("returned 0 outcomes for a batch of 1"),
+            "{}",
+            d.last_error
+        );
+    }
+}
+
+/// `run` and `check` log each socket use the sandbox denies, naming the
+/// target and the address, whether `allow_tcp` lists other addresses or
+/// none at all (the redis_streams transport connects in `init`).
+#[tokio::test]
+async fn denied_sockets_are_logged_by_run_and_check() {
+    let scratch = Scratch::new();
+    let denied = format!("127.0.0.1:{}", crate::free_port());
+    let path = scratch.write_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["unlisted", "nothing-allowed"]
+
+[targets.unlisted]
+plugin = "redis_streams"
+config = {{ url = "redis://{denied}", stream = "denied" }}
+sandbox = {{ allow_tcp = ["127.0.0.1:6380"] }}
+
+[targets.nothing-allowed]
+plugin = "redis_streams"
+config = {{ url = "redis://{denied}", stream = "denied" }}
+"#
+    ));
+    let config = path.to_str().unwrap();
+    let logged = |stderr: &str, target: &str| {
+        stderr.lines().any(|line| {
+            line.contains("socket use denied by the sandbox")
+                && line.contains(target)
+                && line.contains(&denied)
+        })
+    };
+
+    let out = std::process::Command::new(crate::relay_binary())
+        .args(["check", "--config", config])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "neither target can start: {stderr}");
+    for target in ["unlisted", "nothing-allowed"] {
+        assert!(
+            logged(&stderr, target),
+            "check logs {target}'s denial: {stderr}"
+        );
+    }
+
+    let mut child = std::process::Command::new(crate::relay_binary())
+        .args(["run", "--config", config, "--stop-after", "3s"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    child.wait().unwrap();
+    for target in ["unlisted", "nothing-allowed"] {
+        assert!(
+            logged(&stderr, target),
+            "run logs {target}'s denial: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_trap_is_contained() {
     let error = misbehave("trap", "{}").await;

@@ -27,13 +27,28 @@ mod injector_world {
         },
     });
 }
-pub use injector_world::{InjectorPlugin, InjectorPluginPre};
+pub use injector_world::InjectorPluginPre;
 
+/// The WIT package this host speaks, written once: every name below is built
+/// from it, and a test checks it against `wit/*.wit`. (A macro, because
+/// `concat!` takes only literals.)
+macro_rules! wit_package {
+    () => {
+        "outbox:relay"
+    };
+}
+macro_rules! wit_version {
+    () => {
+        "0.1.0"
+    };
+}
+
+pub const WIT_PACKAGE: &str = wit_package!();
+pub const WIT_VERSION: &str = wit_version!();
 /// The interface name a transport exports, with the package version this host speaks.
-pub const TRANSPORT_INTERFACE: &str = "outbox:relay/transport@0.1.0";
-pub const INJECTOR_INTERFACE: &str = "outbox:relay/injector@0.1.0";
-pub const WIT_PACKAGE: &str = "outbox:relay";
-pub const WIT_VERSION: &str = "0.1.0";
+pub const TRANSPORT_INTERFACE: &str = concat!(wit_package!(), "/transport@", wit_version!());
+/// The interface name a header injector exports.
+pub const INJECTOR_INTERFACE: &str = concat!(wit_package!(), "/injector@", wit_version!());
 
 /// The guest's `envelope` record, borrowed from the relay's messages: a
 /// batch is lowered into the guest straight from them, without first being
@@ -104,25 +119,6 @@ impl<'a> BatchText<'a> {
     }
 }
 
-impl From<&Envelope> for wit::Envelope {
-    fn from(e: &Envelope) -> Self {
-        let m = &e.message;
-        wit::Envelope {
-            id: m.id.to_string(),
-            event_name: m.event_name.clone(),
-            partition_key: m.partition_key.clone(),
-            payload: m.payload.clone(),
-            headers: m
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            attempt: e.attempt,
-            created_at_ms: m.created_at_ms,
-        }
-    }
-}
-
 impl From<wit::Outcome> for Outcome {
     fn from(o: wit::Outcome) -> Self {
         match o {
@@ -132,6 +128,50 @@ impl From<wit::Outcome> for Outcome {
                 delay_ms: r.delay_ms,
             },
             wit::Outcome::Reject(reason) => Outcome::Reject(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constants name what `wit/` declares: its package and version, and
+    /// the two interfaces a plugin exports.
+    #[test]
+    fn interface_names_match_the_wit_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut packages = Vec::new();
+        let mut interfaces = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "wit") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().map(str::trim) {
+                if let Some(package) = line.strip_prefix("package ") {
+                    packages.push(package.trim_end_matches(';').trim().to_string());
+                }
+                if let Some(name) = line.strip_prefix("interface ") {
+                    interfaces.push(name.trim_end_matches('{').trim().to_string());
+                }
+            }
+        }
+        assert_eq!(
+            packages,
+            [format!("{WIT_PACKAGE}@{WIT_VERSION}")],
+            "{dir:?}"
+        );
+        for (constant, name) in [
+            (TRANSPORT_INTERFACE, "transport"),
+            (INJECTOR_INTERFACE, "injector"),
+        ] {
+            assert!(
+                interfaces.iter().any(|i| i == name),
+                "wit/ has no interface {name}"
+            );
+            assert_eq!(constant, format!("{WIT_PACKAGE}/{name}@{WIT_VERSION}"));
         }
     }
 }

@@ -9,72 +9,12 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use super::bindings::outbox::relay::http as wit;
+use crate::sandbox_address::AllowedHost;
 
 /// The default time limit of one request, connection included.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a response body a plugin gets.
 const BODY_LIMIT: usize = 64 * 1024;
-
-/// One `allow_http` entry: a host name or IP, and optionally a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowedHost {
-    host: String,
-    port: Option<u16>,
-}
-
-impl AllowedHost {
-    /// Parses `host` or `host:port` (IPv6 in brackets); the error says what is wrong.
-    pub fn parse(entry: &str) -> Result<Self, String> {
-        if entry.contains('/') || entry.contains('@') || entry.trim().is_empty() {
-            return Err(format!(
-                "{entry:?} is not `host` or `host:port` (no scheme, path or user)"
-            ));
-        }
-        let port_of = |p: &str| {
-            p.parse::<u16>()
-                .map_err(|_| format!("{entry:?}: {p:?} is not a port"))
-        };
-        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-            let (host, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("{entry:?}: `[` without `]`"))?;
-            match after.strip_prefix(':') {
-                Some(p) => (host, Some(port_of(p)?)),
-                None if after.is_empty() => (host, None),
-                None => return Err(format!("{entry:?}: unexpected {after:?} after `]`")),
-            }
-        } else {
-            match entry.split_once(':') {
-                Some((_, p)) if p.contains(':') => {
-                    return Err(format!("{entry:?}: write an IPv6 address in brackets"));
-                }
-                Some((host, p)) => (host, Some(port_of(p)?)),
-                None => (entry, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{entry:?} names no host"));
-        }
-        Ok(Self {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    fn allows(&self, url: &reqwest::Url) -> bool {
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        host == self.host
-            && self
-                .port
-                .is_none_or(|p| url.port_or_known_default() == Some(p))
-    }
-}
 
 /// What one instance may do over HTTP.
 #[derive(Clone)]
@@ -84,13 +24,11 @@ pub struct HttpGate {
 }
 
 impl HttpGate {
-    pub fn new(client: reqwest::Client, entries: &[String]) -> Self {
-        // Entries were validated with the config; a bad one allows nothing.
-        let allowed = entries
-            .iter()
-            .filter_map(|e| AllowedHost::parse(e).ok())
-            .collect();
-        Self { client, allowed }
+    pub fn new(client: reqwest::Client, allowed: &[AllowedHost]) -> Self {
+        Self {
+            client,
+            allowed: allowed.into(),
+        }
     }
 
     /// The host's shared client: pooled, keep-alive, no redirects.
@@ -129,8 +67,9 @@ impl HttpGate {
                 redacted(&parsed)
             )));
         }
-        if !self.allowed.iter().any(|a| a.allows(&parsed)) {
-            let host = parsed.host_str().unwrap_or_default();
+        let host = parsed.host_str().unwrap_or_default();
+        let port = parsed.port_or_known_default();
+        if !self.allowed.iter().any(|a| a.allows(host, port)) {
             tracing::warn!(plugin, target, url = %redacted(&parsed), "HTTP request denied by the sandbox");
             return Err(wit::Error::Denied(format!(
                 "the sandbox does not allow HTTP to {host}: add it to the target's `sandbox.allow_http`"
@@ -222,29 +161,41 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    fn url(s: &str) -> reqwest::Url {
-        reqwest::Url::parse(s).unwrap()
+    fn gate(allowed: &[&str]) -> HttpGate {
+        let allowed: Vec<AllowedHost> = allowed.iter().map(|a| a.parse().unwrap()).collect();
+        HttpGate::new(reqwest::Client::new(), &allowed)
     }
 
     #[test]
-    fn entries_match_host_and_optional_port() {
-        let any = AllowedHost::parse("Hooks.Example.com").unwrap();
-        assert!(any.allows(&url("https://hooks.example.com/in")));
-        assert!(any.allows(&url("http://hooks.example.com:8080/in")));
-        assert!(!any.allows(&url("https://evil.example.com/")));
-        let port = AllowedHost::parse("127.0.0.1:8080").unwrap();
-        assert!(port.allows(&url("http://127.0.0.1:8080/x")));
-        assert!(!port.allows(&url("http://127.0.0.1:8081/x")));
-        let tls = AllowedHost::parse("api.example.com:443").unwrap();
-        assert!(tls.allows(&url("https://api.example.com/")));
-        let v6 = AllowedHost::parse("[::1]:9000").unwrap();
-        assert!(v6.allows(&url("http://[::1]:9000/")));
-    }
-
-    #[test]
-    fn bad_entries_say_why() {
-        for bad in ["https://x/", "x:notaport", "", "user@x", ":80"] {
-            assert!(AllowedHost::parse(bad).is_err(), "{bad}");
+    fn urls_are_checked_against_host_and_optional_port() {
+        let g = gate(&[
+            "Hooks.Example.com",
+            "127.0.0.1:8080",
+            "api.example.com:443",
+            "[::1]:9000",
+        ]);
+        for ok in [
+            "https://hooks.example.com/in",
+            "http://hooks.example.com:8080/in",
+            "http://127.0.0.1:8080/x",
+            "https://api.example.com/",
+            "http://[::1]:9000/",
+        ] {
+            assert!(g.check("p", "t", ok).is_ok(), "{ok}");
         }
+        for denied in [
+            "https://evil.example.com/",
+            "http://127.0.0.1:8081/x",
+            "http://api.example.com/",
+        ] {
+            assert!(
+                matches!(g.check("p", "t", denied), Err(wit::Error::Denied(_))),
+                "{denied}"
+            );
+        }
+        assert!(matches!(
+            g.check("p", "t", "ftp://hooks.example.com/"),
+            Err(wit::Error::Invalid(_))
+        ));
     }
 }

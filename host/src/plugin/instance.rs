@@ -1,13 +1,16 @@
-//! What every plugin instance shares, whatever its kind: the sandbox it runs
-//! in, its time limit per call, and how a failed call becomes an error that
-//! names the plugin and target and carries the guest's stderr.
+//! What every plugin instance shares, whatever its kind: the plugin it is
+//! made from ([`PluginSpec`]), the sandbox it runs in, its time limit per
+//! call, and how a failed call becomes an error that names the plugin and
+//! target and carries the guest's stderr.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
+use wasmtime::component::{ComponentNamedList, InstancePre, Lift, Lower, TypedFunc};
 
-use super::{GuestStderr, PluginRuntime, PluginState};
+use super::sandbox::MemoryLimitExceeded;
+use super::{GuestStderr, LoadedPlugin, PluginRuntime, PluginState};
 use crate::config::SandboxConfig;
 use crate::keys::SigningGrant;
 use crate::transport::{TransportError, TransportErrorKind};
@@ -15,6 +18,15 @@ use crate::transport::{TransportError, TransportErrorKind};
 /// Host-side slack on top of a call's time limit, for a guest parked in a host
 /// call (a socket read) where the epoch check cannot fire.
 const HOST_SLACK: Duration = Duration::from_secs(1);
+
+/// One plugin of a target, ready to instantiate, with its sandbox and config.
+#[derive(Clone)]
+pub struct PluginSpec<P> {
+    pub plugin: LoadedPlugin<P>,
+    pub sandbox: SandboxConfig,
+    /// The `config` table as JSON, handed to `init`.
+    pub config_json: String,
+}
 
 pub(super) struct InstanceCtx {
     pub runtime: Arc<PluginRuntime>,
@@ -51,7 +63,7 @@ impl InstanceCtx {
     pub fn for_spec<P>(
         runtime: Arc<PluginRuntime>,
         target: &str,
-        spec: &super::PluginSpec<P>,
+        spec: &PluginSpec<P>,
         signing: SigningGrant,
     ) -> Self {
         Self::new(
@@ -114,6 +126,64 @@ impl InstanceCtx {
         Ok(self.runtime.new_store(state))
     }
 
+    /// Makes a new instance from `pre` in a fresh store, types the two
+    /// functions of its `interface` export that the host calls (`init`, and
+    /// `func` as `TypedFunc<P, R>`, once for the instance's life), and runs
+    /// `init` with the target's config.
+    pub async fn start<P, R>(
+        &mut self,
+        pre: &InstancePre<PluginState>,
+        interface: &str,
+        func: &str,
+        config_json: &str,
+    ) -> Result<(Store<PluginState>, TypedFunc<P, R>), TransportError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        self.count_start();
+        let mut store = self.new_store()?;
+        self.arm(&mut store);
+        let instance = self
+            .call(pre.instantiate_async(&mut store))
+            .await
+            .map_err(|e| self.instantiation_failed(e))?;
+        let cannot_bind = |e: String| self.error(TransportErrorKind::Instantiate(e));
+        let iface = instance
+            .get_export_index(&mut store, None, interface)
+            .ok_or_else(|| cannot_bind(format!("exports no {interface}")))?;
+        let mut export = |name: &str| {
+            instance
+                .get_export_index(&mut store, Some(&iface), name)
+                .and_then(|index| instance.get_func(&mut store, index))
+                .ok_or_else(|| cannot_bind(format!("{interface} exports no `{name}`")))
+        };
+        let (init, main) = (export("init")?, export(func)?);
+        let wrong_type = |name: &str, e: wasmtime::Error| {
+            cannot_bind(format!("{interface}: `{name}` has the wrong type: {e:#}"))
+        };
+        let init = init
+            .typed::<(&str, &str), (Result<(), String>,)>(&store)
+            .map_err(|e| wrong_type("init", e))?;
+        let main = main
+            .typed::<P, R>(&store)
+            .map_err(|e| wrong_type(func, e))?;
+        self.arm(&mut store);
+        let call = async {
+            let (result,) = init
+                .call_async(&mut store, (&*self.target, config_json))
+                .await?;
+            Ok(result)
+        };
+        match self.call(call).await? {
+            Err(message) => Err(self.error(TransportErrorKind::Init(message))),
+            Ok(()) => {
+                tracing::info!(plugin = %self.plugin, target = %self.target, "plugin instance started");
+                Ok((store, main))
+            }
+        }
+    }
+
     /// Runs one call into the guest under the time limit. On any failure the
     /// caller must discard the instance: its state is unknown.
     pub async fn call<T>(
@@ -144,26 +214,79 @@ impl InstanceCtx {
         store.data_mut().deadline = Instant::now() + self.sandbox.call_timeout;
     }
 
+    /// What a failed call was, told by the error's type: the deadline (the
+    /// epoch callback raises [`wasmtime::Trap::Interrupt`]), the memory cap
+    /// ([`MemoryLimitExceeded`] from the store's limiter), or any other trap.
     fn call_failed(&self, e: &wasmtime::Error) -> TransportError {
-        let text = format!("{e:#}");
-        if text.contains("time limit exceeded") {
+        let trap = e.downcast_ref::<wasmtime::Trap>();
+        if matches!(
+            trap,
+            Some(wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel)
+        ) {
             return self.error(TransportErrorKind::Timeout(
                 self.sandbox.call_timeout.as_millis() as u64,
             ));
         }
-        let reason = if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-            trap.to_string()
-        } else {
-            e.root_cause().to_string()
-        };
-        let reason = if text.contains("growing memory") || text.contains("memory growth") {
-            format!(
-                "exceeded its memory limit of {} MiB ({reason})",
-                self.sandbox.memory_mb
-            )
-        } else {
-            reason
+        if let Some(exceeded) = e.downcast_ref::<MemoryLimitExceeded>() {
+            return self.error(TransportErrorKind::Trap(format!(
+                "exceeded its memory limit of {} MiB (it asked for {} MiB)",
+                self.sandbox.memory_mb,
+                exceeded.desired.div_ceil(1024 * 1024)
+            )));
+        }
+        let reason = match trap {
+            Some(trap) => trap.to_string(),
+            None => e.root_cause().to_string(),
         };
         self.error(TransportErrorKind::Trap(reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> InstanceCtx {
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(PluginRuntime::new(cache.path()).unwrap());
+        let sandbox = SandboxConfig {
+            memory_mb: 32,
+            call_timeout: Duration::from_millis(300),
+            ..SandboxConfig::default()
+        };
+        InstanceCtx::new(runtime, "p".into(), "t", sandbox, SigningGrant::default())
+    }
+
+    /// The deadline and the memory cap are told by the error's type, under
+    /// whatever context wasmtime adds; a message that merely says so is an
+    /// ordinary trap.
+    #[test]
+    fn failures_are_told_by_type_not_by_text() {
+        let c = ctx();
+        let kind = |e: wasmtime::Error| c.call_failed(&e).kind;
+        let interrupted =
+            wasmtime::Error::new(wasmtime::Trap::Interrupt).context("error while executing");
+        assert_eq!(kind(interrupted), TransportErrorKind::Timeout(300));
+        let exceeded = wasmtime::Error::new(MemoryLimitExceeded {
+            desired: 40 << 20,
+            limit: 32 << 20,
+        })
+        .context("error while executing");
+        assert_eq!(
+            kind(exceeded),
+            TransportErrorKind::Trap(
+                "exceeded its memory limit of 32 MiB (it asked for 40 MiB)".into()
+            )
+        );
+        let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(
+            kind(unreachable),
+            TransportErrorKind::Trap("wasm trap: wasm `unreachable` instruction executed".into())
+        );
+        let lookalike = wasmtime::Error::msg("time limit exceeded while growing memory");
+        assert_eq!(
+            kind(lookalike),
+            TransportErrorKind::Trap("time limit exceeded while growing memory".into())
+        );
     }
 }

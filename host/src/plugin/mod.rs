@@ -5,10 +5,22 @@
 //! plugin checks that it is a component built against this host's WIT package
 //! version, then prepares an [`InstancePre`](wasmtime::component::InstancePre)
 //! from which each relay worker makes its own long-lived instance
-//! ([`WasmTransport`]).
+//! ([`WasmTransport`], [`WasmInjector`]).
+//!
+//! # Layout
+//!
+//! - `bindings`: the only `bindgen!`, the WIT names, and the borrowed
+//!   [`EnvelopeRef`](bindings::EnvelopeRef) a batch is lowered from.
+//! - `instance`: what every instance shares ([`PluginSpec`], the time limit,
+//!   typed failures); `sandbox`: its WASI context, limits and host imports;
+//!   `http`: the `outbox:relay/http` import.
+//! - `wasm_transport`, `wasm_injector`: the two adapters, which do not know
+//!   each other; `factory`: composes them per target and worker.
+//! - `cache`: compiled components on disk.
 
 mod bindings;
 mod cache;
+mod factory;
 pub mod http;
 mod instance;
 mod sandbox;
@@ -24,9 +36,11 @@ use wasmtime::{Engine, Store};
 
 pub use bindings::{INJECTOR_INTERFACE, TRANSPORT_INTERFACE, WIT_PACKAGE, WIT_VERSION};
 use bindings::{InjectorPluginPre, TransportPlugin, TransportPluginPre};
+pub use factory::{TargetPlugins, WasmTransportFactory};
+pub use instance::PluginSpec;
 pub use sandbox::{GuestStderr, PluginState};
 pub use wasm_injector::WasmInjector;
-pub use wasm_transport::{PluginSpec, TargetPlugins, WasmTransport, WasmTransportFactory};
+pub use wasm_transport::WasmTransport;
 
 /// A loaded transport.
 pub type LoadedTransport = LoadedPlugin<TransportPluginPre<PluginState>>;
@@ -239,7 +253,7 @@ impl PluginRuntime {
         // thread; trap once the call's deadline has passed.
         store.epoch_deadline_callback(|ctx| {
             if std::time::Instant::now() >= ctx.data().deadline {
-                Err(wasmtime::Error::msg("time limit exceeded"))
+                Err(wasmtime::Error::new(wasmtime::Trap::Interrupt))
             } else {
                 Ok(wasmtime::UpdateDeadline::Yield(1))
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -19,14 +19,15 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::outbox::relay::{http, log, signing, types};
 use super::http::HttpGate;
-use crate::config::{SandboxConfig, parse_host_port};
+use crate::config::SandboxConfig;
 use crate::keys::SigningGrant;
+use crate::sandbox_address::HostPort;
 
 /// The data of one plugin instance's `Store`.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: SandboxLimits,
     pub(super) plugin: Arc<str>,
     pub(super) target: Arc<str>,
     /// When the current call must end; checked on every epoch tick.
@@ -56,10 +57,14 @@ impl PluginState {
         }
         // Sockets: TCP connect to the allowed addresses only; every other use
         // (UDP, listening, other addresses) is refused, and logged so an
-        // operator can see what a plugin tried.
+        // operator can see what a plugin tried. TCP stays on even when
+        // nothing is allowed, so that every connection attempt reaches the
+        // check below and is logged (WASI's own switch refuses silently).
+        // Name lookups stay off then: they would be a channel out, and no
+        // hook sees them.
         let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
         wasi.allow_udp(false)
-            .allow_tcp(!sandbox.allow_tcp.is_empty())
+            .allow_tcp(true)
             .allow_ip_name_lookup(!sandbox.allow_tcp.is_empty());
         let (who, whom) = (plugin.clone(), target.clone());
         wasi.socket_addr_check(move |addr, usage| {
@@ -77,14 +82,16 @@ impl PluginState {
             }
             Box::pin(async move { ok })
         });
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(sandbox.memory_mb as usize * 1024 * 1024)
-            .instances(16)
-            .tables(16)
-            .table_elements(100_000)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = SandboxLimits {
+            memory_bytes: sandbox.memory_mb as usize * 1024 * 1024,
+            others: StoreLimitsBuilder::new()
+                .instances(16)
+                .tables(16)
+                .table_elements(100_000)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
         Ok(Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -98,15 +105,75 @@ impl PluginState {
     }
 }
 
+/// An instance's memory cap, and wasmtime's [`StoreLimits`] for the rest
+/// (instances, tables). Growing memory past the cap fails the call with a
+/// [`MemoryLimitExceeded`], which the host recognises by its type.
+pub(super) struct SandboxLimits {
+    memory_bytes: usize,
+    others: StoreLimits,
+}
+
+/// The guest asked for more linear memory than its sandbox's `memory_mb`.
+#[derive(Debug, thiserror::Error)]
+#[error("growing memory to {desired} bytes, past the limit of {limit} bytes")]
+pub(super) struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+impl ResourceLimiter for SandboxLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                limit: self.memory_bytes,
+            }));
+        }
+        self.others.memory_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.others.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.others.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.others.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.others.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.others.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.others.memories()
+    }
+}
+
 /// Resolves the allowed `host:port` pairs to socket addresses once, at instance creation.
-fn resolve_allowed(entries: &[String]) -> HashSet<SocketAddr> {
+fn resolve_allowed(entries: &[HostPort]) -> HashSet<SocketAddr> {
     let mut out = HashSet::new();
     for entry in entries {
-        if let Some((host, port)) = parse_host_port(entry) {
-            match (host.as_str(), port).to_socket_addrs() {
-                Ok(addrs) => out.extend(addrs),
-                Err(e) => tracing::warn!(entry, error = %e, "cannot resolve an allowed address"),
-            }
+        match (entry.host(), entry.port()).to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => tracing::warn!(%entry, error = %e, "cannot resolve an allowed address"),
         }
     }
     out

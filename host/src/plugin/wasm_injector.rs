@@ -4,19 +4,26 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use wasmtime::Store;
+use wasmtime::component::TypedFunc;
 
-use super::bindings::{InjectorPlugin, InjectorPluginPre, wit};
-use super::instance::InstanceCtx;
-use super::wasm_transport::PluginSpec;
+use super::bindings::{BatchText, EnvelopeRef, INJECTOR_INTERFACE, InjectorPluginPre, wit};
+use super::instance::{InstanceCtx, PluginSpec};
 use super::{PluginRuntime, PluginState};
 use crate::injector::{HeaderEdit, HeaderInjector};
 use crate::keys::SigningGrant;
 use crate::message::Envelope;
-use crate::transport::{TransportError, TransportErrorKind};
+use crate::transport::TransportError;
+
+/// The exported `inject`, typed once per instance, taking the envelope
+/// borrowed (see `DeliverFunc` in `wasm_transport.rs` for the `'static`).
+type InjectFunc = TypedFunc<
+    (&'static EnvelopeRef<'static>, &'static str),
+    (Result<Vec<wit::HeaderEdit>, String>,),
+>;
 
 struct Live {
     store: Store<PluginState>,
-    bindings: InjectorPlugin,
+    inject: InjectFunc,
 }
 
 pub struct WasmInjector {
@@ -41,24 +48,16 @@ impl WasmInjector {
     }
 
     async fn instantiate(&mut self) -> Result<Live, TransportError> {
-        self.ctx.count_start();
-        let mut store = self.ctx.new_store()?;
-        self.ctx.arm(&mut store);
-        let bindings = self
+        let (store, inject) = self
             .ctx
-            .call(self.spec.plugin.pre.instantiate_async(&mut store))
-            .await
-            .map_err(|e| self.ctx.instantiation_failed(e))?;
-        self.ctx.arm(&mut store);
-        let init = bindings.outbox_relay_injector().call_init(
-            &mut store,
-            &self.ctx.target,
-            &self.spec.config_json,
-        );
-        match self.ctx.call(init).await? {
-            Err(message) => Err(self.ctx.error(TransportErrorKind::Init(message))),
-            Ok(()) => Ok(Live { store, bindings }),
-        }
+            .start(
+                self.spec.plugin.pre.instance_pre(),
+                INJECTOR_INTERFACE,
+                "inject",
+                &self.spec.config_json,
+            )
+            .await?;
+        Ok(Live { store, inject })
     }
 }
 
@@ -84,13 +83,19 @@ impl HeaderInjector for WasmInjector {
             Some(live) => live,
             None => self.instantiate().await?,
         };
-        let wire = wit::Envelope::from(envelope);
+        // Lowered straight from the relay's message, like a transport's batch.
+        let one = std::slice::from_ref(envelope);
+        let text = BatchText::new(one);
+        let wire = text.envelopes(one);
         self.ctx.arm(&mut live.store);
-        let call = live.bindings.outbox_relay_injector().call_inject(
-            &mut live.store,
-            &wire,
-            &self.ctx.target,
-        );
+        let inject: TypedFunc<(&EnvelopeRef<'_>, &str), (Result<Vec<wit::HeaderEdit>, String>,)> =
+            live.inject;
+        let call = async {
+            let (result,) = inject
+                .call_async(&mut live.store, (&wire[0], &*self.ctx.target))
+                .await?;
+            Ok(result)
+        };
         let result = self.ctx.call(call).await?;
         self.live = Some(live);
         Ok(result.map(|edits| {

@@ -1,95 +1,28 @@
 //! A transport backed by a long-lived component instance.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use wasmtime::Store;
-use wasmtime::component::Func;
+use wasmtime::component::TypedFunc;
 
-use super::bindings::{
-    BatchText, EnvelopeRef, TRANSPORT_INTERFACE, TransportPlugin, TransportPluginPre, wit,
-};
-use super::instance::InstanceCtx;
-use super::wasm_injector::WasmInjector;
-use super::{LoadedPlugin, PluginRuntime, PluginState};
-use crate::config::SandboxConfig;
-use crate::injector::InjectedTransport;
+use super::bindings::{BatchText, EnvelopeRef, TRANSPORT_INTERFACE, TransportPluginPre, wit};
+use super::instance::{InstanceCtx, PluginSpec};
+use super::{PluginRuntime, PluginState};
 use crate::keys::SigningGrant;
 use crate::message::{Envelope, Outcome};
-use crate::transport::{Transport, TransportError, TransportErrorKind, TransportFactory};
+use crate::transport::{Transport, TransportError, TransportErrorKind};
 
-/// One plugin of a target, ready to instantiate, with its sandbox and config.
-#[derive(Clone)]
-pub struct PluginSpec<P> {
-    pub plugin: LoadedPlugin<P>,
-    pub sandbox: SandboxConfig,
-    /// The `config` table as JSON, handed to `init`.
-    pub config_json: String,
-}
-
-/// Everything needed to make a target's instances: its transport, its
-/// injector chain, and the keys it was granted.
-#[derive(Clone)]
-pub struct TargetPlugins {
-    pub transport: PluginSpec<TransportPluginPre<PluginState>>,
-    pub injectors: Vec<PluginSpec<super::bindings::InjectorPluginPre<PluginState>>>,
-    pub signing: SigningGrant,
-}
-
-/// Makes a target's transport (wrapped in its injector chain) per relay worker.
-pub struct WasmTransportFactory {
-    runtime: Arc<PluginRuntime>,
-    targets: HashMap<String, TargetPlugins>,
-}
-
-impl WasmTransportFactory {
-    pub fn new(runtime: Arc<PluginRuntime>, targets: HashMap<String, TargetPlugins>) -> Self {
-        Self { runtime, targets }
-    }
-}
-
-#[async_trait]
-impl TransportFactory for WasmTransportFactory {
-    async fn create(&self, target: &str) -> Result<Box<dyn Transport>, TransportError> {
-        let Some(t) = self.targets.get(target) else {
-            return Err(TransportError {
-                plugin: "(none)".into(),
-                target: target.into(),
-                kind: TransportErrorKind::Instantiate("no plugin is loaded for this target".into()),
-                stderr: String::new(),
-            });
-        };
-        let transport = Box::new(WasmTransport::new(
-            self.runtime.clone(),
-            target,
-            t.transport.clone(),
-            t.signing.clone(),
-        ));
-        if t.injectors.is_empty() {
-            return Ok(transport);
-        }
-        let injectors = t
-            .injectors
-            .iter()
-            .map(|spec| {
-                Box::new(WasmInjector::new(
-                    self.runtime.clone(),
-                    target,
-                    spec.clone(),
-                    t.signing.clone(),
-                )) as Box<dyn crate::injector::HeaderInjector>
-            })
-            .collect();
-        Ok(Box::new(InjectedTransport::new(injectors, transport)))
-    }
-}
+/// The exported `deliver`, typed once per instance. It takes [`EnvelopeRef`]s
+/// (borrowed from the relay's messages) rather than the generated bindings'
+/// owned copies. The `'static` here is shortened at each call: a
+/// [`TypedFunc`] is covariant in its parameters, because wasmtime copies them
+/// into the guest and keeps no reference past the call.
+type DeliverFunc = TypedFunc<(&'static [EnvelopeRef<'static>],), (Vec<wit::Outcome>,)>;
 
 struct Live {
     store: Store<PluginState>,
-    /// The exported `deliver`, called with [`EnvelopeRef`]s rather than
-    /// through the generated bindings (which take owned copies of the batch).
-    deliver: Func,
+    deliver: DeliverFunc,
 }
 
 /// One instance of a transport component for one target. It is created on
@@ -117,41 +50,16 @@ impl WasmTransport {
     }
 
     async fn instantiate(&mut self) -> Result<Live, TransportError> {
-        self.ctx.count_start();
-        let mut store = self.ctx.new_store()?;
-        self.ctx.arm(&mut store);
-        let instance = self
+        let (store, deliver) = self
             .ctx
-            .call(
-                self.spec
-                    .plugin
-                    .pre
-                    .instance_pre()
-                    .instantiate_async(&mut store),
+            .start(
+                self.spec.plugin.pre.instance_pre(),
+                TRANSPORT_INTERFACE,
+                "deliver",
+                &self.spec.config_json,
             )
-            .await
-            .map_err(|e| self.ctx.instantiation_failed(e))?;
-        let cannot_bind = |e: String| self.ctx.error(TransportErrorKind::Instantiate(e));
-        let bindings = TransportPlugin::new(&mut store, &instance)
-            .map_err(|e| cannot_bind(format!("{e:#}")))?;
-        let deliver = instance
-            .get_export_index(&mut store, None, TRANSPORT_INTERFACE)
-            .and_then(|iface| instance.get_export_index(&mut store, Some(&iface), "deliver"))
-            .and_then(|index| instance.get_func(&mut store, index))
-            .ok_or_else(|| cannot_bind(format!("{TRANSPORT_INTERFACE} exports no `deliver`")))?;
-        self.ctx.arm(&mut store);
-        let init = bindings.outbox_relay_transport().call_init(
-            &mut store,
-            &self.ctx.target,
-            &self.spec.config_json,
-        );
-        match self.ctx.call(init).await? {
-            Err(message) => Err(self.ctx.error(TransportErrorKind::Init(message))),
-            Ok(()) => {
-                tracing::info!(plugin = %self.ctx.plugin, target = %self.ctx.target, "plugin instance started");
-                Ok(Live { store, deliver })
-            }
-        }
+            .await?;
+        Ok(Live { store, deliver })
     }
 }
 
@@ -164,6 +72,9 @@ impl Transport for WasmTransport {
         Ok(())
     }
 
+    /// Delivers through the guest, and is the one place that holds a
+    /// plugin to the outcome-count rule
+    /// ([`TransportErrorKind::check_outcome_count`]).
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
         self.ctx.drain_stderr();
         let mut live = match self.live.take() {
@@ -173,13 +84,7 @@ impl Transport for WasmTransport {
         let text = BatchText::new(batch);
         let envelopes = text.envelopes(batch);
         self.ctx.arm(&mut live.store);
-        let deliver = live
-            .deliver
-            .typed::<(&[EnvelopeRef<'_>],), (Vec<wit::Outcome>,)>(&live.store)
-            .map_err(|e| {
-                self.ctx
-                    .error(TransportErrorKind::Instantiate(format!("{e:#}")))
-            })?;
+        let deliver: TypedFunc<(&[EnvelopeRef<'_>],), (Vec<wit::Outcome>,)> = live.deliver;
         let call = async {
             let (outcomes,) = deliver
                 .call_async(&mut live.store, (envelopes.as_slice(),))
@@ -188,13 +93,10 @@ impl Transport for WasmTransport {
         };
         // On failure `live` is dropped: the instance's state is unknown.
         let outcomes = self.ctx.call(call).await?;
+        // A wrong count is the plugin's bug, not a broken instance: keep it.
         self.live = Some(live);
-        if outcomes.len() != batch.len() {
-            return Err(self.ctx.error(TransportErrorKind::OutcomeCount {
-                expected: batch.len(),
-                got: outcomes.len(),
-            }));
-        }
+        TransportErrorKind::check_outcome_count(batch.len(), outcomes.len())
+            .map_err(|kind| self.ctx.error(kind))?;
         Ok(outcomes.into_iter().map(Outcome::from).collect())
     }
 }
