@@ -120,7 +120,14 @@ impl Delivery {
                 Err(e) => return CannotStart::of(e).map(Err),
             },
         };
-        match deliver_checked(transport.as_mut(), &self.spec.name, envelopes).await {
+        match deliver_checked(
+            transport.as_mut(),
+            &self.spec.plugin,
+            &self.spec.name,
+            envelopes,
+        )
+        .await
+        {
             Ok(outcomes) => Ok(Ok(outcomes)),
             Err(e) => CannotStart::of(e).map(Err),
         }
@@ -264,6 +271,7 @@ pub(super) mod tests {
     pub fn spec(ordered: bool) -> TargetSpec {
         TargetSpec {
             name: "t".into(),
+            plugin: "fake".into(),
             batch_size: 10,
             retry: RetryPolicy {
                 max_attempts: 3,

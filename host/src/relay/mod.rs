@@ -55,6 +55,8 @@ use worker::PartitionWorker;
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
     pub name: String,
+    /// The transport plugin, as configured (for errors).
+    pub plugin: String,
     pub batch_size: u32,
     pub retry: RetryPolicy,
     pub ordered: bool,
@@ -68,6 +70,7 @@ impl TargetSpec {
             .iter()
             .map(|(name, t)| TargetSpec {
                 name: name.clone(),
+                plugin: t.plugin.clone(),
                 batch_size: config.batch_size(t),
                 retry: t.retry.clone(),
                 ordered: t.ordered,
