@@ -95,6 +95,11 @@ impl Config {
         let ms = self.get_opt_u64(key)?.unwrap_or(default_ms);
         if range.contains(&ms) {
             Ok(std::time::Duration::from_millis(ms))
+        } else if *range.end() == u64::MAX {
+            Err(Error::new(format!(
+                "config: key `{key}` must be at least {} (milliseconds), got {ms}",
+                range.start()
+            )))
         } else {
             Err(Error::new(format!(
                 "config: key `{key}` must be between {} and {} (milliseconds), got {ms}",

@@ -54,6 +54,11 @@ impl ConnError {
     pub fn is_io(&self) -> bool {
         matches!(self, ConnError::Io(_))
     }
+
+    /// Whether the broker closed or reset the socket ([`net::is_closed`]).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, ConnError::Io(e) if net::is_closed(e))
+    }
 }
 
 impl fmt::Display for ConnError {
@@ -123,10 +128,11 @@ impl Connection {
     /// Connects, logs in, opens channel 1, checks that `exchange` exists
     /// (unless it is the default exchange, `""`) and enables publisher confirms.
     pub fn open(s: &Settings, exchange: &str) -> Result<Connection, String> {
-        let stream = net::connect(&s.addr, s.connect_timeout).map_err(|e| e.to_string())?;
-        stream
-            .set_write_timeout(Some(s.write_timeout))
-            .map_err(|e| e.to_string())?;
+        let timeouts = net::Timeouts {
+            write: Some(s.write_timeout),
+            ..net::Timeouts::connect_only(s.connect_timeout)
+        };
+        let stream = net::connect(&s.addr, timeouts).map_err(|e| e.to_string())?;
         let mut conn = Connection {
             reader: BufReader::with_capacity(64 * 1024, stream),
             frame_max: MIN_FRAME,
