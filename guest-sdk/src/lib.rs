@@ -46,6 +46,8 @@
 //! - [`net`]: TCP connections to the addresses the sandbox allows, broker
 //!   URLs, and a connection kept across batches ([`net::Kept`]).
 //! - [`random`]: random identifiers (not for secrets).
+//! - [`fs`]: appending whole records to a file shared with other instances,
+//!   with the OS's reason on failure (a full disk is ENOSPC, not EIO).
 //! - [`Template`]: subjects, topics and routing keys built from a message.
 //!
 //! One build of this crate serves both plugin kinds: each export macro emits
@@ -66,6 +68,7 @@ mod bindings;
 mod config;
 mod envelope;
 mod error;
+pub mod fs;
 pub mod http;
 mod injector;
 pub mod log;

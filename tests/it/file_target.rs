@@ -1,0 +1,113 @@
+//! The `file` target under concurrency and failure: partition workers (one
+//! instance each) append to one file without tearing a line, whatever the
+//! line size, and a full disk is reported as such.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use outbox_relay::NewMessage;
+use outbox_relay::config::Config;
+use outbox_relay::storage::Storage;
+use outbox_relay_tests::{RunningRelay, Scratch, eventually};
+
+const MESSAGES: usize = 2_000;
+
+/// A relay with 4 partitions and one unordered `file` target writing
+/// `/out/events.jsonl`.
+fn config(scratch: &Scratch, out: &Path) -> Config {
+    let path = scratch.write_config_with_relay(
+        "relay.toml",
+        r#"partitions = 4
+batch_size = 100
+poll_interval = "50ms"
+lease_ttl = "3s"
+claim_timeout = "10s""#,
+        &format!(
+            r#"
+[[routes]]
+events = ["*"]
+targets = ["audit"]
+
+[targets.audit]
+plugin = "file"
+config = {{ path = "/out/events.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
+"#,
+            out = out.display()
+        ),
+    );
+    Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `MESSAGES` messages whose JSON lines are about `line_bytes` long, spread
+/// over the partitions by their ids.
+async fn enqueue_padded(storage: &dyn Storage, line_bytes: usize) -> HashSet<String> {
+    // The line's own fields (id, event, headers, attempt, time) take ~190 bytes.
+    let pad = "x".repeat(line_bytes - 190);
+    let messages: Vec<NewMessage> = (0..MESSAGES)
+        .map(|i| NewMessage::new("e", format!("{{\"n\":{i},\"pad\":\"{pad}\"}}").into_bytes()))
+        .collect();
+    for chunk in messages.chunks(500) {
+        storage.save(chunk).await.unwrap();
+    }
+    messages.iter().map(|m| m.id.to_string()).collect()
+}
+
+/// (lines that are whole JSON objects with an id, lines that are not).
+fn census(path: &Path) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read(path).unwrap_or_default();
+    let mut ids = Vec::new();
+    let mut torn = Vec::new();
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(v) if v["id"].is_string() => ids.push(v["id"].as_str().unwrap().to_owned()),
+            _ => torn.push(String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned()),
+        }
+    }
+    (ids, torn)
+}
+
+async fn four_partitions_append_whole_lines(line_bytes: usize) {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = config(&scratch, &out);
+    let storage = scratch.storage().await;
+    let sent = enqueue_padded(&storage, line_bytes).await;
+
+    let relay = RunningRelay::start(&config).await;
+    let file = out.join("events.jsonl");
+    eventually(
+        "every message in the file",
+        Duration::from_secs(90),
+        || async {
+            let status = storage.status(&["audit".into()]).await.unwrap();
+            (status[0].lag == 0 && status[0].retries_pending == 0).then_some(())
+        },
+    )
+    .await;
+    relay.stop().await;
+
+    let (ids, torn) = census(&file);
+    let size = std::fs::metadata(&file).unwrap().len() as usize;
+    assert!(
+        size.abs_diff(MESSAGES * line_bytes) < MESSAGES * line_bytes / 10,
+        "{size} bytes written for {MESSAGES} lines of about {line_bytes}"
+    );
+    assert_eq!(torn.len(), 0, "torn lines (first 80 bytes): {torn:?}");
+    assert_eq!(ids.len(), MESSAGES, "one line per message");
+    let distinct: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(distinct.len(), MESSAGES, "distinct ids");
+    assert_eq!(distinct, sent);
+}
+
+#[tokio::test]
+async fn four_partitions_never_tear_1100_byte_lines() {
+    four_partitions_append_whole_lines(1_100).await;
+}
+
+#[tokio::test]
+async fn four_partitions_never_tear_6_kb_lines() {
+    four_partitions_append_whole_lines(6_000).await;
+}
