@@ -111,3 +111,45 @@ async fn four_partitions_never_tear_1100_byte_lines() {
 async fn four_partitions_never_tear_6_kb_lines() {
     four_partitions_append_whole_lines(6_000).await;
 }
+
+/// `/dev/full` fails every write with ENOSPC, as a full disk does: the
+/// message's dead letter (after one attempt) gives that reason, not a bare
+/// "I/O error (os error 29)".
+#[tokio::test]
+async fn a_full_disk_is_reported_as_no_space_left_on_device() {
+    assert!(Path::new("/dev/full").exists(), "this test needs /dev/full");
+    let scratch = Scratch::new();
+    let path = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["audit"]
+
+[targets.audit]
+plugin = "file"
+config = { path = "/dev/full" }
+sandbox = { dirs = { "/dev" = "/dev" } }
+retry = { max_attempts = 1 }
+"#,
+    );
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let storage = scratch.storage().await;
+    outbox_relay_tests::enqueue(&storage, "e", 3).await;
+
+    let relay = RunningRelay::start(&config).await;
+    let letters = eventually("3 dead letters", Duration::from_secs(30), || async {
+        let letters = outbox_relay_tests::dead_letters(&storage, "audit").await;
+        (letters.len() == 3).then_some(letters)
+    })
+    .await;
+    relay.stop().await;
+    for letter in &letters {
+        assert!(
+            letter
+                .last_error
+                .contains("append to /dev/full: no space left on device (ENOSPC)"),
+            "{}",
+            letter.last_error
+        );
+    }
+}
