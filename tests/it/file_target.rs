@@ -3,7 +3,7 @@
 //! line size, and a full disk is reported as such.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outbox_relay::NewMessage;
@@ -14,9 +14,9 @@ use outbox_relay_tests::{RunningRelay, Scratch, eventually};
 const MESSAGES: usize = 2_000;
 
 /// A relay with 4 partitions and one unordered `file` target writing
-/// `/out/events.jsonl`.
-fn config(scratch: &Scratch, out: &Path) -> Config {
-    let path = scratch.write_config_with_relay(
+/// `/out/events.jsonl`; returns the config file's path.
+fn config(scratch: &Scratch, out: &Path) -> PathBuf {
+    scratch.write_config_with_relay(
         "relay.toml",
         r#"partitions = 4
 batch_size = 100
@@ -36,8 +36,7 @@ sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
 "#,
             out = out.display()
         ),
-    );
-    Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    )
 }
 
 /// `MESSAGES` messages whose JSON lines are about `line_bytes` long, spread
@@ -74,20 +73,25 @@ async fn four_partitions_append_whole_lines(line_bytes: usize) {
     std::fs::create_dir_all(&out).unwrap();
     let config = config(&scratch, &out);
     let storage = scratch.storage().await;
+    storage.ensure_partitions(4).await.unwrap();
     let sent = enqueue_padded(&storage, line_bytes).await;
 
-    let relay = RunningRelay::start(&config).await;
+    // The real binary, as an operator runs it: its multi-threaded runtime
+    // runs the four partition workers' instances in parallel.
+    let mut relay = crate::spawn_relay(&config);
     let file = out.join("events.jsonl");
-    eventually(
+    let leases = eventually(
         "every message in the file",
         Duration::from_secs(90),
         || async {
             let status = storage.status(&["audit".into()]).await.unwrap();
-            (status[0].lag == 0 && status[0].retries_pending == 0).then_some(())
+            (status[0].lag == 0 && status[0].retries_pending == 0)
+                .then(|| status[0].lease_owners.len())
         },
     )
     .await;
-    relay.stop().await;
+    assert!(crate::terminate(&mut relay).success());
+    assert_eq!(leases, 4, "four partition workers wrote the file");
 
     let (ids, torn) = census(&file);
     let size = std::fs::metadata(&file).unwrap().len() as usize;
@@ -95,7 +99,12 @@ async fn four_partitions_append_whole_lines(line_bytes: usize) {
         size.abs_diff(MESSAGES * line_bytes) < MESSAGES * line_bytes / 10,
         "{size} bytes written for {MESSAGES} lines of about {line_bytes}"
     );
-    assert_eq!(torn.len(), 0, "torn lines (first 80 bytes): {torn:?}");
+    assert_eq!(
+        torn.len(),
+        0,
+        "torn lines; the first three (80 bytes each): {:?}",
+        &torn[..torn.len().min(3)]
+    );
     assert_eq!(ids.len(), MESSAGES, "one line per message");
     let distinct: HashSet<String> = ids.into_iter().collect();
     assert_eq!(distinct.len(), MESSAGES, "distinct ids");
