@@ -431,19 +431,13 @@ mod tests {
     }
 
     fn envelope() -> Envelope {
-        Envelope {
-            id: "0190-id".into(),
-            event_name: "order.created".into(),
-            partition_key: Some("k1".into()),
-            payload: vec![0xff, 0x00],
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("outbox-event".into(), "forged".into()),
-                ("traceparent".into(), "00-x".into()),
-            ],
-            attempt: 1,
-            created_at_ms: 0,
-        }
+        Envelope::new("0190-id", "order.created", [0xff, 0x00])
+            .with_key("k1")
+            .with_headers(&[
+                ("content-type", "application/json"),
+                ("outbox-event", "forged"),
+                ("traceparent", "00-x"),
+            ])
     }
 
     #[test]

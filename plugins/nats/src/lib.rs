@@ -307,18 +307,7 @@ mod tests {
     use super::*;
 
     fn envelope(headers: &[(&str, &str)], payload: &[u8]) -> Envelope {
-        Envelope {
-            id: "0190-a".into(),
-            event_name: "order.created".into(),
-            partition_key: None,
-            payload: payload.to_vec(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            attempt: 1,
-            created_at_ms: 0,
-        }
+        Envelope::new("0190-a", "order.created", payload).with_headers(headers)
     }
 
     fn encoded(

@@ -266,42 +266,33 @@ impl Connection {
         body: &[u8],
     ) -> CodecResult<()> {
         let start = buf.len();
-        let result = self.encode_publish_inner(buf, exchange, routing_key, mandatory, props, body);
+        let mut encode = || -> CodecResult<()> {
+            let mut m = method(CLASS_BASIC, 40);
+            put_u16(&mut m, 0);
+            put_shortstr(&mut m, exchange)?;
+            put_shortstr(&mut m, routing_key)?;
+            m.push(u8::from(mandatory));
+            put_frame(buf, FRAME_METHOD, CHANNEL, &m)?;
+            let header = content_header(body.len() as u64, props)?;
+            let room = self.frame_max as usize - FRAME_OVERHEAD;
+            if header.len() > room {
+                return Err(CodecError(format!(
+                    "the message's properties and headers take {} bytes, more than fit in one \
+                     frame ({room} bytes with the broker's frame_max)",
+                    header.len()
+                )));
+            }
+            put_frame(buf, FRAME_HEADER, CHANNEL, &header)?;
+            for chunk in body.chunks(room) {
+                put_frame(buf, FRAME_BODY, CHANNEL, chunk)?;
+            }
+            Ok(())
+        };
+        let result = encode();
         if result.is_err() {
             buf.truncate(start);
         }
         result
-    }
-
-    fn encode_publish_inner(
-        &self,
-        buf: &mut Vec<u8>,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-        props: &Properties,
-        body: &[u8],
-    ) -> CodecResult<()> {
-        let mut m = method(CLASS_BASIC, 40);
-        put_u16(&mut m, 0);
-        put_shortstr(&mut m, exchange)?;
-        put_shortstr(&mut m, routing_key)?;
-        m.push(u8::from(mandatory));
-        put_frame(buf, FRAME_METHOD, CHANNEL, &m)?;
-        let header = content_header(body.len() as u64, props)?;
-        let room = self.frame_max as usize - FRAME_OVERHEAD;
-        if header.len() > room {
-            return Err(CodecError(format!(
-                "the message's properties and headers take {} bytes, more than fit in one \
-                 frame ({room} bytes with the broker's frame_max)",
-                header.len()
-            )));
-        }
-        put_frame(buf, FRAME_HEADER, CHANNEL, &header)?;
-        for chunk in body.chunks(room) {
-            put_frame(buf, FRAME_BODY, CHANNEL, chunk)?;
-        }
-        Ok(())
     }
 
     /// Writes `count` messages' frames (from [`Connection::encode_publish`])

@@ -334,17 +334,14 @@ mod tests {
     #[test]
     fn properties_carry_id_event_time_and_every_header() {
         let e = Envelope {
-            id: "0190-id".into(),
-            event_name: "order.created".into(),
-            partition_key: Some("order-1".into()),
-            payload: vec![0xff],
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("traceparent".into(), "00-abc".into()),
-                ("outbox-event".into(), "forged".into()),
-            ],
-            attempt: 1,
             created_at_ms: 1_700_000_000_999,
+            ..Envelope::new("0190-id", "order.created", [0xff])
+                .with_key("order-1")
+                .with_headers(&[
+                    ("content-type", "application/json"),
+                    ("traceparent", "00-abc"),
+                    ("outbox-event", "forged"),
+                ])
         };
         let p = properties(&e);
         assert_eq!(p.message_id.as_deref(), Some("0190-id"));

@@ -313,18 +313,12 @@ mod tests {
     }
 
     fn envelope(headers: &[(&str, &str)]) -> Envelope {
-        Envelope {
-            id: "0190a1b2-0000-7000-8000-000000000001".into(),
-            event_name: "order.created".into(),
-            partition_key: None,
-            payload: b"{}".to_vec(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            attempt: 1,
-            created_at_ms: 0,
-        }
+        Envelope::new(
+            "0190a1b2-0000-7000-8000-000000000001",
+            "order.created",
+            b"{}",
+        )
+        .with_headers(headers)
     }
 
     fn injector() -> TraceContext {
