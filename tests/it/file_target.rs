@@ -13,6 +13,25 @@ use outbox_relay_tests::{RunningRelay, Scratch, eventually};
 
 const MESSAGES: usize = 2_000;
 
+/// Routes and one `file` target, `audit`, writing `path` inside the host
+/// directory `host_dir` mapped at `guest_dir`, with `extra` lines.
+fn audit_target(path: &str, guest_dir: &str, host_dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["audit"]
+
+[targets.audit]
+plugin = "file"
+config = {{ path = "{path}" }}
+sandbox = {{ dirs = {{ "{guest_dir}" = "{host}" }} }}
+{extra}
+"#,
+        host = host_dir.display()
+    )
+}
+
 /// A relay with 4 partitions and one unordered `file` target writing
 /// `/out/events.jsonl`; returns the config file's path.
 fn config(scratch: &Scratch, out: &Path) -> PathBuf {
@@ -23,19 +42,7 @@ batch_size = 100
 poll_interval = "50ms"
 lease_ttl = "3s"
 claim_timeout = "10s""#,
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["audit"]
-
-[targets.audit]
-plugin = "file"
-config = {{ path = "/out/events.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
-"#,
-            out = out.display()
-        ),
+        &audit_target("/out/events.jsonl", "/out", out, ""),
     )
 }
 
@@ -128,19 +135,12 @@ async fn four_partitions_never_tear_6_kb_lines() {
 async fn a_full_disk_is_reported_as_no_space_left_on_device() {
     assert!(Path::new("/dev/full").exists(), "this test needs /dev/full");
     let scratch = Scratch::new();
-    let path = scratch.write_config(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["audit"]
-
-[targets.audit]
-plugin = "file"
-config = { path = "/dev/full" }
-sandbox = { dirs = { "/dev" = "/dev" } }
-retry = { max_attempts = 1 }
-"#,
-    );
+    let path = scratch.write_config(&audit_target(
+        "/dev/full",
+        "/dev",
+        Path::new("/dev"),
+        "retry = { max_attempts = 1 }",
+    ));
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let storage = scratch.storage().await;
     outbox_relay_tests::enqueue(&storage, "e", 3).await;
