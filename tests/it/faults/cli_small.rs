@@ -183,12 +183,10 @@ async fn an_unknown_key_error_has_no_nested_backticks() {
         !error.contains("default.databse"),
         "names the key as written, not figment's profile: {error}"
     );
-    // Backticks pair up, and no quoted span holds another quote.
-    let spans: Vec<&str> = error.split('`').skip(1).step_by(2).collect();
+    // Figment's message quotes a quoted list: ``expected `one of `a`, `b`` ``.
     assert!(
-        error.matches('`').count() % 2 == 0
-            && spans.iter().all(|s| !s.contains('"') && !s.contains('\'')),
-        "nested quotes in: {error}"
+        !error.contains("``") && !error.contains("`one of"),
+        "nested backticks in: {error}"
     );
 }
 

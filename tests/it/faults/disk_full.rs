@@ -134,3 +134,54 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
         received.lines.len()
     );
 }
+
+/// Issue 20, item 11: the `file` target's error on a full disk said
+/// `I/O error (os error 29)`, hiding the ENOSPC. Its retry reason must name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_target_names_a_full_disk() {
+    let scratch = Scratch::new();
+    let disk = Tmpfs::mount(&scratch.path().join("out"), 1024);
+    let config = scratch.write_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["sink"]
+
+[targets.sink]
+plugin = "file"
+config = {{ path = "/out/sink.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{}" }} }}
+retry = {{ initial_backoff = "100ms", max_backoff = "200ms", max_attempts = 1000 }}
+"#,
+        scratch.path().join("out").display()
+    ));
+    let storage = scratch.storage().await;
+    let ballast = disk.fill(0);
+    let messages = enqueue(&storage, "thing.happened", 5).await;
+    let relay = RelayProcess::start(&config, &scratch.path().join("relay.log"));
+    let reason: String = eventually(
+        "the file target's retry reason",
+        Duration::from_secs(20),
+        || async {
+            sqlx::query_scalar("SELECT last_error FROM outbox_deliveries WHERE target = 'sink' LIMIT 1")
+                .fetch_optional(storage.pool())
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    std::fs::remove_file(&ballast).unwrap();
+    let file = scratch.path().join("out/sink.jsonl");
+    let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
+    eventually(
+        "delivery once the space is back",
+        Duration::from_secs(20),
+        || async { (Received::read(&file).lost(&ids) == 0).then_some(()) },
+    )
+    .await;
+    assert!(relay.stop().success());
+    assert!(
+        reason.contains("No space left on device") || reason.contains("ENOSPC"),
+        "the reason names the full disk: {reason}"
+    );
+}

@@ -1,9 +1,8 @@
 //! Black-box fault tests of issue 20: one test per finding of the outside
 //! tester's report, each driving the real `outbox-relay` binary against real
 //! SQLite files or the real Postgres at 127.0.0.1:5432, reading `file` (or
-//! `count`) targets back line by line and asserting the figures. Every test
-//! here failed on `main` at ff87868, before the fixes; docs/reliability.md
-//! ("Fault tests") says how each failed.
+//! `count`) targets back line by line and asserting the figures. They were
+//! written against `main` at ff87868, before the fixes, and failed there.
 //!
 //! | test | finding |
 //! |---|---|
@@ -17,6 +16,7 @@
 //! | `zombie::a_resumed_zombie_delivers_nothing_stale_on_an_ordered_target` | 8: SIGSTOP 12 s with `lease_ttl = 5s` while holding a batch, then SIGCONT: no key goes backwards in the raw output; duplicates within the crash bound |
 //! | `sqlite_busy::a_locked_database_on_an_ack_write_costs_no_redelivery` | 9: `SQLITE_BUSY` on ack writes (another connection holds `BEGIN IMMEDIATE` past the busy timeout): 0 duplicate lines |
 //! | `pg_horizon::a_writer_in_another_database_does_not_hold_delivery_back`, `pg_horizon::a_writer_in_the_outbox_database_holds_later_commits_and_status_names_it` | 10: a transaction open in another database of the server does not stall delivery; one in the outbox's own database still holds later commits back, and `status --json` names it |
+//! | `disk_full::the_file_target_names_a_full_disk` | 11: the `file` target's error on a full disk names ENOSPC |
 //! | `cli_small::*` | 11: the smaller CLI items (see that file) |
 //!
 //! The harness below runs the relay as a process with its log kept, runs
@@ -111,12 +111,7 @@ impl RelayProcess {
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // A stopped process does not die of SIGKILL until continued on
-            // some kernels' accounting of `wait`; continue it first.
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
+            let _ = child.kill(); // SIGKILL ends a stopped process too
             let _ = child.wait();
         }
     }
