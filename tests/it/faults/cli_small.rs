@@ -43,10 +43,12 @@ async fn sqlite_tables(path: &std::path::Path) -> i64 {
     }
     let url = format!("sqlite://{}", path.display());
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'outbox_%'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'outbox_%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -267,8 +269,7 @@ async fn dead_letters_show_of_an_unknown_target_says_so() {
     assert!(!run.success, "{}", run.stdout);
     let said = format!("{}{}", run.stdout, run.stderr);
     assert!(
-        said.contains("nosuch")
-            && (said.contains("unknown target") || said.contains("no target")),
+        said.contains("nosuch") && (said.contains("unknown target") || said.contains("no target")),
         "says the target is unknown: {said}"
     );
 }

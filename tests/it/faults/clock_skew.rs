@@ -43,25 +43,31 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
             out.display()
         ),
     );
-    scratch.pg_storage().await.ensure_partitions(4).await.unwrap();
+    scratch
+        .pg_storage()
+        .await
+        .ensure_partitions(4)
+        .await
+        .unwrap();
     let pool = scratch.pg_pool().await;
 
     let true_clock = RelayProcess::start(&config, &scratch.path().join("true.log"));
-    eventually("the first relay to hold all 4 partitions", Duration::from_secs(30), || async {
-        (leases_held(&pool, "sink", true_clock.pid()).await == 4).then_some(())
-    })
+    eventually(
+        "the first relay to hold all 4 partitions",
+        Duration::from_secs(30),
+        || async { (leases_held(&pool, "sink", true_clock.pid()).await == 4).then_some(()) },
+    )
     .await;
     let producer = produce(pool.clone(), 2_000, 20, Duration::from_millis(100), |i| {
         NewMessage::new("tick", format!("{{\"n\":{i}}}").into_bytes())
     });
     let env = faketime_env(offset);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let skewed =
-        RelayProcess::start_with_env(&config, &scratch.path().join("skewed.log"), &env);
+    let skewed = RelayProcess::start_with_env(&config, &scratch.path().join("skewed.log"), &env);
 
     // The hand-over takes up to a heartbeat (lease_ttl / 4) and a batch;
     // after that each relay should hold its share, and keep it.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let (mut true_min, mut skewed_min) = (i64::MAX, i64::MAX);
     for _ in 0..8 {
         true_min = true_min.min(leases_held(&pool, "sink", true_clock.pid()).await);
@@ -76,7 +82,10 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
         }
     })
     .await;
-    let (true_lost, skewed_lost) = (true_clock.log_count(LOST_LEASE), skewed.log_count(LOST_LEASE));
+    let (true_lost, skewed_lost) = (
+        true_clock.log_count(LOST_LEASE),
+        skewed.log_count(LOST_LEASE),
+    );
     assert!(true_clock.stop().success());
     assert!(skewed.stop().success());
 

@@ -71,9 +71,11 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     let file = out.join("count.jsonl");
 
     let mut relay = RelayProcess::start(&config, &scratch.path().join("relay.log"));
-    eventually("the first 200 deliveries", Duration::from_secs(30), || async {
-        (Received::read(&file).lines.len() >= 200).then_some(())
-    })
+    eventually(
+        "the first 200 deliveries",
+        Duration::from_secs(30),
+        || async { (Received::read(&file).lines.len() >= 200).then_some(()) },
+    )
     .await;
     let ballast = disk.fill(0);
     eventually(
@@ -163,10 +165,12 @@ retry = {{ initial_backoff = "100ms", max_backoff = "200ms", max_attempts = 1000
         "the file target's retry reason",
         Duration::from_secs(20),
         || async {
-            sqlx::query_scalar("SELECT last_error FROM outbox_deliveries WHERE target = 'sink' LIMIT 1")
-                .fetch_optional(storage.pool())
-                .await
-                .unwrap()
+            sqlx::query_scalar(
+                "SELECT last_error FROM outbox_deliveries WHERE target = 'sink' LIMIT 1",
+            )
+            .fetch_optional(storage.pool())
+            .await
+            .unwrap()
         },
     )
     .await;

@@ -211,7 +211,9 @@ impl Received {
     /// How many of `ids` never arrived.
     pub(crate) fn lost<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> usize {
         let per_id = self.per_id();
-        ids.into_iter().filter(|id| !per_id.contains_key(*id)).count()
+        ids.into_iter()
+            .filter(|id| !per_id.contains_key(*id))
+            .count()
     }
 }
 

@@ -84,7 +84,12 @@ async fn open_writer(url: &str) -> (sqlx::PgConnection, i32) {
 /// Enqueues one message and returns its id.
 async fn enqueue_one(scratch: &Scratch, event: &str) -> String {
     let message = NewMessage::new(event, b"{}".to_vec());
-    scratch.pg_storage().await.save(&[message.clone()]).await.unwrap();
+    scratch
+        .pg_storage()
+        .await
+        .save(&[message.clone()])
+        .await
+        .unwrap();
     message.id.to_string()
 }
 
@@ -167,7 +172,10 @@ async fn a_writer_in_the_outbox_database_holds_later_commits_and_status_names_it
         || async { delivered(&scratch, &id).then_some(()) },
     )
     .await;
-    println!("delivered {:?} after the writer committed", released.elapsed());
+    println!(
+        "delivered {:?} after the writer committed",
+        released.elapsed()
+    );
     let status = status_json(&config).await;
     assert_eq!(
         status_of(&status, "sink")["held_back_by"],

@@ -65,7 +65,12 @@ async fn a_target_added_by_one_relay_loses_nothing_and_only_forget_lets_it_go() 
     let scratch = Scratch::postgres().await;
     let config_a = config(&scratch, "relay-a.toml", &["t1"]);
     let config_b = config(&scratch, "relay-b.toml", &["t1", "t2"]);
-    scratch.pg_storage().await.ensure_partitions(4).await.unwrap();
+    scratch
+        .pg_storage()
+        .await
+        .ensure_partitions(4)
+        .await
+        .unwrap();
     let pool = scratch.pg_pool().await;
     let (t1, t2) = (
         scratch.path().join("out/t1.jsonl"),
@@ -77,10 +82,14 @@ async fn a_target_added_by_one_relay_loses_nothing_and_only_forget_lets_it_go() 
         .await
         .unwrap();
     let b = RelayProcess::start(&config_b, &scratch.path().join("relay-b.log"));
-    eventually("relay B to take partitions", Duration::from_secs(30), || async {
-        (leases_held(&pool, "t1", b.pid()).await + leases_held(&pool, "t2", b.pid()).await > 0)
-            .then_some(())
-    })
+    eventually(
+        "relay B to take partitions",
+        Duration::from_secs(30),
+        || async {
+            (leases_held(&pool, "t1", b.pid()).await + leases_held(&pool, "t2", b.pid()).await > 0)
+                .then_some(())
+        },
+    )
     .await;
     // 200 msg/s for 6 s while both run, as in the report.
     let with_b = produce(pool.clone(), 1_200, 20, Duration::from_millis(100), tick)

@@ -48,16 +48,20 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     let file = out.join("count.jsonl");
 
     let relay = RelayProcess::start(&config, &scratch.path().join("relay.log"));
-    eventually("the first 100 deliveries", Duration::from_secs(30), || async {
-        (Received::read(&file).lines.len() >= 100).then_some(())
-    })
+    eventually(
+        "the first 100 deliveries",
+        Duration::from_secs(30),
+        || async { (Received::read(&file).lines.len() >= 100).then_some(()) },
+    )
     .await;
 
     // Another writer takes the write lock and keeps it past the busy timeout.
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(&scratch.database_url())
         .unwrap()
         .busy_timeout(Duration::from_secs(30));
-    let mut locker = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    let mut locker = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
     sqlx::raw_sql("BEGIN IMMEDIATE")
         .execute(&mut locker)
         .await
@@ -65,7 +69,10 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     let locked_at = Received::read(&file).lines.len();
     tokio::time::sleep(HOLD).await;
     let before_release = Received::read(&file).lines.len();
-    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
     locker.close().await.unwrap();
     assert!(
         before_release < N,
@@ -73,9 +80,11 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
          {locked_at} when the lock was taken)"
     );
 
-    eventually("every message delivered", Duration::from_secs(60), || async {
-        (Received::read(&file).lost(&ids) == 0).then_some(())
-    })
+    eventually(
+        "every message delivered",
+        Duration::from_secs(60),
+        || async { (Received::read(&file).lost(&ids) == 0).then_some(()) },
+    )
     .await;
     // Anything re-delivered would come right after the lock's release.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -40,7 +40,12 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     storage.ensure_partitions(4).await.unwrap();
     let pad = "x".repeat(payload_bytes);
     let messages: Vec<NewMessage> = (0..MESSAGES)
-        .map(|i| NewMessage::new("tick", format!("{{\"n\":{i},\"pad\":\"{pad}\"}}").into_bytes()))
+        .map(|i| {
+            NewMessage::new(
+                "tick",
+                format!("{{\"n\":{i},\"pad\":\"{pad}\"}}").into_bytes(),
+            )
+        })
         .collect();
     for chunk in messages.chunks(500) {
         storage.save(chunk).await.unwrap();

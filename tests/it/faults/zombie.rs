@@ -67,23 +67,32 @@ sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
     let pool = scratch.pg_pool().await;
     let survivor = RelayProcess::start(&config, &scratch.path().join("survivor.log"));
     let zombie = RelayProcess::start(&config, &scratch.path().join("zombie.log"));
-    eventually("the relays to share the partitions 2 and 2", Duration::from_secs(30), || async {
-        (leases_held(&pool, "ledger", survivor.pid()).await == 2
-            && leases_held(&pool, "ledger", zombie.pid()).await == 2)
-            .then_some(())
-    })
+    eventually(
+        "the relays to share the partitions 2 and 2",
+        Duration::from_secs(30),
+        || async {
+            (leases_held(&pool, "ledger", survivor.pid()).await == 2
+                && leases_held(&pool, "ledger", zombie.pid()).await == 2)
+                .then_some(())
+        },
+    )
     .await;
 
     let producer = produce(pool.clone(), 4_000, 10, Duration::from_millis(50), |i| {
         let key = format!("k{:02}", i % KEYS);
         let n = i / KEYS + 1;
-        NewMessage::new("tick", format!("{{\"key\":\"{key}\",\"n\":{n}}}").into_bytes())
-            .with_key(key)
+        NewMessage::new(
+            "tick",
+            format!("{{\"key\":\"{key}\",\"n\":{n}}}").into_bytes(),
+        )
+        .with_key(key)
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Catch every worker between reading a batch and delivering it.
-    let mut locker = sqlx::PgConnection::connect(&scratch.database_url()).await.unwrap();
+    let mut locker = sqlx::PgConnection::connect(&scratch.database_url())
+        .await
+        .unwrap();
     sqlx::raw_sql("BEGIN; LOCK TABLE outbox_deliveries IN ACCESS EXCLUSIVE MODE")
         .execute(&mut locker)
         .await
@@ -132,7 +141,10 @@ sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
         let n = line["payload"]["n"].as_i64().unwrap();
         let top = highest.entry(key.clone()).or_insert(0);
         if n < *top {
-            backwards.push(format!("line {}: key {key} n={n} after n={top}", line_no + 1));
+            backwards.push(format!(
+                "line {}: key {key} n={n} after n={top}",
+                line_no + 1
+            ));
         }
         *top = (*top).max(n);
     }
