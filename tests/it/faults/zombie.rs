@@ -89,7 +89,20 @@ sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Catch every worker between reading a batch and delivering it.
+    // Catch every worker between reading a batch and delivering it. An
+    // open transaction that has written (`horizon`) hides what commits after
+    // it, so a backlog builds up in every partition; the lock is taken
+    // (which gives `locker` a transaction id, after that backlog), then
+    // `horizon` ends: the backlog becomes readable, and each worker reads a
+    // batch of it and waits on the lock.
+    let mut horizon = sqlx::PgConnection::connect(&scratch.database_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE app_data (x int); BEGIN; INSERT INTO app_data VALUES (1)")
+        .execute(&mut horizon)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut locker = sqlx::PgConnection::connect(&scratch.database_url())
         .await
         .unwrap();
@@ -97,10 +110,10 @@ sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
         .execute(&mut locker)
         .await
         .unwrap();
-    eventually(
-        "all 4 partition workers to wait with a batch read",
-        Duration::from_secs(10),
-        || async {
+    sqlx::raw_sql("COMMIT").execute(&mut horizon).await.unwrap();
+    horizon.close().await.unwrap();
+    let caught = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity
                  WHERE datname = $1 AND application_name = 'outbox-relay' AND wait_event_type = 'Lock'",
@@ -109,10 +122,29 @@ sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
             .fetch_one(&pool)
             .await
             .unwrap();
-            (waiting >= PARTITIONS as i64).then_some(())
-        },
-    )
+            if waiting >= PARTITIONS as i64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
     .await;
+    if caught.is_err() {
+        let activity: Vec<(
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT application_name, state, wait_event_type, left(query, 120)
+                 FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&database)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        panic!("not every partition worker waits with a batch read: {activity:#?}");
+    }
     zombie.signal("STOP");
     sqlx::raw_sql("COMMIT").execute(&mut locker).await.unwrap();
     locker.close().await.unwrap();
