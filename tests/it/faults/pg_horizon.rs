@@ -87,7 +87,7 @@ async fn enqueue_one(scratch: &Scratch, event: &str) -> String {
     scratch
         .pg_storage()
         .await
-        .save(&[message.clone()])
+        .save(std::slice::from_ref(&message))
         .await
         .unwrap();
     message.id.to_string()

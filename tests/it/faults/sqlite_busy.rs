@@ -5,6 +5,8 @@
 //! Here a second connection holds the write lock (`BEGIN IMMEDIATE`) for
 //! 12 s, longer than the relay's busy timeout (10 s), while the relay
 //! drains a backlog; then lets go. Every message must arrive exactly once.
+//! (`lease_ttl = 120s`: neither a lease renewal nor a heartbeat, both
+//! writes, falls inside the 12 s, so the acknowledgements are what waits.)
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -24,8 +26,8 @@ async fn a_locked_database_on_an_ack_write_costs_no_redelivery() {
     let config = scratch.write_config_with_relay(
         "relay.toml",
         r#"poll_interval = "50ms"
-lease_ttl = "60s"
-claim_timeout = "60s"
+lease_ttl = "120s"
+claim_timeout = "120s"
 shutdown_grace = "5s""#,
         &format!(
             r#"

@@ -130,14 +130,9 @@ sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
     })
     .await;
     if caught.is_err() {
-        let activity: Vec<(
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        )> = sqlx::query_as(
-            "SELECT application_name, state, wait_event_type, left(query, 120)
-                 FROM pg_stat_activity WHERE datname = $1",
+        let activity: Vec<String> = sqlx::query_scalar(
+            "SELECT concat_ws(' | ', application_name, state, wait_event_type, left(query, 80))
+             FROM pg_stat_activity WHERE datname = $1",
         )
         .bind(&database)
         .fetch_all(&pool)
