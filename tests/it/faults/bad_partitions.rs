@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use outbox_relay_tests::{Scratch, dead_letters, eventually};
 
-use super::{Received, RelayProcess, cli, status_json, status_of};
+use super::{Received, RecordingTarget, RelayProcess, cli, route_all, status_json, status_of};
 
 async fn insert(pool: &sqlx::SqlitePool, partition: i64, n: usize) -> (i64, String) {
     let id = uuid::Uuid::now_v7().to_string();
@@ -36,19 +36,7 @@ async fn out_of_range_partitions_are_dead_lettered_and_counted() {
     let config = scratch.write_config_as(
         "relay.toml",
         "partitions = 4",
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["sink"]
-
-[targets.sink]
-plugin = "file"
-config = {{ path = "/out/sink.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
-        ),
+        &route_all(&out, &[RecordingTarget::file("sink")]),
     );
     let migrated = cli(&["migrate", "--config", config.to_str().unwrap()]).await;
     assert!(migrated.success, "migrate: {}", migrated.stderr);

@@ -17,22 +17,13 @@ use std::time::Duration;
 use outbox_relay_tests::{Scratch, config_text};
 use sqlx::Connection as _;
 
-use super::cli;
+use super::{RecordingTarget, cli, route_all};
 use crate::free_port;
 
 fn sink(scratch: &Scratch) -> String {
-    format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["sink"]
-
-[targets.sink]
-plugin = "file"
-config = {{ path = "/out/sink.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-        scratch.path().join("out").display()
+    route_all(
+        &scratch.path().join("out"),
+        &[RecordingTarget::file("sink")],
     )
 }
 
@@ -107,18 +98,26 @@ async fn migrate_works_without_targets() {
     assert!(sqlite_tables(&scratch.path().join("outbox.db")).await >= 4);
 }
 
-#[tokio::test]
-async fn enqueue_without_a_payload_is_refused() {
+/// `outbox-relay enqueue --event order.created <args>` on a fresh SQLite
+/// scratch; returns the run and the ids in the log afterwards.
+async fn enqueue_cli(args: &[&str]) -> (super::CliRun, Vec<String>) {
     let scratch = Scratch::new();
     let config = scratch.write_config(&sink(&scratch));
-    let run = cli(&[
-        "enqueue",
-        "--event",
-        "order.created",
-        "--config",
-        config.to_str().unwrap(),
-    ])
-    .await;
+    let mut all = vec!["enqueue", "--event", "order.created"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", config.to_str().unwrap()]);
+    let run = cli(&all).await;
+    let storage = scratch.storage().await;
+    let stored = sqlx::query_scalar("SELECT id FROM outbox_messages ORDER BY seq")
+        .fetch_all(storage.pool())
+        .await
+        .unwrap();
+    (run, stored)
+}
+
+#[tokio::test]
+async fn enqueue_without_a_payload_is_refused() {
+    let (run, stored) = enqueue_cli(&[]).await;
     assert!(
         !run.success,
         "enqueue without --payload or --payload-file was accepted: {}",
@@ -129,30 +128,12 @@ async fn enqueue_without_a_payload_is_refused() {
         "the error names the missing option: {}",
         run.stderr
     );
-    let storage = scratch.storage().await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_messages")
-        .fetch_one(storage.pool())
-        .await
-        .unwrap();
-    assert_eq!(n, 0, "nothing was enqueued");
+    assert_eq!(stored.len(), 0, "nothing was enqueued");
 }
 
 #[tokio::test]
 async fn enqueue_n_15_prints_15_ids() {
-    let scratch = Scratch::new();
-    let config = scratch.write_config(&sink(&scratch));
-    let run = cli(&[
-        "enqueue",
-        "--event",
-        "order.created",
-        "--payload",
-        "{}",
-        "-n",
-        "15",
-        "--config",
-        config.to_str().unwrap(),
-    ])
-    .await;
+    let (run, stored) = enqueue_cli(&["--payload", "{}", "-n", "15"]).await;
     assert!(run.success, "{}", run.stderr);
     let ids: Vec<uuid::Uuid> = run
         .stdout
@@ -160,11 +141,6 @@ async fn enqueue_n_15_prints_15_ids() {
         .filter_map(|l| uuid::Uuid::parse_str(l.trim()).ok())
         .collect();
     assert_eq!(ids.len(), 15, "15 ids printed: {}", run.stdout);
-    let storage = scratch.storage().await;
-    let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox_messages ORDER BY seq")
-        .fetch_all(storage.pool())
-        .await
-        .unwrap();
     let printed: Vec<String> = ids.iter().map(ToString::to_string).collect();
     assert_eq!(stored, printed, "the printed ids are the enqueued ones");
 }

@@ -14,7 +14,10 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 
-use super::{Received, RelayProcess, faketime_env, leases_held, produce};
+use super::{
+    Received, RecordingTarget, RelayProcess, faketime_env, leases_held, produce, relay_lines,
+    route_all,
+};
 
 const LOST_LEASE: &str = "lease lost during a batch";
 
@@ -23,24 +26,13 @@ async fn skewed_relay_takes_no_live_lease(offset: &str) {
     let out = scratch.path().join("out");
     let config = scratch.write_config_with_relay(
         "relay.toml",
-        r#"poll_interval = "50ms"
-lease_ttl = "30s"
-claim_timeout = "30s"
-shutdown_grace = "5s"
-partitions = 4"#,
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["sink"]
-
-[targets.sink]
-plugin = "file"
-batch_size = 20
-config = {{ path = "/out/sink.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
+        &relay_lines("30s", "partitions = 4"),
+        &route_all(
+            &out,
+            &[RecordingTarget {
+                lines: "batch_size = 20",
+                ..RecordingTarget::file("sink")
+            }],
         ),
     );
     scratch

@@ -17,7 +17,7 @@ use outbox_relay::storage::Storage as _;
 use outbox_relay::storage::sqlite::SqliteStorage;
 use outbox_relay_tests::{Scratch, config_text, enqueue, eventually};
 
-use super::{Received, RelayProcess, Tmpfs};
+use super::{Received, RecordingTarget, RelayProcess, Tmpfs, relay_lines, route_all};
 
 const N: usize = 4_000;
 const PARTITIONS: usize = 4;
@@ -38,24 +38,15 @@ async fn sqlite_disk_full_recovers_without_restart_and_without_a_redelivery_stor
         &config,
         config_text(
             &database,
-            r#"poll_interval = "50ms"
-lease_ttl = "30s"
-claim_timeout = "30s"
-shutdown_grace = "5s"
-partitions = 4"#,
-            &format!(
-                r#"
-[[routes]]
-events = ["*"]
-targets = ["counted"]
-
-[targets.counted]
-plugin = "count"
-batch_size = {BATCH}
-config = {{ path = "/out/count.jsonl", sleep_ms = 50 }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-                out.display()
+            &relay_lines("30s", "partitions = 4"),
+            &route_all(
+                &out,
+                &[RecordingTarget {
+                    plugin: "count",
+                    config: ", sleep_ms = 50",
+                    lines: &format!("batch_size = {BATCH}"),
+                    ..RecordingTarget::file("counted")
+                }],
             ),
         ),
     )
@@ -68,7 +59,7 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
         storage.pool().close().await;
         messages.iter().map(|m| m.id.to_string()).collect()
     };
-    let file = out.join("count.jsonl");
+    let file = out.join("counted.jsonl");
 
     let mut relay = RelayProcess::start(&config, &scratch.path().join("relay.log"));
     eventually(
@@ -143,19 +134,12 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
 async fn the_file_target_names_a_full_disk() {
     let scratch = Scratch::new();
     let disk = Tmpfs::mount(&scratch.path().join("out"), 1024);
-    let config = scratch.write_config(&format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["sink"]
-
-[targets.sink]
-plugin = "file"
-config = {{ path = "/out/sink.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-retry = {{ initial_backoff = "100ms", max_backoff = "200ms", max_attempts = 1000 }}
-"#,
-        scratch.path().join("out").display()
+    let config = scratch.write_config(&route_all(
+        &scratch.path().join("out"),
+        &[RecordingTarget {
+            lines: r#"retry = { initial_backoff = "100ms", max_backoff = "200ms", max_attempts = 1000 }"#,
+            ..RecordingTarget::file("sink")
+        }],
     ));
     let storage = scratch.storage().await;
     let ballast = disk.fill(0);

@@ -335,3 +335,56 @@ pub(crate) async fn leases_held(pool: &sqlx::PgPool, target: &str, pid: u32) -> 
     .await
     .unwrap()
 }
+
+/// One target of a test config whose plugin (`file`, or the `count` test
+/// plugin) records what it delivers to `<out>/<name>.jsonl`.
+pub(crate) struct RecordingTarget<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) plugin: &'a str,
+    /// More keys of its plugin config, e.g. `, sleep_ms = 20`.
+    pub(crate) config: &'a str,
+    /// More lines of its table, e.g. `ordered = true`.
+    pub(crate) lines: &'a str,
+}
+
+impl<'a> RecordingTarget<'a> {
+    pub(crate) const fn file(name: &'a str) -> Self {
+        Self {
+            name,
+            plugin: "file",
+            config: "",
+            lines: "",
+        }
+    }
+}
+
+/// A config body: every event routed to each of `targets`, then their tables.
+pub(crate) fn route_all(out: &Path, targets: &[RecordingTarget<'_>]) -> String {
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let mut body = format!("\n[[routes]]\nevents = [\"*\"]\ntargets = {names:?}\n");
+    for t in targets {
+        body.push_str(&format!(
+            r#"
+[targets.{name}]
+plugin = "{plugin}"
+config = {{ path = "/out/{name}.jsonl"{config} }}
+sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
+{lines}
+"#,
+            name = t.name,
+            plugin = t.plugin,
+            config = t.config,
+            out = out.display(),
+            lines = t.lines,
+        ));
+    }
+    body
+}
+
+/// `[relay]` lines for a test: quick polling, `lease_ttl` (and the claim
+/// timeout) as given, then `extra`.
+pub(crate) fn relay_lines(lease_ttl: &str, extra: &str) -> String {
+    format!(
+        "poll_interval = \"50ms\"\nlease_ttl = \"{lease_ttl}\"\nclaim_timeout = \"{lease_ttl}\"\nshutdown_grace = \"5s\"\n{extra}"
+    )
+}

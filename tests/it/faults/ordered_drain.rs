@@ -13,7 +13,7 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 
-use super::{Received, RelayProcess};
+use super::{Received, RecordingTarget, RelayProcess, route_all};
 
 const POLL: Duration = Duration::from_secs(5);
 const BACKLOG: usize = 60;
@@ -23,22 +23,13 @@ async fn drain_backlog(keys: usize) {
     let out = scratch.path().join("out");
     let config = scratch.write_config_with_relay(
         "relay.toml",
-        r#"poll_interval = "5s"
-lease_ttl = "30s"
-partitions = 4"#,
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["ordered"]
-
-[targets.ordered]
-plugin = "file"
-ordered = true
-config = {{ path = "/out/ordered.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
+        "poll_interval = \"5s\"\nlease_ttl = \"30s\"\npartitions = 4",
+        &route_all(
+            &out,
+            &[RecordingTarget {
+                lines: "ordered = true",
+                ..RecordingTarget::file("ordered")
+            }],
         ),
     );
     let storage = scratch.pg_storage().await;

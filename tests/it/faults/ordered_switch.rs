@@ -13,27 +13,23 @@ use std::time::Duration;
 
 use outbox_relay_tests::{Scratch, enqueue, eventually};
 
-use super::{Received, RelayProcess, status_json, status_of};
+use super::{Received, RecordingTarget, RelayProcess, route_all, status_json, status_of};
 
 const N: usize = 40;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(scratch: &Scratch, ordered: bool, fail_percent: u32) -> PathBuf {
-    scratch.write_config(&format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["switched"]
-
-[targets.switched]
-plugin = "count"
-ordered = {ordered}
-batch_size = 10
-config = {{ path = "/out/switched.jsonl", fail_percent = {fail_percent} }}
-sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
-retry = {{ initial_backoff = "100ms", max_backoff = "300ms", jitter = 0.0, max_attempts = 1000 }}
-"#,
-        out = scratch.path().join("out").display()
+    scratch.write_config(&route_all(
+        &scratch.path().join("out"),
+        &[RecordingTarget {
+            plugin: "count",
+            config: &format!(", fail_percent = {fail_percent}"),
+            lines: &format!(
+                "ordered = {ordered}\nbatch_size = 10\n\
+                 retry = {{ initial_backoff = \"100ms\", max_backoff = \"300ms\", jitter = 0.0, max_attempts = 1000 }}"
+            ),
+            ..RecordingTarget::file("switched")
+        }],
     ))
 }
 

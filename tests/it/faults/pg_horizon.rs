@@ -27,21 +27,12 @@ use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 use sqlx::Connection as _;
 
-use super::{Received, RelayProcess, status_json, status_of};
+use super::{Received, RecordingTarget, RelayProcess, route_all, status_json, status_of};
 
 fn sink_config(scratch: &Scratch) -> std::path::PathBuf {
-    scratch.write_config(&format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["sink"]
-
-[targets.sink]
-plugin = "file"
-config = {{ path = "/out/sink.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-        scratch.path().join("out").display()
+    scratch.write_config(&route_all(
+        &scratch.path().join("out"),
+        &[RecordingTarget::file("sink")],
     ))
 }
 

@@ -18,32 +18,20 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 
-use super::{Received, RelayProcess, cli, leases_held, produce};
+use super::{
+    Received, RecordingTarget, RelayProcess, cli, leases_held, produce, relay_lines, route_all,
+};
 
 fn config(scratch: &Scratch, file: &str, targets: &[&str]) -> PathBuf {
-    let out = scratch.path().join("out");
-    let mut body = format!("\n[[routes]]\nevents = [\"*\"]\ntargets = {targets:?}\n");
-    for t in targets {
-        body.push_str(&format!(
-            r#"
-[targets.{t}]
-plugin = "file"
-config = {{ path = "/out/{t}.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
-        ));
-    }
+    let targets: Vec<RecordingTarget<'_>> =
+        targets.iter().map(|t| RecordingTarget::file(t)).collect();
     scratch.write_config_with_relay(
         file,
-        r#"poll_interval = "50ms"
-lease_ttl = "3s"
-claim_timeout = "10s"
-shutdown_grace = "5s"
-retention = "1s"
-prune_interval = "1s"
-partitions = 4"#,
-        &body,
+        &relay_lines(
+            "3s",
+            "retention = \"1s\"\nprune_interval = \"1s\"\npartitions = 4",
+        ),
+        &route_all(&scratch.path().join("out"), &targets),
     )
 }
 

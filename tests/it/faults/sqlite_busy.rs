@@ -14,7 +14,7 @@ use std::time::Duration;
 use outbox_relay_tests::{Scratch, enqueue, eventually};
 use sqlx::Connection as _;
 
-use super::{Received, RelayProcess};
+use super::{Received, RecordingTarget, RelayProcess, relay_lines, route_all};
 
 const N: usize = 1_500;
 const HOLD: Duration = Duration::from_secs(12);
@@ -25,29 +25,21 @@ async fn a_locked_database_on_an_ack_write_costs_no_redelivery() {
     let out = scratch.path().join("out");
     let config = scratch.write_config_with_relay(
         "relay.toml",
-        r#"poll_interval = "50ms"
-lease_ttl = "120s"
-claim_timeout = "120s"
-shutdown_grace = "5s""#,
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["counted"]
-
-[targets.counted]
-plugin = "count"
-batch_size = 10
-config = {{ path = "/out/count.jsonl", sleep_ms = 20 }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
+        &relay_lines("120s", ""),
+        &route_all(
+            &out,
+            &[RecordingTarget {
+                plugin: "count",
+                config: ", sleep_ms = 20",
+                lines: "batch_size = 10",
+                ..RecordingTarget::file("counted")
+            }],
         ),
     );
     let storage = scratch.storage().await;
     let messages = enqueue(&storage, "thing.happened", N).await;
     let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
-    let file = out.join("count.jsonl");
+    let file = out.join("counted.jsonl");
 
     let relay = RelayProcess::start(&config, &scratch.path().join("relay.log"));
     eventually(

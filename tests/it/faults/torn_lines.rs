@@ -12,7 +12,7 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 
-use super::{Received, RelayProcess};
+use super::{Received, RecordingTarget, RelayProcess, route_all};
 
 const MESSAGES: usize = 2_000;
 
@@ -22,19 +22,7 @@ async fn no_torn_lines(payload_bytes: usize) {
     let config = scratch.write_config_as(
         "relay.toml",
         "partitions = 4",
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["sink"]
-
-[targets.sink]
-plugin = "file"
-config = {{ path = "/out/sink.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
-        ),
+        &route_all(&out, &[RecordingTarget::file("sink")]),
     );
     let storage = scratch.storage().await;
     storage.ensure_partitions(4).await.unwrap();

@@ -23,7 +23,9 @@ use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 use sqlx::Connection as _;
 
-use super::{Received, RelayProcess, leases_held, produce};
+use super::{
+    Received, RecordingTarget, RelayProcess, leases_held, produce, relay_lines, route_all,
+};
 
 const KEYS: usize = 20;
 const BATCH: usize = 20;
@@ -36,26 +38,13 @@ async fn a_resumed_zombie_delivers_nothing_stale_on_an_ordered_target() {
     let out = scratch.path().join("out");
     let config = scratch.write_config_with_relay(
         "relay.toml",
-        r#"poll_interval = "50ms"
-lease_ttl = "5s"
-claim_timeout = "5s"
-shutdown_grace = "5s"
-retention = "0s"
-partitions = 4"#,
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["ledger"]
-
-[targets.ledger]
-plugin = "file"
-ordered = true
-batch_size = {BATCH}
-config = {{ path = "/out/ledger.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }}, call_timeout = "1s" }}
-"#,
-            out.display()
+        &relay_lines("5s", "retention = \"0s\"\npartitions = 4"),
+        &route_all(
+            &out,
+            &[RecordingTarget {
+                lines: &format!("ordered = true\nbatch_size = {BATCH}"),
+                ..RecordingTarget::file("ledger")
+            }],
         ),
     );
     scratch
