@@ -1,6 +1,6 @@
 # The two commands (see README):
 #   make demo   run the relay on a SQLite file with the bundled plugins
-#   make test   build everything and run every test
+#   make test   build everything and run every test (after `make setup`)
 #   make bench  run the benchmarks (docs/performance.md); BENCH_ARGS="--quick" for a smoke run
 # .ci/run runs `make lint test`.
 
