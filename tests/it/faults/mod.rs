@@ -19,6 +19,15 @@
 //! | `disk_full::the_file_target_names_a_full_disk` | 11: the `file` target's error on a full disk names ENOSPC |
 //! | `cli_small::*` | 11: the smaller CLI items (see that file) |
 //!
+//! Interfaces these tests assume that do not exist on `main` yet (the
+//! fixes must match them, or change the test with them):
+//! `outbox-relay targets forget NAME --yes --config ...` (it prints how many
+//! messages it lets go); `held_back_by: [{pid, database, age_ms}]` on each
+//! target of `status --json` (see `pg_horizon.rs`).
+//!
+//! Needs: root (the disk-full tests mount a tmpfs) and Debian's
+//! `libfaketime` (`make setup`, tests/setup.sh).
+//!
 //! The harness below runs the relay as a process with its log kept, runs
 //! the CLI, and counts what a target received.
 
