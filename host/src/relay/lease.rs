@@ -92,7 +92,17 @@ impl PartitionWorker {
                 self.settings.lease_ttl,
             )
             .await?;
+        let mut moved = false;
         match (&mut lease, &state.held.lease) {
+            // Someone else moved the cursor while this worker was away (a
+            // pause longer than the lease): what it read before is stale.
+            (Some(new), Some(old)) if new.position > old.position => {
+                tracing::warn!(
+                    "the cursor moved while this relay was away; dropping what this worker held"
+                );
+                state.acks.discard();
+                moved = true;
+            }
             (Some(new), Some(old)) => new.position = new.position.max(old.position),
             (Some(_), None) => tracing::info!("partition taken"),
             (None, Some(_)) => {
@@ -103,7 +113,8 @@ impl PartitionWorker {
         }
         state.held.lease.clone_from(&lease);
         state.held.renewed_at = lease.as_ref().map(|_| asked_at);
-        Ok(lease)
+        // The caller starts over from the database's cursor on its next step.
+        Ok(if moved { None } else { lease })
     }
 
     /// True once a quarter of the lease's TTL has passed since it was last

@@ -19,8 +19,6 @@ use crate::storage::{Ack, Disposition, Failure, Storage, StorageError, now_ms};
 /// What one ordered step comes to.
 #[derive(Debug)]
 pub(super) enum Ordered {
-    /// The head message is held by a failure; its next attempt is this far off.
-    Wait(Duration),
     /// Write this ack; then hold this long (a message failed), or go on.
     Ack {
         ack: Ack,
@@ -110,14 +108,33 @@ pub(super) fn settle(
     (ack, None)
 }
 
-/// One ordered step over `entries`, read after `from`.
-pub(super) async fn deliver(
-    delivery: &mut Delivery,
+/// An ordered batch ready for the plugin: what it covers, and the
+/// envelopes to send.
+#[derive(Debug)]
+pub(super) struct Batch {
+    entries: Vec<Entry>,
+    envelopes: Vec<Envelope>,
+    /// Rows were left after the cut.
+    more: bool,
+}
+
+/// What an ordered step will do with `entries`.
+#[derive(Debug)]
+pub(super) enum Plan {
+    /// The head message is held by a failure; its next attempt is this far off.
+    Wait(Duration),
+    Send(Batch),
+}
+
+/// Plans one ordered step over `entries`: the held head alone when it is
+/// due, otherwise the entries up to the first repeated key. Reads the head's
+/// failure record; no plugin call, so the caller can make sure the lease is
+/// still its own between this and [`send`].
+pub(super) async fn plan(
     storage: &dyn Storage,
     target: &str,
-    from: Position,
     mut entries: Vec<Entry>,
-) -> Result<Ordered, StorageError> {
+) -> Result<Plan, StorageError> {
     let mut head_attempts = 0;
     let head_seq = match entries.first() {
         Some(Entry::Deliver(head)) => Some(head.message.seq),
@@ -129,7 +146,7 @@ pub(super) async fn deliver(
     {
         let wait = held.next_attempt_ms - now_ms();
         if wait > 0 && !held.dead {
-            return Ok(Ordered::Wait(Duration::from_millis(wait as u64)));
+            return Ok(Plan::Wait(Duration::from_millis(wait as u64)));
         }
         head_attempts = held.attempts;
         more = entries.len() > 1;
@@ -149,12 +166,26 @@ pub(super) async fn deliver(
     {
         first.attempt = head_attempts + 1;
     }
+    Ok(Plan::Send(Batch {
+        entries,
+        envelopes,
+        more,
+    }))
+}
+
+/// Delivers a planned batch read after `from`, and settles it.
+pub(super) async fn send(delivery: &mut Delivery, batch: Batch, from: Position) -> Ordered {
+    let Batch {
+        entries,
+        envelopes,
+        more,
+    } = batch;
     let outcomes = if envelopes.is_empty() {
         Vec::new()
     } else {
         match delivery.send(&envelopes).await {
             Ok(outcomes) => outcomes,
-            Err(e) => return Ok(Ordered::Stalled(e)),
+            Err(e) => return Ordered::Stalled(e),
         }
     };
     let verdicts: Vec<(Envelope, Option<Failure>)> = envelopes
@@ -166,11 +197,11 @@ pub(super) async fn deliver(
         })
         .collect();
     let (ack, held_until) = settle(&entries, verdicts, from);
-    Ok(Ordered::Ack {
+    Ordered::Ack {
         ack,
         hold: held_until.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64)),
         more: more && held_until.is_none(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::classify::{self, Entry, Limits};
 use super::delivery::{CannotStart, Delivery};
 use super::health::{Health, TargetHealth};
 use super::lease::Held;
-use super::ordered::{self, Ordered};
+use super::ordered::{self, Ordered, Plan};
 use super::pipeline::AckWriter;
 use super::{TargetSpec, storage_backoff};
 use crate::config::RelaySettings;
@@ -191,26 +191,23 @@ impl PartitionWorker {
                 self.tail(last).await?
             });
         }
-        // The fetch may have outlasted a pause: ask again before delivering.
+        let batch =
+            match ordered::plan(&*self.storage, &self.target.name, self.classify(entries)).await? {
+                Plan::Send(batch) => batch,
+                Plan::Wait(d) => {
+                    self.health.held(&self.target.name, self.partition);
+                    return Ok(Step::Hold(d));
+                }
+            };
+        // The reads may have outlasted a pause: ask again before delivering.
         let Some(lease) = self.held(state).await? else {
             return Ok(Step::Idle);
         };
-        let (ack, hold, more) = match ordered::deliver(
-            &mut state.delivery,
-            &*self.storage,
-            &self.target.name,
-            lease.position,
-            self.classify(entries),
-        )
-        .await?
-        {
-            Ordered::Ack { ack, hold, more } => (ack, hold, more),
-            Ordered::Wait(d) => {
-                self.health.held(&self.target.name, self.partition);
-                return Ok(Step::Hold(d));
-            }
-            Ordered::Stalled(e) => return Ok(self.stalled(e)),
-        };
+        let (ack, hold, more) =
+            match ordered::send(&mut state.delivery, batch, lease.position).await {
+                Ordered::Ack { ack, hold, more } => (ack, hold, more),
+                Ordered::Stalled(e) => return Ok(self.stalled(e)),
+            };
         state.acks.push(ack);
         if !state.held.written(state.acks.write_all(&lease).await)? {
             return Ok(Step::Idle);

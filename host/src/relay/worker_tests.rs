@@ -428,6 +428,22 @@ async fn a_worker_paused_past_its_lease_delivers_nothing_it_held() {
 }
 
 #[tokio::test]
+async fn a_worker_whose_cursor_moved_while_it_was_away_starts_over_from_it() {
+    let storage = MemoryStorage::with_log(30, |_| None);
+    let mut h = harness(storage, Fake::default(), true, 10);
+    assert_eq!(h.worker.step(&mut h.state).await.unwrap(), Step::Busy);
+    let before = h.delivered();
+    // Away past the lease: another relay delivered up to 20 and let go.
+    h.state.held.renewed_at = Some(Instant::now() - Duration::from_secs(31));
+    h.storage.memory().cursor = Position { xid: 0, seq: 20 };
+    assert_eq!(h.worker.step(&mut h.state).await.unwrap(), Step::Idle);
+    assert_eq!(h.delivered(), before, "nothing stale delivered");
+    assert_eq!(h.drain().await.unwrap(), Step::Idle);
+    let after: Vec<i64> = h.delivered()[before.len()..].to_vec();
+    assert_eq!(after, (21..=30).collect::<Vec<_>>(), "from the moved cursor on");
+}
+
+#[tokio::test]
 async fn a_plugin_that_cannot_start_stalls_the_target_and_says_why() {
     let storage = MemoryStorage::with_log(3, |_| None);
     let fake = Fake {
