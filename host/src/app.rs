@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError};
 use crate::keys::{KeyError, KeyRing, SigningGrant};
 use crate::plugin::{PluginError, PluginRuntime, PluginSpec, TargetPlugins, WasmTransportFactory};
-use crate::relay::{Relay, TargetSpec, new_owner_id};
+use crate::relay::{Relay, TargetSpec, TargetStates, new_owner_id};
 use crate::routes::Routes;
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
@@ -178,5 +178,6 @@ pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
         targets: TargetSpec::all(config),
         settings: config.relay.clone(),
         owner: new_owner_id(),
+        states: TargetStates::default(),
     })
 }

@@ -17,7 +17,7 @@ use crate::message::{Envelope, LogEntry, MalformedMessage, Outcome, Position, en
 use crate::metrics::Counted;
 use crate::routes::Routes;
 use crate::storage::{
-    BatchAck, Disposition, DueRetry, Failure, Lease, Settlement, Storage, StorageError, now_ms,
+    BatchAck, Disposition, DueRetry, Failure, Lease, Settlement, Storage, StorageError,
 };
 use crate::transport::{Transport, TransportError, TransportErrorKind, TransportFactory};
 
@@ -237,7 +237,12 @@ impl PartitionWorker {
 
         let entries = self
             .storage
-            .fetch_pending(self.partition, lease.position, batch_size)
+            .fetch_pending(
+                self.partition,
+                lease.position,
+                batch_size,
+                self.settings.max_payload_bytes,
+            )
             .await?;
         if !self.target.ordered {
             return self
@@ -362,10 +367,13 @@ impl PartitionWorker {
                 .is_none_or(|at| at.elapsed() >= self.settings.lease_ttl / RENEW_AFTER_FRACTION);
             let read_ahead = full && started.elapsed() < RETRY_CHECK_INTERVAL && !renewal_due;
             let storage = self.storage.clone();
+            let max_payload = self.settings.max_payload_bytes;
             let reading = read_ahead.then(|| {
-                tokio::spawn(
-                    async move { storage.fetch_pending(partition, last, batch_size).await },
-                )
+                tokio::spawn(async move {
+                    storage
+                        .fetch_pending(partition, last, batch_size, max_payload)
+                        .await
+                })
             });
             // A short batch is the tail of the log: whether rows hidden by
             // an open transaction follow it is asked alongside the delivery.
@@ -639,9 +647,8 @@ impl PartitionWorker {
         if let Some(seq) = head_seq
             && let Some(held) = self.storage.failure_state(&self.target.name, seq).await?
         {
-            let wait = held.next_attempt_ms - now_ms();
-            if wait > 0 && !held.dead {
-                return Ok(Ordered::Wait(Duration::from_millis(wait as u64)));
+            if !held.due_in.is_zero() && !held.dead {
+                return Ok(Ordered::Wait(held.due_in));
             }
             head_attempts = held.attempts;
             entries.truncate(1);
@@ -711,11 +718,9 @@ impl PartitionWorker {
                                 position = envelope.message.position();
                                 failures.push(f);
                             }
-                            Disposition::RetryAt(at) => {
+                            Disposition::RetryAfter(wait) => {
                                 // Hold here: the cursor stays before it.
-                                hold = Some(Step::Hold(Duration::from_millis(
-                                    (at - now_ms()).max(0) as u64,
-                                )));
+                                hold = Some(Step::Hold(wait));
                                 failures.push(f);
                                 break;
                             }
@@ -911,9 +916,7 @@ impl PartitionWorker {
                 // A plugin's hint is a lower bound, but never beyond the policy's cap.
                 let hint = delay_ms.map(|ms| Duration::from_millis(ms).min(policy.max_backoff));
                 let wait = backoff::delay(policy, attempts, hint);
-                let at =
-                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-                (reason.clone(), Disposition::RetryAt(at))
+                (reason.clone(), Disposition::RetryAfter(wait))
             }
         };
         if disposition == Disposition::Dead {
