@@ -111,6 +111,7 @@ async fn refresh_lag(state: AdminState, every: Duration) {
         let targets = state.targets.read().await.clone();
         match storage.status(&targets).await {
             Ok(rows) => {
+                crate::metrics::waiting_on(rows.iter().find_map(|r| r.waiting_on.as_ref()));
                 for row in rows {
                     crate::metrics::lag(&row.target, row.lag, row.oldest_pending_age_ms);
                 }

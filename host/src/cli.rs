@@ -77,6 +77,9 @@ enum Command {
         #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
         watch: Option<std::time::Duration>,
     },
+    /// Forget a target that no relay serves any more (the target registry).
+    #[command(subcommand)]
+    Targets(crate::registry::TargetsCommand),
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
     DeadLetters(crate::dead_letters::DeadLettersCommand),
@@ -238,6 +241,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Enqueue(args) => enqueue(args).await,
         Command::DeadLetters(command) => crate::dead_letters::run(command).await,
+        Command::Targets(command) => crate::registry::run(command).await,
         Command::Status {
             config,
             json,
@@ -467,7 +471,7 @@ async fn status(
     watch: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     let storage = app::open_storage(&config).await?;
-    let names: Vec<String> = config.targets.keys().cloned().collect();
+    let names = crate::registry::status_targets(&*storage, &config).await?;
     let Some(every) = watch else {
         return print_status(storage.status(&names).await?, json);
     };
@@ -499,7 +503,7 @@ fn print_status(rows: Vec<crate::storage::TargetStatus>, json: bool) -> anyhow::
         "{:<20} {:>10} {:>14} {:>9} {:>6}  LEASES",
         "TARGET", "LAG", "OLDEST PENDING", "RETRIES", "DEAD"
     );
-    for r in rows {
+    for r in &rows {
         let oldest = r
             .oldest_pending_age_ms
             .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
@@ -512,6 +516,9 @@ fn print_status(rows: Vec<crate::storage::TargetStatus>, json: bool) -> anyhow::
             "{:<20} {:>10} {:>14} {:>9} {:>6}  {}",
             r.target, r.lag, oldest, r.retries_pending, r.dead_letters, leases
         );
+    }
+    for note in crate::registry::notes(&rows) {
+        println!("\n{note}");
     }
     Ok(())
 }

@@ -27,6 +27,7 @@
 //! - [`routes`]: event-name globs to targets.
 //! - [`backoff`]: the retry schedule.
 //! - [`relay`]: the workers that tie it together; [`app`] wires them from a config.
+//! - [`registry`]: the target registry for operators (`targets forget`, `status` notes).
 //! - [`cli`]: the `outbox-relay` command line; [`admin`]: its HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`), fed by [`metrics`].
 
@@ -58,6 +59,8 @@ pub mod keys;
 pub mod metrics;
 #[cfg(feature = "relay")]
 pub mod plugin;
+#[cfg(feature = "relay")]
+pub mod registry;
 #[cfg(feature = "relay")]
 pub mod relay;
 #[cfg(feature = "relay")]

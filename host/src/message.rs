@@ -134,6 +134,98 @@ impl Outcome {
     }
 }
 
+/// One log row as an adapter read it, before any validation. Every backend
+/// fills one in from its own columns and [`decode_row`] decides, once for
+/// all of them, whether it is a usable [`Message`] or malformed and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    pub seq: i64,
+    /// The inserting transaction (Postgres), or 0.
+    pub xid: i64,
+    /// A text column as read, or why it could not be read as text.
+    pub id: Result<String, String>,
+    pub event_name: Result<String, String>,
+    pub partition_key: Result<Option<String>, String>,
+    /// The `partition` column as text, whatever its stored type.
+    pub partition: String,
+    /// The partition count the outbox was set up with.
+    pub partitions: u32,
+    /// The payload's size in bytes, as the database reports it.
+    pub payload_len: i64,
+    /// The payload, unless it was over `max_payload_bytes` and not read.
+    pub payload: Option<Vec<u8>>,
+    pub max_payload_bytes: usize,
+    /// The headers column as read (`None` is an empty object).
+    pub headers: Result<Option<String>, String>,
+    pub created_at_ms: i64,
+}
+
+/// Why a payload of `len` bytes is refused, if it is over `max`.
+pub fn payload_over_limit(len: i64, max: usize) -> Option<String> {
+    (usize::try_from(len).map_or(len > 0, |l| l > max))
+        .then(|| format!("the payload is {len} bytes, over relay.max_payload_bytes ({max})"))
+}
+
+/// The one row decoder: a usable message, or malformed with the reason.
+pub fn decode_row(row: RawRow) -> LogEntry {
+    let id_text = row.id.clone().unwrap_or_default();
+    let event_name = row.event_name.clone().unwrap_or_default();
+    let malformed = |reason: String| {
+        Err(MalformedMessage {
+            seq: row.seq,
+            xid: row.xid,
+            id: id_text.clone(),
+            event_name: event_name.clone(),
+            reason,
+        })
+    };
+    if let Err(reason) = row.id.as_ref().and(row.event_name.as_ref()) {
+        return malformed(reason.clone());
+    }
+    let id = match Uuid::parse_str(&id_text) {
+        Ok(id) => id,
+        Err(e) => return malformed(format!("id {id_text:?} is not a UUID: {e}")),
+    };
+    if event_name.trim().is_empty() {
+        return malformed("event name is empty".into());
+    }
+    let partition = match row.partition.trim().parse::<u32>() {
+        Ok(p) if p < row.partitions.max(1) => p,
+        _ => {
+            return malformed(format!(
+                "partition {} is outside 0..{}",
+                row.partition,
+                row.partitions.max(1)
+            ));
+        }
+    };
+    if let Some(reason) = payload_over_limit(row.payload_len, row.max_payload_bytes) {
+        return malformed(reason);
+    }
+    let headers = match &row.headers {
+        Ok(raw) => match decode_headers(raw.as_deref().unwrap_or("{}")) {
+            Ok(h) => h,
+            Err(reason) => return malformed(reason),
+        },
+        Err(reason) => return malformed(reason.clone()),
+    };
+    let partition_key = match &row.partition_key {
+        Ok(k) => k.clone(),
+        Err(reason) => return malformed(reason.clone()),
+    };
+    Ok(Message {
+        seq: row.seq,
+        xid: row.xid,
+        id,
+        event_name,
+        partition_key,
+        partition,
+        payload: row.payload.unwrap_or_default(),
+        headers,
+        created_at_ms: row.created_at_ms,
+    })
+}
+
 /// Decodes a stored headers column (JSON object of strings). Names are lower-cased.
 pub fn decode_headers(raw: &str) -> Result<Headers, String> {
     let value: serde_json::Value =
@@ -228,6 +320,56 @@ mod tests {
         assert_eq!(partition_of(Some("a"), &id, 1), 0);
         assert_eq!(partition_of(Some("order-42"), &id, 16), 0x5724_46f4 % 16);
         assert_eq!(partition_of(Some("order-42"), &Uuid::now_v7(), 16), 4);
+    }
+
+    fn raw() -> RawRow {
+        RawRow {
+            seq: 7,
+            xid: 0,
+            id: Ok(Uuid::now_v7().to_string()),
+            event_name: Ok("e".into()),
+            partition_key: Ok(None),
+            partition: "1".into(),
+            partitions: 4,
+            payload_len: 2,
+            payload: Some(b"{}".to_vec()),
+            max_payload_bytes: 10,
+            headers: Ok(None),
+            created_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_row_outside_the_partitions_is_malformed_with_the_reason() {
+        assert_eq!(decode_row(raw()).unwrap().partition, 1);
+        for (stored, reason) in [
+            ("7", "partition 7 is outside 0..4"),
+            ("-1", "partition -1 is outside 0..4"),
+            ("4096", "partition 4096 is outside 0..4"),
+            ("x", "partition x is outside 0..4"),
+        ] {
+            let bad = decode_row(RawRow {
+                partition: stored.into(),
+                ..raw()
+            })
+            .unwrap_err();
+            assert_eq!(bad.reason, reason);
+            assert_eq!(bad.seq, 7);
+        }
+    }
+
+    #[test]
+    fn a_payload_over_the_limit_is_malformed_without_being_read() {
+        let bad = decode_row(RawRow {
+            payload_len: 11,
+            payload: None,
+            ..raw()
+        })
+        .unwrap_err();
+        assert_eq!(
+            bad.reason,
+            "the payload is 11 bytes, over relay.max_payload_bytes (10)"
+        );
     }
 
     /// Fuzzing the row decoder's headers column (see docs/reliability.md).

@@ -12,6 +12,7 @@
 //! | `outbox_plugin_call_duration_seconds` | histogram | `target`, `plugin` |
 //! | `outbox_plugin_traps_total` | counter | `target`, `plugin` |
 //! | `outbox_plugin_instance_restarts_total` | counter | `target`, `plugin` |
+//! | `outbox_waiting_on_transaction_seconds` | gauge | `pid`, `database`: age of the open transaction delivery waits on (Postgres); 0 once it is gone |
 
 use std::sync::OnceLock;
 
@@ -101,4 +102,36 @@ pub fn lag(target: &str, messages: i64, oldest_age_ms: Option<i64>) {
     metrics::gauge!("outbox_lag_messages", "target" => target.to_string()).set(messages as f64);
     metrics::gauge!("outbox_lag_seconds", "target" => target.to_string())
         .set(oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+}
+
+/// The labels of the transaction last reported by [`waiting_on`], to zero
+/// them when it is gone.
+static WAITING_ON: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+/// Reports the open transaction that delivery waits on (Postgres), or that
+/// none is held back any more.
+pub fn waiting_on(transaction: Option<&crate::storage::OpenTransaction>) {
+    let labels = transaction.map(|t| {
+        (
+            t.pid
+                .map_or_else(|| t.prepared.clone().unwrap_or_default(), |p| p.to_string()),
+            t.database.clone().unwrap_or_default(),
+        )
+    });
+    let mut last = WAITING_ON
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((pid, database)) = last.take().filter(|l| Some(l) != labels.as_ref()) {
+        metrics::gauge!("outbox_waiting_on_transaction_seconds", "pid" => pid, "database" => database)
+            .set(0.0);
+    }
+    if let (Some(t), Some((pid, database))) = (transaction, labels) {
+        metrics::gauge!(
+            "outbox_waiting_on_transaction_seconds",
+            "pid" => pid.clone(),
+            "database" => database.clone()
+        )
+        .set(t.age_ms as f64 / 1000.0);
+        *last = Some((pid, database));
+    }
 }

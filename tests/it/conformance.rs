@@ -6,7 +6,9 @@ use std::time::Duration;
 use outbox_relay::NewMessage;
 use outbox_relay::message::Position;
 use outbox_relay::producer;
-use outbox_relay::storage::{Ack, Disposition, Failure, Settlement, Storage, StorageError, now_ms};
+use outbox_relay::storage::{
+    Ack, Disposition, Failure, ServedTarget, Settlement, Storage, StorageError,
+};
 use outbox_relay_tests::{Scratch, enqueue};
 
 const T: &str = "target-a";
@@ -17,7 +19,7 @@ fn retry_now(seq: i64, id: &str, attempts: u32) -> Failure {
         message_id: id.to_string(),
         attempts,
         error: format!("failure {attempts}"),
-        disposition: Disposition::RetryAt(now_ms()),
+        disposition: Disposition::RetryAfter(Duration::ZERO),
     }
 }
 
@@ -54,7 +56,10 @@ fn ids(entries: &[outbox_relay::message::LogEntry]) -> Vec<String> {
 async fn only_pending_messages_come_back(storage: &dyn Storage) {
     let sent = enqueue_settled(storage, 5).await;
     let l = lease(storage, "a").await;
-    let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
+    let all = storage
+        .fetch_pending(0, l.position, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&all),
         sent.iter().map(|m| m.id.to_string()).collect::<Vec<_>>()
@@ -73,7 +78,10 @@ async fn only_pending_messages_come_back(storage: &dyn Storage) {
         .unwrap();
     let l = lease(storage, "a").await;
     assert_eq!(l.position, third);
-    let rest = storage.fetch_pending(0, l.position, 100).await.unwrap();
+    let rest = storage
+        .fetch_pending(0, l.position, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&rest),
         sent[3..]
@@ -87,7 +95,7 @@ async fn the_batch_limit_is_exact(storage: &dyn Storage) {
     enqueue_settled(storage, 10).await;
     for (limit, expected) in [(1, 1), (4, 4), (10, 10), (20, 10)] {
         let got = storage
-            .fetch_pending(0, Position::default(), limit)
+            .fetch_pending(0, Position::default(), limit, usize::MAX)
             .await
             .unwrap();
         assert_eq!(got.len(), expected, "limit {limit}");
@@ -97,7 +105,10 @@ async fn the_batch_limit_is_exact(storage: &dyn Storage) {
 async fn an_ack_is_kept(storage: &dyn Storage) {
     enqueue_settled(storage, 3).await;
     let l = lease(storage, "a").await;
-    let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
+    let all = storage
+        .fetch_pending(0, l.position, 100, usize::MAX)
+        .await
+        .unwrap();
     let last = all[2].as_ref().unwrap().position();
     storage
         .mark_published(
@@ -116,7 +127,7 @@ async fn an_ack_is_kept(storage: &dyn Storage) {
     assert_eq!(other.position, last);
     assert!(
         storage
-            .fetch_pending(0, other.position, 100)
+            .fetch_pending(0, other.position, 100, usize::MAX)
             .await
             .unwrap()
             .is_empty()
@@ -127,7 +138,7 @@ async fn the_retry_count_rises(storage: &dyn Storage) {
     let sent = enqueue_settled(storage, 1).await;
     let l = lease(storage, "a").await;
     let entry = storage
-        .fetch_pending(0, l.position, 10)
+        .fetch_pending(0, l.position, 10, usize::MAX)
         .await
         .unwrap()
         .remove(0)
@@ -183,7 +194,10 @@ async fn the_retry_count_rises(storage: &dyn Storage) {
 async fn exhausted_messages_do_not_come_back(storage: &dyn Storage) {
     let sent = enqueue_settled(storage, 2).await;
     let l = lease(storage, "a").await;
-    let entries = storage.fetch_pending(0, l.position, 10).await.unwrap();
+    let entries = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
     let (a, b) = (entries[0].as_ref().unwrap(), entries[1].as_ref().unwrap());
     storage
         .mark_published(
@@ -229,7 +243,10 @@ async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
             .unwrap()
             .is_none()
     );
-    let entries = storage.fetch_pending(0, l.position, 10).await.unwrap();
+    let entries = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
     let failures = entries
         .iter()
         .zip(&sent)
@@ -280,7 +297,7 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
         .unwrap()
         .unwrap();
     let entry = storage
-        .fetch_pending(0, l.position, 10)
+        .fetch_pending(0, l.position, 10, usize::MAX)
         .await
         .unwrap()
         .remove(0)
@@ -348,7 +365,7 @@ async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
 ) {
     let sent = enqueue_settled(storage, 4).await;
     let entries = storage
-        .fetch_pending(0, Position::default(), 10)
+        .fetch_pending(0, Position::default(), 10, usize::MAX)
         .await
         .unwrap();
     let pos = |i: usize| entries[i].as_ref().unwrap().position();
@@ -386,11 +403,16 @@ async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
         .unwrap();
     let targets = [T.to_string(), "target-b".to_string()];
     assert_eq!(
-        storage.prune(&targets, 0, 100).await.unwrap(),
+        storage
+            .prune(&targets, Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
         0,
         "nothing is old enough"
     );
-    let later = now_ms() + 60_000;
+    // Every message is older than a retention of zero, by the database's clock.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let later = Duration::ZERO;
     // A target that never ran has passed nothing.
     let with_new = [
         T.to_string(),
@@ -407,10 +429,86 @@ async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
     assert_eq!(storage.prune(&targets, later, 100).await.unwrap(), 0);
     // Left: the one a failure record refers to, and the one target-a has not passed.
     let left = storage
-        .fetch_pending(0, Position::default(), 10)
+        .fetch_pending(0, Position::default(), 10, usize::MAX)
         .await
         .unwrap();
     assert_eq!(ids(&left), [sent[1].id.to_string(), sent[3].id.to_string()]);
+}
+
+async fn the_registry_holds_retention_until_a_target_is_forgotten(storage: &dyn Storage) {
+    enqueue_settled(storage, 3).await;
+    let ttl = Duration::from_secs(60);
+    let states = |names: &[&str]| -> Vec<ServedTarget> {
+        names.iter().map(|n| ServedTarget::running(*n)).collect()
+    };
+    storage.heartbeat("a", &states(&[T]), ttl).await.unwrap();
+    let mut held = ServedTarget::running("target-b");
+    held.state = serde_json::json!({"state": "cannot start", "reason": "boom"});
+    let live = storage
+        .heartbeat("b", &[ServedTarget::running(T), held.clone()], ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        live.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(live[1].targets[1], held);
+    assert_eq!(storage.registered_targets().await.unwrap(), [T, "target-b"]);
+    let status = storage
+        .status(&[T.to_string(), "target-b".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(status[0].served_by.len(), 2);
+    assert_eq!(status[1].served_by[0].state["reason"], "boom");
+    assert!(!status[1].holds_back_retention());
+
+    // target-a passes everything; target-b, registered, has passed nothing.
+    let l = lease(storage, "a").await;
+    let all = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
+    storage
+        .mark_published(
+            &l,
+            &Ack {
+                position: all[2].as_ref().unwrap().position(),
+                failures: vec![],
+                resolved: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        storage
+            .prune(&[T.to_string()], Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        0,
+        "a registered target that is not in this relay's config still holds retention"
+    );
+    assert!(matches!(
+        storage.forget_target("target-b").await,
+        Err(StorageError::TargetServed { .. })
+    ));
+    storage.leave("b").await.unwrap();
+    let status = storage.status(&["target-b".to_string()]).await.unwrap();
+    assert!(status[0].holds_back_retention());
+    assert_eq!(status[0].lag, 3);
+    assert!(matches!(
+        storage.forget_target("nosuch").await,
+        Err(StorageError::UnknownTarget(_))
+    ));
+    storage.forget_target("target-b").await.unwrap();
+    assert_eq!(storage.registered_targets().await.unwrap(), [T]);
+    assert_eq!(
+        storage
+            .prune(&[T.to_string()], Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        3
+    );
 }
 
 macro_rules! conformance {
@@ -447,6 +545,7 @@ conformance!(
     a_claimed_batch_is_invisible_to_a_second_relay,
     an_expired_claim_is_taken_over,
     retention_prunes_only_what_every_target_passed_and_nothing_refers_to,
+    the_registry_holds_retention_until_a_target_is_forgotten,
 );
 
 #[tokio::test]
@@ -460,7 +559,7 @@ async fn sqlite_a_rolled_back_enqueue_persists_nothing() {
     tx.rollback().await.unwrap();
     assert!(
         storage
-            .fetch_pending(0, Position::default(), 10)
+            .fetch_pending(0, Position::default(), 10, usize::MAX)
             .await
             .unwrap()
             .is_empty()
@@ -478,7 +577,7 @@ async fn postgres_a_rolled_back_enqueue_persists_nothing() {
     tx.rollback().await.unwrap();
     assert!(
         storage
-            .fetch_pending(0, Position::default(), 10)
+            .fetch_pending(0, Position::default(), 10, usize::MAX)
             .await
             .unwrap()
             .is_empty()

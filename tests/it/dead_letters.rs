@@ -390,7 +390,10 @@ async fn dead_letter_storage_methods(storage: &dyn Storage) {
         .await
         .unwrap()
         .unwrap();
-    let entries = storage.fetch_pending(0, lease.position, 10).await.unwrap();
+    let entries = storage
+        .fetch_pending(0, lease.position, 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 4);
     let messages: Vec<_> = entries
         .iter()
@@ -406,7 +409,7 @@ async fn dead_letter_storage_methods(storage: &dyn Storage) {
             disposition: if m.event_name == "user.created" || m.seq != messages[2].seq {
                 Disposition::Dead
             } else {
-                Disposition::RetryAt(now_ms() + 60_000)
+                Disposition::RetryAfter(Duration::from_secs(60))
             },
         })
         .collect();

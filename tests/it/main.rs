@@ -22,8 +22,10 @@ mod postgres;
 mod producers;
 mod rabbitmq;
 mod redis_streams;
+mod registry;
 mod secrets;
 mod startup;
+mod storage_faults;
 mod webhook;
 
 /// The `outbox-relay` CLI under test (built from `tests/bin/outbox-relay.rs`).

@@ -47,7 +47,7 @@ async fn the_documented_sqlite_insert_works() {
         .await
         .unwrap();
     let entries = storage
-        .fetch_pending(0, Position::default(), 10)
+        .fetch_pending(0, Position::default(), 10, usize::MAX)
         .await
         .unwrap();
     assert_eq!(entries.len(), 1);
@@ -80,7 +80,7 @@ async fn the_documented_postgres_insert_works_and_gets_the_same_partition_as_rus
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let entries = storage
-        .fetch_pending(partition, Position::default(), 10)
+        .fetch_pending(partition, Position::default(), 10, usize::MAX)
         .await
         .unwrap();
     assert_eq!(

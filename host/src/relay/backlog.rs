@@ -40,10 +40,13 @@ impl PartitionWorker {
             let read_ahead =
                 full && started.elapsed() < RETRY_CHECK_INTERVAL && !self.renewal_due(&state.held);
             let storage = self.storage.clone();
+            let max_payload = self.settings.max_payload_bytes;
             let reading = read_ahead.then(|| {
-                tokio::spawn(
-                    async move { storage.fetch_pending(partition, last, batch_size).await },
-                )
+                tokio::spawn(async move {
+                    storage
+                        .fetch_pending(partition, last, batch_size, max_payload)
+                        .await
+                })
             });
             // A short batch is the tail of the log: whether rows hidden by
             // an open transaction follow it is asked alongside the delivery.

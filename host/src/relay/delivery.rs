@@ -9,7 +9,7 @@ use super::TargetSpec;
 use crate::backoff;
 use crate::message::{Envelope, Outcome};
 use crate::metrics::Counted;
-use crate::storage::{Disposition, Failure, now_ms};
+use crate::storage::{Disposition, Failure};
 use crate::transport::{
     Transport, TransportError, TransportErrorKind, TransportFactory, deliver_checked,
 };
@@ -154,9 +154,7 @@ impl Delivery {
                 // A plugin's hint is a lower bound, but never beyond the policy's cap.
                 let hint = delay_ms.map(|ms| Duration::from_millis(ms).min(policy.max_backoff));
                 let wait = backoff::delay(policy, attempts, hint);
-                let at =
-                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-                (reason.clone(), Disposition::RetryAt(at))
+                (reason.clone(), Disposition::RetryAfter(wait))
             }
         };
         if disposition == Disposition::Dead {
@@ -330,7 +328,7 @@ pub(super) mod tests {
         let mut env = envelopes([7]).remove(0);
         assert_eq!(delivery.verdict(&env, &Outcome::Delivered), None);
         let retry = delivery.verdict(&env, &Outcome::retry("x")).unwrap();
-        assert!(matches!(retry.disposition, Disposition::RetryAt(_)));
+        assert!(matches!(retry.disposition, Disposition::RetryAfter(_)));
         env.attempt = 3;
         let dead = delivery.verdict(&env, &Outcome::retry("x")).unwrap();
         assert_eq!(dead.disposition, Disposition::Dead);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::storage::now_ms;
+use crate::storage::{ServedTarget, now_ms};
 use crate::transport::TransportError;
 
 /// One partition's state, or a target's in [`Health::summary`].
@@ -94,6 +94,18 @@ impl Health {
         {
             parts.remove(&partition);
         }
+    }
+
+    /// What the heartbeat reports for `targets`: each one's summary state.
+    pub fn served(&self, targets: &[String]) -> Vec<ServedTarget> {
+        self.summary(targets)
+            .into_iter()
+            .map(|(name, state)| ServedTarget {
+                name,
+                state: serde_json::to_value(state)
+                    .unwrap_or_else(|_| serde_json::json!({ "state": "running" })),
+            })
+            .collect()
     }
 
     /// One state per target among `targets`: cannot start if any partition

@@ -21,9 +21,10 @@
 //!   operators.
 //!
 //! Many relay processes share one database. Each heartbeats into
-//! `outbox_relays`; the live relays, sorted, share the partitions of every
-//! target out among themselves ([`assigned_owner`]), and the partition leases
-//! make the hand-over safe when their views briefly differ.
+//! `outbox_relays` with the targets it serves (which registers them, so
+//! retention waits for them); a target's partitions are dealt out among the
+//! live relays that serve it, sorted ([`assigned_owner`]), and the partition
+//! leases make the hand-over safe when their views briefly differ.
 
 mod backlog;
 mod classify;
@@ -46,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelaySettings, RetryPolicy};
 use crate::routes::Routes;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{LiveRelay, Storage, StorageError, serving};
 use crate::transport::TransportFactory;
 use health::Health;
 use worker::PartitionWorker;
@@ -108,7 +109,8 @@ pub fn new_owner_id() -> String {
 }
 
 /// The live relay that should own `partition` of `target`: partitions are
-/// dealt out round-robin over the sorted live relays, starting at an offset
+/// dealt out round-robin over `live`, the sorted live relays that serve the
+/// target ([`crate::storage::serving`]), starting at an offset
 /// derived from the target's name so small partition counts still spread.
 pub fn assigned_owner<'a>(live: &'a [String], target: &str, partition: u32) -> Option<&'a str> {
     if live.is_empty() {
@@ -139,13 +141,34 @@ impl Relay {
             })
         };
 
-        // Membership: who is alive decides who owns which partition.
+        // Membership: who is alive and serves a target decides who owns
+        // which of its partitions. Each target has its own sorted list.
+        let names: Vec<String> = self.targets.iter().map(|t| t.name.clone()).collect();
+        let health = self.health.clone();
         let live = self
             .storage
-            .heartbeat(&self.owner, self.settings.lease_ttl)
-            .await
-            .unwrap_or_else(|_| vec![self.owner.clone()]);
-        let (members_tx, members_rx) = watch::channel(Arc::new(live));
+            .heartbeat(&self.owner, &health.served(&names), self.settings.lease_ttl)
+            .await;
+        if let Err(e) = &live {
+            tracing::warn!(error = %e, "first heartbeat failed; serving alone until one succeeds");
+        }
+        let mut members = std::collections::HashMap::new();
+        for target in &self.targets {
+            let owners = match &live {
+                Ok(live) => serving(live, &target.name),
+                Err(_) => vec![self.owner.clone()],
+            };
+            members.insert(target.name.clone(), watch::channel(Arc::new(owners)));
+        }
+        let members_rx: std::collections::HashMap<String, watch::Receiver<Arc<Vec<String>>>> =
+            members
+                .iter()
+                .map(|(name, (_, rx))| (name.clone(), rx.clone()))
+                .collect();
+        let members_tx: Vec<(String, watch::Sender<Arc<Vec<String>>>)> = members
+            .into_iter()
+            .map(|(name, (tx, _))| (name, tx))
+            .collect();
         let heartbeat = {
             let storage = self.storage.clone();
             let owner = self.owner.clone();
@@ -153,18 +176,8 @@ impl Relay {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 4).await;
-                    match storage.heartbeat(&owner, ttl).await {
-                        Ok(live) => {
-                            members_tx.send_if_modified(|current| {
-                                if **current == live {
-                                    false
-                                } else {
-                                    tracing::info!(live = ?live, "relay membership changed");
-                                    *current = Arc::new(live);
-                                    true
-                                }
-                            });
-                        }
+                    match storage.heartbeat(&owner, &health.served(&names), ttl).await {
+                        Ok(live) => publish_members(&members_tx, &live),
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                     }
                 }
@@ -190,7 +203,7 @@ impl Relay {
                     settings: self.settings.clone(),
                     owner: self.owner.clone(),
                     wake: wake_rx.clone(),
-                    members: members_rx.clone(),
+                    members: members_rx[&target.name].clone(),
                     health: self.health.clone(),
                 };
                 workers.spawn(supervise(worker, shutdown.clone()));
@@ -251,15 +264,34 @@ async fn supervise(worker: PartitionWorker, shutdown: CancellationToken) {
     }
 }
 
-/// Deletes messages past retention every `prune_interval`, in bounded batches.
+/// Sends each target's workers the live relays that serve it, when that changed.
+fn publish_members(members: &[(String, watch::Sender<Arc<Vec<String>>>)], live: &[LiveRelay]) {
+    for (target, tx) in members {
+        let owners = serving(live, target);
+        tx.send_if_modified(|current| {
+            if **current == owners {
+                false
+            } else {
+                tracing::info!(target = %target, live = ?owners, "relays serving the target changed");
+                *current = Arc::new(owners);
+                true
+            }
+        });
+    }
+}
+
+/// Deletes messages past retention every `prune_interval`, in bounded
+/// batches: those that every registered target (this relay's included) has
+/// passed, older than the retention by the database's clock.
 async fn prune_forever(storage: Arc<dyn Storage>, targets: Vec<String>, settings: RelaySettings) {
     loop {
         tokio::time::sleep(settings.prune_interval).await;
-        let before = crate::storage::now_ms()
-            .saturating_sub(i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX));
         let mut total = 0;
         loop {
-            match storage.prune(&targets, before, settings.prune_batch).await {
+            match storage
+                .prune(&targets, settings.retention, settings.prune_batch)
+                .await
+            {
                 Ok(n) => {
                     total += n;
                     if n < u64::from(settings.prune_batch) {
@@ -299,5 +331,25 @@ mod tests {
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
         assert_eq!(assigned_owner(&[], "t", 0), None);
+    }
+
+    #[test]
+    fn a_target_is_dealt_only_among_the_relays_that_serve_it() {
+        use crate::storage::ServedTarget;
+        let relay = |owner: &str, targets: &[&str]| LiveRelay {
+            owner: owner.into(),
+            targets: targets.iter().map(|t| ServedTarget::running(*t)).collect(),
+        };
+        // A serves t1; B serves t1 and t2 (the rolling change).
+        let live = vec![relay("a", &["t1"]), relay("b", &["t1", "t2"])];
+        let t2 = serving(&live, "t2");
+        for p in 0..4 {
+            assert_eq!(assigned_owner(&t2, "t2", p), Some("b"), "p{p}");
+        }
+        let t1 = serving(&live, "t1");
+        let owners: std::collections::HashSet<_> = (0..4)
+            .filter_map(|p| assigned_owner(&t1, "t1", p))
+            .collect();
+        assert_eq!(owners.len(), 2);
     }
 }

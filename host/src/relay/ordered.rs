@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::classify::Entry;
 use super::delivery::{CannotStart, Delivery};
 use crate::message::{Envelope, Position};
-use crate::storage::{Ack, Disposition, Failure, Storage, StorageError, now_ms};
+use crate::storage::{Ack, Disposition, Failure, Storage, StorageError};
 
 /// What one ordered step comes to.
 #[derive(Debug)]
@@ -61,12 +61,12 @@ pub(super) fn cut_before_repeat(entries: &mut Vec<Entry>) -> bool {
 /// The ack of an ordered batch, from each delivered envelope's verdict in
 /// order: the cursor passes what was delivered, dead or not for this target,
 /// and stops before the first retry, which the partition then holds at.
-/// Returns the ack and, when holding, when the held message is due.
+/// Returns the ack and, when holding, how soon the held message is due.
 pub(super) fn settle(
     entries: &[Entry],
     verdicts: impl IntoIterator<Item = (Envelope, Option<Failure>)>,
     from: Position,
-) -> (Ack, Option<i64>) {
+) -> (Ack, Option<Duration>) {
     let mut verdicts = verdicts.into_iter();
     let mut ack = Ack {
         position: from,
@@ -96,9 +96,9 @@ pub(super) fn settle(
                             ack.position = envelope.message.position();
                             ack.failures.push(f);
                         }
-                        Disposition::RetryAt(at) => {
+                        Disposition::RetryAfter(wait) => {
                             ack.failures.push(f);
-                            return (ack, Some(at));
+                            return (ack, Some(wait));
                         }
                     },
                 }
@@ -144,9 +144,8 @@ pub(super) async fn plan(
     if let Some(seq) = head_seq
         && let Some(held) = storage.failure_state(target, seq).await?
     {
-        let wait = held.next_attempt_ms - now_ms();
-        if wait > 0 && !held.dead {
-            return Ok(Plan::Wait(Duration::from_millis(wait as u64)));
+        if !held.due_in.is_zero() && !held.dead {
+            return Ok(Plan::Wait(held.due_in));
         }
         head_attempts = held.attempts;
         more = entries.len() > 1;
@@ -199,7 +198,7 @@ pub(super) async fn send(delivery: &mut Delivery, batch: Batch, from: Position) 
     let (ack, held_until) = settle(&entries, verdicts, from);
     Ordered::Ack {
         ack,
-        hold: held_until.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64)),
+        hold: held_until,
         more: more && held_until.is_none(),
     }
 }
@@ -265,12 +264,15 @@ mod tests {
             (envelope(&entries[1]), Some(failure(2, Disposition::Dead))),
             (
                 envelope(&entries[2]),
-                Some(failure(3, Disposition::RetryAt(42))),
+                Some(failure(
+                    3,
+                    Disposition::RetryAfter(Duration::from_millis(42)),
+                )),
             ),
         ];
         let (ack, held) = settle(&entries, verdicts, Position::default());
         assert_eq!(ack.position.seq, 2);
-        assert_eq!(held, Some(42));
+        assert_eq!(held, Some(Duration::from_millis(42)));
         let failed: Vec<i64> = ack.failures.iter().map(|f| f.seq).collect();
         assert_eq!(failed, vec![2, 3]);
     }

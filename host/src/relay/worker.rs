@@ -175,7 +175,12 @@ impl PartitionWorker {
         let batch_size = self.target.batch_size;
         let entries = self
             .storage
-            .fetch_pending(self.partition, lease.position, batch_size)
+            .fetch_pending(
+                self.partition,
+                lease.position,
+                batch_size,
+                self.settings.max_payload_bytes,
+            )
             .await?;
         if !self.target.ordered {
             return self.deliver_backlog(state, entries, retries_full).await;

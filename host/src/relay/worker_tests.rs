@@ -19,7 +19,8 @@ use crate::relay::classify::tests::message;
 use crate::routes::Routes;
 use crate::storage::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, Disposition, DueRetry, FailureState,
-    Lease, Result, Settlement, Storage, StorageError, TargetStatus, now_ms,
+    Lease, LiveRelay, Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus,
+    now_ms,
 };
 
 /// What the fake storage does with the next ack write.
@@ -106,7 +107,13 @@ impl Storage for MemoryStorage {
         }
         Ok(())
     }
-    async fn fetch_pending(&self, _: u32, after: Position, limit: u32) -> Result<Vec<LogEntry>> {
+    async fn fetch_pending(
+        &self,
+        _: u32,
+        after: Position,
+        limit: u32,
+        _: usize,
+    ) -> Result<Vec<LogEntry>> {
         Ok(self
             .memory()
             .log
@@ -147,7 +154,7 @@ impl Storage for MemoryStorage {
         }
         for f in &ack.failures {
             let (next, dead) = match f.disposition {
-                Disposition::RetryAt(at) => (at, false),
+                Disposition::RetryAfter(d) => (now_ms() + d.as_millis() as i64, false),
                 Disposition::Dead => (0, true),
             };
             m.records.insert(f.seq, (f.attempts, next, dead));
@@ -185,7 +192,7 @@ impl Storage for MemoryStorage {
                 }
                 Settlement::Failed(f) => {
                     let (next, dead) = match f.disposition {
-                        Disposition::RetryAt(at) => (at, false),
+                        Disposition::RetryAfter(d) => (now_ms() + d.as_millis() as i64, false),
                         Disposition::Dead => (0, true),
                     };
                     m.records.insert(f.seq, (f.attempts, next, dead));
@@ -212,11 +219,25 @@ impl Storage for MemoryStorage {
     async fn purge_dead_letters(&self, _: &str, _: &[i64]) -> Result<u64> {
         unused()
     }
-    async fn prune(&self, _: &[String], _: i64, _: u32) -> Result<u64> {
+    async fn prune(&self, _: &[String], _: Duration, _: u32) -> Result<u64> {
         unused()
     }
-    async fn heartbeat(&self, owner: &str, _: Duration) -> Result<Vec<String>> {
-        Ok(vec![owner.into()])
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        serving: &[ServedTarget],
+        _: Duration,
+    ) -> Result<Vec<LiveRelay>> {
+        Ok(vec![LiveRelay {
+            owner: owner.into(),
+            targets: serving.to_vec(),
+        }])
+    }
+    async fn registered_targets(&self) -> Result<Vec<String>> {
+        unused()
+    }
+    async fn forget_target(&self, _: &str) -> Result<u64> {
+        unused()
     }
     async fn leave(&self, _: &str) -> Result<()> {
         Ok(())
@@ -228,7 +249,7 @@ impl Storage for MemoryStorage {
             .get(&seq)
             .map(|(attempts, next, dead)| FailureState {
                 attempts: *attempts,
-                next_attempt_ms: *next,
+                due_in: Duration::from_millis((*next - now_ms()).max(0) as u64),
                 dead: *dead,
             }))
     }
@@ -440,7 +461,11 @@ async fn a_worker_whose_cursor_moved_while_it_was_away_starts_over_from_it() {
     assert_eq!(h.delivered(), before, "nothing stale delivered");
     assert_eq!(h.drain().await.unwrap(), Step::Idle);
     let after: Vec<i64> = h.delivered()[before.len()..].to_vec();
-    assert_eq!(after, (21..=30).collect::<Vec<_>>(), "from the moved cursor on");
+    assert_eq!(
+        after,
+        (21..=30).collect::<Vec<_>>(),
+        "from the moved cursor on"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,22 @@
 //! | `mark_published` | [`Storage::mark_published`]: one cursor write per batch |
 //! | `increment_retry` | the failures carried by [`Ack`], and [`Storage::settle_retries`] |
 //!
-//! Every backend runs the same conformance tests (`tests/storage.rs`).
+//! Every backend runs the same conformance tests (`tests/it/conformance.rs`).
+//!
+//! # Time
+//!
+//! Every time a backend compares (lease and claim expiry, retry due times,
+//! heartbeats and liveness, retention) comes from the database's clock, in
+//! SQL: a relay whose own clock is off can neither take a live lease nor
+//! count a live relay as dead. The relay passes durations ([`Disposition::RetryAfter`],
+//! a lease's TTL), never instants.
+//!
+//! # Targets
+//!
+//! Each relay records the targets it serves ([`Storage::heartbeat`]): they
+//! join the registry (`outbox_targets`), and retention ([`Storage::prune`])
+//! keeps a message until every registered target has passed it. A target
+//! leaves the registry only through [`Storage::forget_target`].
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -49,34 +64,62 @@ pub enum StorageError {
          checking what was delivered"
     )]
     CursorsAhead,
+    #[error(
+        "target {target:?} is still served by the live relay(s) {owners:?}; remove it from their \
+         config (and reload) before forgetting it"
+    )]
+    TargetServed { target: String, owners: Vec<String> },
+    #[error("target {0:?} is not registered and has no cursors: nothing to forget")]
+    UnknownTarget(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
 
 impl StorageError {
-    /// True when retrying the same call later may succeed (connection trouble, a busy database).
+    /// True when retrying the same call later may succeed: a lost or refused
+    /// connection, a busy or locked database, a serialization failure or a
+    /// deadlock. Decided by error kind and code, never by message text.
     pub fn is_transient(&self) -> bool {
         match self {
             StorageError::Connect { .. } => true,
-            StorageError::Database(e) => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::WorkerCrashed
-                ) || e
-                    .as_database_error()
-                    .is_some_and(|d| d.message().contains("locked") || d.message().contains("busy"))
-            }
+            StorageError::Database(e) => sqlx_is_transient(e),
             _ => false,
         }
     }
 }
 
+/// SQLite result codes (primary: the low byte of an extended code).
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+
+/// See [`StorageError::is_transient`].
+fn sqlx_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| transient_code(&code)),
+        _ => false,
+    }
+}
+
+/// Whether a database error code is transient: a SQLite code (a number;
+/// extended codes keep the primary one in their low byte) or a Postgres
+/// SQLSTATE (five characters).
+fn transient_code(code: &str) -> bool {
+    if let Ok(n) = code.parse::<i64>() {
+        return matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED);
+    }
+    // 40001 serialization_failure, 40P01 deadlock_detected, class 08
+    // connection exceptions, 57P01..57P03 the server shutting down or starting.
+    matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+}
+
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// A relay's exclusive right to read one partition of one target, until `expires_at_ms`.
+/// A relay's exclusive right to read one partition of one target, until its
+/// TTL runs out by the database's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub target: String,
@@ -89,8 +132,8 @@ pub struct Lease {
 /// What happens to a message that did not get delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// Try again no earlier than this time (ms since the Unix epoch).
-    RetryAt(i64),
+    /// Try again no sooner than this long from now, by the database's clock.
+    RetryAfter(Duration),
     /// Give up: the message becomes a dead letter.
     Dead,
 }
@@ -211,6 +254,87 @@ pub struct TargetStatus {
     pub dead_letters: i64,
     /// Current lease holders, one entry per held partition.
     pub lease_owners: Vec<String>,
+    /// Whether the target is in the registry (`outbox_targets`): retention
+    /// waits for every registered target.
+    pub registered: bool,
+    /// The live relays that serve it, each with the state it reports.
+    pub served_by: Vec<ServedBy>,
+    /// The open transaction that delivery waits on, if any (Postgres).
+    pub waiting_on: Option<OpenTransaction>,
+}
+
+impl TargetStatus {
+    /// Registered, but no live relay serves it: its cursors stand still and
+    /// retention keeps every message it has not passed.
+    pub fn holds_back_retention(&self) -> bool {
+        self.registered && self.served_by.is_empty()
+    }
+}
+
+/// One live relay serving a target, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServedBy {
+    pub owner: String,
+    /// What the relay reported in its last heartbeat (opaque JSON, e.g.
+    /// `{"state":"running"}`).
+    pub state: serde_json::Value,
+}
+
+/// A target a relay serves, with its state as the relay reports it: opaque
+/// JSON that storage keeps and shows (`status --json`) without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ServedTarget {
+    pub name: String,
+    pub state: serde_json::Value,
+}
+
+impl ServedTarget {
+    /// A target being served normally.
+    pub fn running(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            state: serde_json::json!({ "state": "running" }),
+        }
+    }
+}
+
+/// A live relay (heartbeat not expired by the database's clock) and what it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveRelay {
+    pub owner: String,
+    pub targets: Vec<ServedTarget>,
+}
+
+impl LiveRelay {
+    pub fn serves(&self, target: &str) -> bool {
+        self.targets.iter().any(|t| t.name == target)
+    }
+}
+
+/// The sorted owners of the live relays in `live` that serve `target`: the
+/// relays among which its partitions are dealt ([`crate::relay::assigned_owner`]).
+pub fn serving(live: &[LiveRelay], target: &str) -> Vec<String> {
+    let mut owners: Vec<String> = live
+        .iter()
+        .filter(|r| r.serves(target))
+        .map(|r| r.owner.clone())
+        .collect();
+    owners.sort();
+    owners
+}
+
+/// A transaction that the log's horizon waits for: rows committed after it
+/// began are not delivered until it ends (Postgres).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenTransaction {
+    /// The backend's process id (`None` for a prepared transaction).
+    pub pid: Option<i32>,
+    /// Its database (`None` when the server does not say).
+    pub database: Option<String>,
+    /// How long it has been open, in ms.
+    pub age_ms: i64,
+    /// The prepared transaction's gid, if it is one.
+    pub prepared: Option<String>,
 }
 
 #[async_trait]
@@ -239,11 +363,16 @@ pub trait Storage: Send + Sync + 'static {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
     /// Up to `limit` log entries of `partition` after `after`, in log order.
+    /// A row whose payload is over `max_payload_bytes` comes back malformed,
+    /// with its size, without its payload being read. Partition 0 also
+    /// returns the rows whose `partition` is outside the partition count
+    /// (malformed, with the reason), so they are dead-lettered, not stuck.
     async fn fetch_pending(
         &self,
         partition: u32,
         after: Position,
         limit: u32,
+        max_payload_bytes: usize,
     ) -> Result<Vec<LogEntry>>;
 
     /// True if `partition` has rows after `after` that are not readable yet
@@ -298,14 +427,30 @@ pub trait Storage: Send + Sync + 'static {
     /// how many were deleted.
     async fn purge_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64>;
 
-    /// Deletes up to `limit` messages created before `before_ms` that every one
-    /// of `targets` has passed and that no failure record refers to. Returns
+    /// Deletes up to `limit` messages older than `retention` (by the
+    /// database's clock) that every registered target, and every one of
+    /// `targets`, has passed, and that no failure record refers to. Returns
     /// how many it deleted.
-    async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64>;
+    async fn prune(&self, targets: &[String], retention: Duration, limit: u32) -> Result<u64>;
 
-    /// Records that relay `owner` is alive, and returns the live relays
-    /// (heartbeat within `ttl`), sorted.
-    async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>>;
+    /// Records that relay `owner` is alive for `ttl` and serves `serving`
+    /// (each with its state), registers those targets, and returns the live
+    /// relays with what they serve, sorted by owner.
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        serving: &[ServedTarget],
+        ttl: Duration,
+    ) -> Result<Vec<LiveRelay>>;
+
+    /// The registered targets, sorted.
+    async fn registered_targets(&self) -> Result<Vec<String>>;
+
+    /// Removes `target` from the registry with its cursors and failure
+    /// records (retries and dead letters), so retention no longer waits for
+    /// it. Refused with [`StorageError::TargetServed`] while a live relay
+    /// serves it. Returns how many cursor rows went.
+    async fn forget_target(&self, target: &str) -> Result<u64>;
 
     /// Removes `owner` from the live relays (on a clean shutdown).
     async fn leave(&self, owner: &str) -> Result<()>;
@@ -323,11 +468,12 @@ pub trait Storage: Send + Sync + 'static {
     }
 }
 
-/// Attempts so far, and the time the next one is due (ms since the epoch).
+/// Attempts so far, and how long until the next one is due (by the
+/// database's clock; zero when it is due).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureState {
     pub attempts: u32,
-    pub next_attempt_ms: i64,
+    pub due_in: Duration,
     pub dead: bool,
 }
 
@@ -345,7 +491,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+/// Milliseconds since the Unix epoch by this process's clock. Storage never
+/// compares stored times with it (see "Time" above); it is for operators'
+/// input such as `--since 1h`.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -353,17 +501,46 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// One entry of a failure record's history, as JSON text.
-pub(crate) fn history_entry(f: &Failure, at_ms: i64) -> String {
-    serde_json::json!({ "attempt": f.attempts, "at_ms": at_ms, "error": f.error }).to_string()
-}
-
-/// The `state` and `next_attempt_ms` columns of a failure record.
+/// The `state` column of a failure record, and how long from now (ms) its
+/// `next_attempt_ms` is, which the adapter adds to the database's clock.
 pub(crate) fn disposition_columns(d: &Disposition) -> (&'static str, i64) {
     match d {
-        Disposition::RetryAt(at) => ("retry", *at),
+        Disposition::RetryAfter(wait) => ("retry", duration_ms(*wait)),
         Disposition::Dead => ("dead", 0),
     }
+}
+
+/// A wait in ms (as computed in SQL, negative once passed) as a duration.
+pub(crate) fn due_in(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// The served targets of a heartbeat, as the JSON text stored with it.
+pub(crate) fn encode_served(serving: &[ServedTarget]) -> String {
+    serde_json::to_string(serving).unwrap_or_else(|_| "[]".into())
+}
+
+/// A live relay's row; unreadable `targets` text serves nothing.
+pub(crate) fn live_relay(owner: String, targets: &str) -> LiveRelay {
+    LiveRelay {
+        owner,
+        targets: serde_json::from_str(targets).unwrap_or_default(),
+    }
+}
+
+/// Who among `live` serves `target`, with the state each reports.
+pub(crate) fn served_by(live: &[LiveRelay], target: &str) -> Vec<ServedBy> {
+    live.iter()
+        .filter_map(|r| {
+            r.targets
+                .iter()
+                .find(|t| t.name == target)
+                .map(|t| ServedBy {
+                    owner: r.owner.clone(),
+                    state: t.state.clone(),
+                })
+        })
+        .collect()
 }
 
 /// A [`DeadLetterFilter::event_pattern`] as a SQL `LIKE` pattern with `\` as
@@ -411,4 +588,43 @@ pub(crate) fn decode_history(raw: &str) -> Vec<AttemptRecord> {
 
 pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_codes_are_exact() {
+        // SQLite: BUSY, LOCKED and their extended codes.
+        for code in ["5", "6", "261", "517", "773", "262", "518"] {
+            assert!(transient_code(code), "{code}");
+        }
+        // FULL, IOERR, CONSTRAINT, CORRUPT are not.
+        for code in ["13", "10", "19", "2067", "11", "1"] {
+            assert!(!transient_code(code), "{code}");
+        }
+        for code in ["40001", "40P01", "08006", "08001", "57P01"] {
+            assert!(transient_code(code), "{code}");
+        }
+        for code in ["23505", "42P01", "53100", "22P02"] {
+            assert!(!transient_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn serving_lists_only_the_relays_that_have_the_target() {
+        let live = vec![
+            live_relay("b".into(), r#"[{"name":"t1","state":{"state":"running"}}]"#),
+            live_relay(
+                "a".into(),
+                r#"[{"name":"t2","state":{}},{"name":"t1","state":{}}]"#,
+            ),
+            live_relay("c".into(), "not json"),
+        ];
+        assert_eq!(serving(&live, "t1"), ["a", "b"]);
+        assert_eq!(serving(&live, "t2"), ["a"]);
+        assert!(serving(&live, "t3").is_empty());
+        assert_eq!(served_by(&live, "t1")[0].state["state"], "running");
+    }
 }

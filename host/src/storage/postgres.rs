@@ -1,40 +1,111 @@
 //! PostgreSQL adapter of the storage port.
 //!
-//! The log is read in `(xact_id, seq)` order and only below the oldest
-//! transaction still running (`pg_snapshot_xmin`), so a transaction that
-//! commits late is never skipped. Retries are claimed with `SKIP LOCKED`, and
-//! an insert trigger `NOTIFY`s the relays once per transaction.
+//! # The horizon
+//!
+//! The log is read in `(xact_id, seq)` order and only below a *horizon*, so
+//! a transaction that commits late is never skipped: every row below it is
+//! committed (or rolled back) and visible to the read.
+//!
+//! The horizon is the oldest transaction id that was still running when the
+//! read's snapshot was taken (`pg_snapshot_xip(pg_current_snapshot())`),
+//! leaving out the transactions known to belong to *other* databases of the
+//! server (`pg_stat_activity.backend_xid` where `datname` is another
+//! database, and `pg_prepared_xacts` of other databases); with none left it
+//! is the snapshot's `xmax`. A transaction in another database cannot write
+//! this outbox, so it no longer holds delivery back. The rule stays safe in
+//! every race: a running transaction of this database is never left out
+//! (only transactions seen in another database are), and one that ends
+//! between the snapshot and the look at `pg_stat_activity` is simply waited
+//! for once more.
+//!
+//! Seeing other users' `backend_xid` needs `pg_read_all_stats` (or
+//! superuser): without it those columns are hidden. A relay whose role has
+//! neither falls back, with a warning at start, to the cluster-wide rule,
+//! `pg_snapshot_xmin(pg_current_snapshot())`, under which an open writing
+//! transaction in any database of the server holds every message back.
+//! When delivery waits, `status` names the transaction's backend
+//! ([`OpenTransaction`]).
+//!
+//! Retries are claimed with `SKIP LOCKED`, an insert trigger `NOTIFY`s the
+//! relays once per transaction, and every time is the database's clock
+//! ([`now!`]). The conformance suite is `tests/it/conformance.rs`.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 
 use super::{
-    Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, Result,
-    Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
-    duration_ms, glob_to_like, history_entry, now_ms,
+    Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
+    OpenTransaction, Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus,
+    decode_history, disposition_columns, due_in, duration_ms, encode_served, glob_to_like,
+    live_relay, served_by,
 };
-use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
+use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "outbox_relay";
 
-const MESSAGE_COLUMNS: &str = "m.seq, m.xact_id::text::bigint AS xid, m.id::text AS id, m.event_name, \
-     m.partition_key, m.partition, m.payload, m.headers::text AS headers, m.created_at_ms";
+/// How long opening the database may take before it is reported as failed
+/// (a refused port fails at once; this bounds a silent one).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database's clock in ms since the Unix epoch, as SQL.
+macro_rules! now {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+
+/// The horizon of this database's transactions (see the module docs).
+const DATABASE_HORIZON: &str = "coalesce((SELECT x.xid
+     FROM pg_snapshot_xip(pg_current_snapshot()) AS x(xid)
+     WHERE (x.xid::text::bigint % 4294967296) NOT IN (
+        SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
+        WHERE a.backend_xid IS NOT NULL AND a.datname IS NOT NULL AND a.datname <> current_database()
+        UNION ALL
+        SELECT p.transaction::text::bigint FROM pg_prepared_xacts p
+        WHERE p.database <> current_database())
+     ORDER BY x.xid LIMIT 1), pg_snapshot_xmax(pg_current_snapshot()))";
+
+/// The cluster-wide horizon, for a role that cannot see other users' transactions.
+const CLUSTER_HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
+
+/// The log columns, for [`decode_entry`]; a payload over `max_payload` (a
+/// SQL expression) is measured, not read (`octet_length` of a TOASTed value
+/// reads only its header).
+fn message_columns(max_payload: &str) -> String {
+    format!(
+        "m.seq, m.xact_id::text::bigint AS xid, m.id::text AS id, m.event_name, \
+         m.partition_key, m.partition::text AS partition, octet_length(m.payload)::bigint AS payload_len, \
+         CASE WHEN octet_length(m.payload) > {max_payload} THEN NULL ELSE m.payload END AS payload, \
+         m.headers::text AS headers, m.created_at_ms"
+    )
+}
+
+/// No limit on the payload: for reads that are not deliveries of the log.
+const ANY_PAYLOAD: &str = "9223372036854775807";
 
 #[derive(Debug, Clone)]
 pub struct PgStorage {
     pool: PgPool,
+    /// [`DATABASE_HORIZON`], or [`CLUSTER_HORIZON`] without the privilege.
+    horizon: &'static str,
+    /// The stored partition count once known (0: not read yet).
+    partitions: Arc<AtomicU32>,
 }
 
 impl PgStorage {
     /// Connects to `url` (`postgres://user:password@host/db`). Connections carry
-    /// `application_name = outbox-relay`, so operators can find them.
+    /// `application_name = outbox-relay`, so operators can find them. One
+    /// connection is tried first, once: a refused or unreachable server is
+    /// reported at once, naming it, instead of after the pool's time-out.
     pub async fn connect(url: &str) -> Result<Self> {
         let shown = crate::storage::redact_url(url);
         let connect_error = |cause| StorageError::Connect {
@@ -44,56 +115,135 @@ impl PgStorage {
         let options = PgConnectOptions::from_str(url)
             .map_err(connect_error)?
             .application_name("outbox-relay");
+        let mut first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                connect_error(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                )))
+            })?
+            .map_err(connect_error)?;
+        let privileged: bool = sqlx::query_scalar(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+                 OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)",
+        )
+        .fetch_one(&mut first)
+        .await?;
+        let _ = first.close().await;
+        let horizon = if privileged {
+            DATABASE_HORIZON
+        } else {
+            tracing::warn!(
+                "the database role is neither superuser nor a member of pg_read_all_stats, so other \
+                 users' transactions are hidden from it: delivery waits for open writing transactions \
+                 of every database on the server (grant pg_read_all_stats to wait only for this one's)"
+            );
+            CLUSTER_HORIZON
+        };
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            horizon,
+            partitions: Arc::new(AtomicU32::new(0)),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Whether the horizon is this database's (the role can see every
+    /// backend's transaction), not the whole server's.
+    pub fn horizon_is_per_database(&self) -> bool {
+        self.horizon == DATABASE_HORIZON
+    }
+
+    /// The stored partition count ([`Storage::ensure_partitions`] keeps it
+    /// once set; until then it is read).
+    async fn partitions(&self) -> Result<u32> {
+        match self.partitions.load(Ordering::Relaxed) {
+            0 => stored_partitions(&mut *self.pool.acquire().await?).await,
+            known => Ok(known),
+        }
+    }
+
+    /// The live relays (heartbeat not expired by the database's clock).
+    async fn live_relays(&self, conn: &mut PgConnection) -> Result<Vec<LiveRelay>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+            "SELECT owner, targets FROM outbox_relays WHERE expires_ms >= ",
+            now!(),
+            " ORDER BY owner"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, targets)| live_relay(owner, &targets))
+            .collect())
+    }
+
+    /// The transaction the horizon waits for, when committed rows are
+    /// beyond it (so delivery is held back), with its backend.
+    async fn waiting_on(
+        &self,
+        conn: &mut PgConnection,
+        partitions: u32,
+    ) -> Result<Option<OpenTransaction>> {
+        let sql = format!(
+            "WITH h AS (SELECT {horizon} AS x),
+                  held AS (SELECT 1 FROM h, generate_series(0, $1 - 1) AS p(partition)
+                           WHERE EXISTS (SELECT 1 FROM outbox_messages m
+                                         WHERE m.partition = p.partition AND m.xact_id >= h.x)
+                           LIMIT 1)
+             SELECT a.pid, a.datname::text AS database, NULL::text AS prepared,
+                    (extract(epoch FROM clock_timestamp() - a.xact_start) * 1000)::bigint AS age_ms
+             FROM h, pg_stat_activity a
+             WHERE EXISTS (SELECT 1 FROM held)
+               AND a.backend_xid::text::bigint = h.x::text::bigint % 4294967296
+             UNION ALL
+             SELECT NULL, p.database::text, p.gid,
+                    (extract(epoch FROM clock_timestamp() - p.prepared) * 1000)::bigint
+             FROM h, pg_prepared_xacts p
+             WHERE EXISTS (SELECT 1 FROM held)
+               AND p.transaction::text::bigint = h.x::text::bigint % 4294967296
+             LIMIT 1",
+            horizon = self.horizon
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i32_of(partitions))
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|r| {
+            Ok(OpenTransaction {
+                pid: r.try_get("pid")?,
+                database: r.try_get("database")?,
+                age_ms: r.try_get::<Option<i64>, _>("age_ms")?.unwrap_or(0),
+                prepared: r.try_get("prepared")?,
+            })
+        })
+        .transpose()
+    }
 }
 
-fn decode_entry(row: &PgRow) -> Result<LogEntry> {
-    let seq: i64 = row.try_get("seq")?;
-    let xid: i64 = row.try_get("xid")?;
-    let id_text: String = row.try_get("id")?;
-    let event_name: String = row.try_get("event_name")?;
-    let malformed = |reason: String| {
-        Ok(Err(MalformedMessage {
-            seq,
-            xid,
-            id: id_text.clone(),
-            event_name: event_name.clone(),
-            reason,
-        }))
-    };
-    let id = match uuid::Uuid::parse_str(&id_text) {
-        Ok(id) => id,
-        Err(e) => return malformed(format!("id {id_text:?} is not a UUID: {e}")),
-    };
-    if event_name.trim().is_empty() {
-        return malformed("event name is empty".into());
-    }
-    let headers_raw: String = row.try_get("headers")?;
-    let headers = match decode_headers(&headers_raw) {
-        Ok(h) => h,
-        Err(reason) => return malformed(reason),
-    };
-    let partition: i32 = row.try_get("partition")?;
-    Ok(Ok(Message {
-        seq,
-        xid,
-        id,
-        event_name,
-        partition_key: row.try_get("partition_key")?,
-        partition: u32::try_from(partition).unwrap_or(0),
+fn decode_entry(row: &PgRow, partitions: u32, max_payload_bytes: usize) -> Result<LogEntry> {
+    Ok(decode_row(RawRow {
+        seq: row.try_get("seq")?,
+        xid: row.try_get("xid")?,
+        id: Ok(row.try_get("id")?),
+        event_name: Ok(row.try_get("event_name")?),
+        partition_key: Ok(row.try_get("partition_key")?),
+        partition: row.try_get("partition")?,
+        partitions,
+        payload_len: row.try_get("payload_len")?,
         payload: row.try_get("payload")?,
-        headers,
+        max_payload_bytes,
+        headers: Ok(Some(row.try_get("headers")?)),
         created_at_ms: row.try_get("created_at_ms")?,
     }))
 }
@@ -121,6 +271,22 @@ fn dead_letter_row(r: &PgRow) -> Result<DeadLetter> {
         last_error: r.try_get("last_error")?,
         dead_at_ms: r.try_get("updated_at_ms")?,
     })
+}
+
+/// One entry of a failure record's history, built in SQL with the
+/// database's clock from the parameters given.
+macro_rules! history_entry {
+    ($attempt:literal, $error:literal) => {
+        concat!(
+            "jsonb_build_object('attempt', ",
+            $attempt,
+            "::int, 'at_ms', ",
+            now!(),
+            ", 'error', ",
+            $error,
+            "::text)"
+        )
+    };
 }
 
 #[async_trait]
@@ -153,6 +319,7 @@ impl Storage for PgStorage {
         if stored != configured {
             return Err(StorageError::PartitionMismatch { stored, configured });
         }
+        self.partitions.store(stored, Ordering::Relaxed);
         Ok(stored)
     }
 
@@ -172,22 +339,24 @@ impl Storage for PgStorage {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let now = now_ms();
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "INSERT INTO outbox_cursors (target, partition, lease_owner, lease_expires_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5)
+             VALUES ($1, $2, $3, ",
+            now!(),
+            " + $4, ",
+            now!(),
+            ")
              ON CONFLICT (target, partition) DO UPDATE
                 SET lease_owner = EXCLUDED.lease_owner, lease_expires_ms = EXCLUDED.lease_expires_ms
               WHERE outbox_cursors.lease_owner IS NULL
                  OR outbox_cursors.lease_owner = EXCLUDED.lease_owner
-                 OR outbox_cursors.lease_expires_ms < $5
-             RETURNING position_xid, position_seq",
-        )
+                 OR outbox_cursors.lease_expires_ms < EXCLUDED.updated_at_ms
+             RETURNING position_xid, position_seq"
+        ))
         .bind(target)
         .bind(i32_of(partition))
         .bind(owner)
-        .bind(now.saturating_add(duration_ms(ttl)))
-        .bind(now)
+        .bind(duration_ms(ttl))
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
@@ -222,41 +391,49 @@ impl Storage for PgStorage {
         partition: u32,
         after: Position,
         limit: u32,
+        max_payload_bytes: usize,
     ) -> Result<Vec<LogEntry>> {
+        let partitions = self.partitions().await?;
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM outbox_messages m
+            "SELECT {columns} FROM outbox_messages m
              WHERE m.partition = $1
                AND (m.xact_id, m.seq) > ($2::text::xid8, $3)
-               AND m.xact_id < pg_snapshot_xmin(pg_current_snapshot())
+               AND m.xact_id < {horizon}
              ORDER BY m.xact_id, m.seq
-             LIMIT $4"
+             LIMIT $4",
+            columns = message_columns("$5"),
+            horizon = self.horizon,
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(i32_of(partition))
             .bind(after.xid.to_string())
             .bind(after.seq)
             .bind(i64::from(limit))
+            .bind(i64::try_from(max_payload_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode_entry).collect()
+        rows.iter()
+            .map(|row| decode_entry(row, partitions, max_payload_bytes))
+            .collect()
     }
 
     async fn has_unsettled(&self, partition: u32, after: Position) -> Result<bool> {
-        Ok(sqlx::query_scalar(
+        let sql = format!(
             "SELECT EXISTS (
                 SELECT 1 FROM outbox_messages
                 WHERE partition = $1 AND (xact_id, seq) > ($2::text::xid8, $3)
-                  AND xact_id >= pg_snapshot_xmin(pg_current_snapshot()))",
-        )
-        .bind(i32_of(partition))
-        .bind(after.xid.to_string())
-        .bind(after.seq)
-        .fetch_one(&self.pool)
-        .await?)
+                  AND xact_id >= {})",
+            self.horizon
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(i32_of(partition))
+            .bind(after.xid.to_string())
+            .bind(after.seq)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()> {
-        let now = now_ms();
         // A batch with nothing to record is one statement, so no BEGIN and
         // COMMIT round trips: the cursor update is atomic on its own.
         let plain = ack.resolved.is_empty() && ack.failures.is_empty();
@@ -265,16 +442,16 @@ impl Storage for PgStorage {
         } else {
             Some(self.pool.begin().await?)
         };
-        let cursor = sqlx::query(
+        let cursor = sqlx::query(concat!(
             "UPDATE outbox_cursors SET
                 position_xid = CASE WHEN (position_xid, position_seq) < ($1, $2) THEN $1 ELSE position_xid END,
                 position_seq = CASE WHEN (position_xid, position_seq) < ($1, $2) THEN $2 ELSE position_seq END,
-                updated_at_ms = $3
-             WHERE target = $4 AND partition = $5 AND lease_owner = $6",
-        )
+                updated_at_ms = ",
+            now!(),
+            " WHERE target = $3 AND partition = $4 AND lease_owner = $5"
+        ))
         .bind(ack.position.xid)
         .bind(ack.position.seq)
-        .bind(now)
         .bind(&lease.target)
         .bind(i32_of(lease.partition))
         .bind(&lease.owner);
@@ -300,26 +477,30 @@ impl Storage for PgStorage {
                 .await?;
         }
         for failure in &ack.failures {
-            let (state, next) = disposition_columns(&failure.disposition);
-            sqlx::query(
+            let (state, wait_ms) = disposition_columns(&failure.disposition);
+            sqlx::query(concat!(
                 "INSERT INTO outbox_deliveries
                     (target, seq, message_id, state, attempts, next_attempt_ms, last_error, history, updated_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, jsonb_build_array($8::jsonb), $9)
+                 VALUES ($1, $2, $3, $4, $5, ",
+                now!(),
+                " + $6, $7, jsonb_build_array(",
+                history_entry!("$5", "$7"),
+                "), ",
+                now!(),
+                ")
                  ON CONFLICT (target, seq) DO UPDATE SET
                     state = EXCLUDED.state, attempts = EXCLUDED.attempts,
                     next_attempt_ms = EXCLUDED.next_attempt_ms, last_error = EXCLUDED.last_error,
-                    history = outbox_deliveries.history || jsonb_build_array($8::jsonb),
-                    updated_at_ms = EXCLUDED.updated_at_ms",
-            )
+                    history = outbox_deliveries.history || EXCLUDED.history,
+                    updated_at_ms = EXCLUDED.updated_at_ms"
+            ))
             .bind(&lease.target)
             .bind(failure.seq)
             .bind(&failure.message_id)
             .bind(state)
             .bind(i32::try_from(failure.attempts).unwrap_or(i32::MAX))
-            .bind(next)
+            .bind(wait_ms)
             .bind(&failure.error)
-            .bind(history_entry(failure, now))
-            .bind(now)
             .execute(&mut *tx)
             .await?;
         }
@@ -334,36 +515,38 @@ impl Storage for PgStorage {
         limit: u32,
         claim_ttl: Duration,
     ) -> Result<Vec<DueRetry>> {
-        let now = now_ms();
+        let partitions = self.partitions().await?;
         // A record ahead of its partition's cursor is an ordered target's
         // held message, retried in place by the ordered path: only records
         // behind the cursor are claimed.
         let sql = format!(
             "WITH due AS (
                 SELECT d.target, d.seq FROM outbox_deliveries d
-                WHERE d.target = $1 AND d.state = 'retry' AND d.next_attempt_ms <= $2 AND d.claim_expires_ms <= $2
-                AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
+                WHERE d.target = $1 AND d.state = 'retry' AND d.next_attempt_ms <= {now}
+                  AND d.claim_expires_ms <= {now}
+                  AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
                     ON c.target = d.target AND c.partition = m.partition
                     WHERE m.seq = d.seq
                     AND (m.xact_id::text::bigint, m.seq) > (c.position_xid, c.position_seq))
                 ORDER BY d.next_attempt_ms, d.seq
-                LIMIT $3
+                LIMIT $2
                 FOR UPDATE SKIP LOCKED
              ), claimed AS (
-                UPDATE outbox_deliveries d SET claim_owner = $4, claim_expires_ms = $5
+                UPDATE outbox_deliveries d SET claim_owner = $3, claim_expires_ms = {now} + $4
                 FROM due WHERE d.target = due.target AND d.seq = due.seq
                 RETURNING d.seq, d.message_id, d.attempts
              )
-             SELECT c.seq AS d_seq, c.message_id AS d_id, c.attempts, {MESSAGE_COLUMNS}
+             SELECT c.seq AS d_seq, c.message_id AS d_id, c.attempts, {columns}
              FROM claimed c LEFT JOIN outbox_messages m ON m.seq = c.seq
-             ORDER BY c.seq"
+             ORDER BY c.seq",
+            now = now!(),
+            columns = message_columns(ANY_PAYLOAD),
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target)
-            .bind(now)
             .bind(i64::from(limit))
             .bind(owner)
-            .bind(now.saturating_add(duration_ms(claim_ttl)))
+            .bind(duration_ms(claim_ttl))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -371,7 +554,7 @@ impl Storage for PgStorage {
                 let attempts: i32 = row.try_get("attempts")?;
                 let found: Option<i64> = row.try_get("seq")?;
                 let entry = if found.is_some() {
-                    decode_entry(row)?
+                    decode_entry(row, partitions, usize::MAX)?
                 } else {
                     Err(MalformedMessage {
                         seq: row.try_get("d_seq")?,
@@ -393,7 +576,6 @@ impl Storage for PgStorage {
         if settlements.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
         for settlement in settlements {
             match settlement {
@@ -405,20 +587,23 @@ impl Storage for PgStorage {
                         .await?;
                 }
                 Settlement::Failed(failure) => {
-                    let (state, next) = disposition_columns(&failure.disposition);
-                    sqlx::query(
+                    let (state, wait_ms) = disposition_columns(&failure.disposition);
+                    sqlx::query(concat!(
                         "UPDATE outbox_deliveries SET
-                            state = $1, attempts = $2, next_attempt_ms = $3, last_error = $4,
-                            history = history || jsonb_build_array($5::jsonb),
-                            claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = $6
-                         WHERE target = $7 AND seq = $8",
-                    )
+                            state = $1, attempts = $2, next_attempt_ms = ",
+                        now!(),
+                        " + $3, last_error = $4,
+                            history = history || jsonb_build_array(",
+                        history_entry!("$2", "$4"),
+                        "),
+                            claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
+                        now!(),
+                        " WHERE target = $5 AND seq = $6"
+                    ))
                     .bind(state)
                     .bind(i32::try_from(failure.attempts).unwrap_or(i32::MAX))
-                    .bind(next)
+                    .bind(wait_ms)
                     .bind(&failure.error)
-                    .bind(history_entry(failure, now))
-                    .bind(now)
                     .bind(target)
                     .bind(failure.seq)
                     .execute(&mut *tx)
@@ -433,7 +618,15 @@ impl Storage for PgStorage {
     async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>> {
         let mut conn = self.pool.acquire().await?;
         let partitions = stored_partitions(&mut conn).await?;
-        let now = now_ms();
+        let now: i64 = sqlx::query_scalar(concat!("SELECT ", now!()))
+            .fetch_one(&mut *conn)
+            .await?;
+        let live = self.live_relays(&mut conn).await?;
+        let waiting_on = if targets.is_empty() {
+            None
+        } else {
+            self.waiting_on(&mut conn, partitions).await?
+        };
         let mut out = Vec::with_capacity(targets.len());
         for target in targets {
             let row = sqlx::query(
@@ -462,7 +655,8 @@ impl Storage for PgStorage {
             .await?;
             let counts = sqlx::query(
                 "SELECT count(*) FILTER (WHERE state = 'retry') AS retries,
-                        count(*) FILTER (WHERE state = 'dead') AS dead
+                        count(*) FILTER (WHERE state = 'dead') AS dead,
+                        EXISTS (SELECT 1 FROM outbox_targets WHERE name = $1) AS registered
                  FROM outbox_deliveries WHERE target = $1",
             )
             .bind(target)
@@ -478,6 +672,9 @@ impl Storage for PgStorage {
                     .into_iter()
                     .map(|(p, owner)| format!("{owner} (p{p})"))
                     .collect(),
+                registered: counts.try_get("registered")?,
+                served_by: served_by(&live, target),
+                waiting_on: waiting_on.clone().filter(|_| lag > 0),
             });
         }
         Ok(out)
@@ -494,19 +691,7 @@ impl Storage for PgStorage {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    target: r.try_get("target")?,
-                    seq: r.try_get("seq")?,
-                    message_id: r.try_get("message_id")?,
-                    event_name: r.try_get("event_name")?,
-                    attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
-                    last_error: r.try_get("last_error")?,
-                    dead_at_ms: r.try_get("updated_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(dead_letter_row).collect()
     }
 
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
@@ -530,11 +715,13 @@ impl Storage for PgStorage {
     }
 
     async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {
+        let partitions = self.partitions().await?;
         let sql = format!(
             "SELECT d.target, d.seq AS d_seq, d.message_id, d.attempts, d.last_error, d.updated_at_ms,
-                    d.history::text AS history, m.event_name AS d_event_name, {MESSAGE_COLUMNS}
+                    d.history::text AS history, m.event_name AS d_event_name, {}
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.target = $1 AND d.seq = $2 AND d.state = 'dead'"
+             WHERE d.target = $1 AND d.seq = $2 AND d.state = 'dead'",
+            message_columns(ANY_PAYLOAD)
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target)
@@ -545,7 +732,7 @@ impl Storage for PgStorage {
             return Ok(None);
         };
         let message = match row.try_get::<Option<i64>, _>("seq")? {
-            Some(_) => Some(decode_entry(&row)?),
+            Some(_) => Some(decode_entry(&row, partitions, usize::MAX)?),
             None => None,
         };
         let history: String = row.try_get("history")?;
@@ -568,13 +755,13 @@ impl Storage for PgStorage {
         if seqs.is_empty() {
             return Ok(0);
         }
-        let now = now_ms();
-        let updated = sqlx::query(
-            "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = $1,
-                    claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = $1
-             WHERE target = $2 AND state = 'dead' AND seq = ANY($3)",
-        )
-        .bind(now)
+        let updated = sqlx::query(concat!(
+            "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = ",
+            now!(),
+            ", claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
+            now!(),
+            " WHERE target = $1 AND state = 'dead' AND seq = ANY($2)"
+        ))
         .bind(target)
         .bind(seqs)
         .execute(&self.pool)
@@ -596,23 +783,25 @@ impl Storage for PgStorage {
         Ok(deleted.rows_affected())
     }
 
-    async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64> {
-        if targets.is_empty() {
-            return Ok(0);
-        }
-        let deleted = sqlx::query(
-            "DELETE FROM outbox_messages WHERE seq IN (
+    async fn prune(&self, targets: &[String], retention: Duration, limit: u32) -> Result<u64> {
+        // Every registered target and every one named; none at all prunes nothing.
+        let deleted = sqlx::query(concat!(
+            "WITH t AS (SELECT unnest($2::text[]) AS name UNION SELECT name FROM outbox_targets)
+             DELETE FROM outbox_messages WHERE seq IN (
                 SELECT m.seq FROM outbox_messages m
-                WHERE m.created_at_ms < $1
+                WHERE m.created_at_ms < ",
+            now!(),
+            " - $1
+                  AND (SELECT count(*) FROM t) > 0
                   AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
-                  AND (SELECT count(*) FROM outbox_cursors c
-                       WHERE c.target = ANY($2) AND c.partition = m.partition
+                  AND (SELECT count(*) FROM outbox_cursors c JOIN t ON c.target = t.name
+                       WHERE c.partition = m.partition
                          AND (c.position_xid, c.position_seq) >= (m.xact_id::text::bigint, m.seq)
-                      ) = cardinality($2)
+                      ) = (SELECT count(*) FROM t)
                 ORDER BY m.seq
-                LIMIT $3)",
-        )
-        .bind(before_ms)
+                LIMIT $3)"
+        ))
+        .bind(duration_ms(retention))
         .bind(targets)
         .bind(i64::from(limit))
         .execute(&self.pool)
@@ -620,27 +809,91 @@ impl Storage for PgStorage {
         Ok(deleted.rows_affected())
     }
 
-    async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>> {
-        let now = now_ms();
-        let ttl = duration_ms(ttl);
-        sqlx::query(
-            "INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms) VALUES ($1, $2, $2)
-             ON CONFLICT (owner) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms",
-        )
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        serving: &[ServedTarget],
+        ttl: Duration,
+    ) -> Result<Vec<LiveRelay>> {
+        // One statement: the row, the registry, the long dead, and who is live.
+        let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+            "WITH me AS (
+                INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms, expires_ms, targets)
+                VALUES ($1, ",
+            now!(),
+            ", ",
+            now!(),
+            ", ",
+            now!(),
+            " + $2, $3)
+                ON CONFLICT (owner) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms,
+                    expires_ms = EXCLUDED.expires_ms, targets = EXCLUDED.targets
+                RETURNING owner, targets
+             ), registered AS (
+                INSERT INTO outbox_targets (name, registered_at_ms)
+                SELECT t->>'name', ",
+            now!(),
+            " FROM jsonb_array_elements($3::jsonb) AS t
+                ON CONFLICT (name) DO NOTHING
+             ), gone AS (
+                DELETE FROM outbox_relays WHERE owner <> $1 AND heartbeat_ms < ",
+            now!(),
+            " - 10 * $2
+             )
+             SELECT owner, targets FROM outbox_relays WHERE owner <> $1 AND expires_ms >= ",
+            now!(),
+            "
+             UNION ALL SELECT owner, targets FROM me
+             ORDER BY owner"
+        ))
         .bind(owner)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query("DELETE FROM outbox_relays WHERE heartbeat_ms < $1")
-            .bind(now.saturating_sub(ttl.saturating_mul(10)))
-            .execute(&self.pool)
-            .await?;
-        Ok(sqlx::query_scalar(
-            "SELECT owner FROM outbox_relays WHERE heartbeat_ms >= $1 ORDER BY owner",
-        )
-        .bind(now.saturating_sub(ttl))
+        .bind(duration_ms(ttl))
+        .bind(encode_served(serving))
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, targets)| live_relay(owner, &targets))
+            .collect())
+    }
+
+    async fn registered_targets(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM outbox_targets ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn forget_target(&self, target: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let owners = super::serving(&self.live_relays(&mut tx).await?, target);
+        if !owners.is_empty() {
+            return Err(StorageError::TargetServed {
+                target: target.to_string(),
+                owners,
+            });
+        }
+        let mut removed = [0u64; 3];
+        for (i, sql) in [
+            "DELETE FROM outbox_targets WHERE name = $1",
+            "DELETE FROM outbox_cursors WHERE target = $1",
+            "DELETE FROM outbox_deliveries WHERE target = $1",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            removed[i] = sqlx::query(sql)
+                .bind(target)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        if removed == [0, 0, 0] {
+            return Err(StorageError::UnknownTarget(target.to_string()));
+        }
+        tx.commit().await?;
+        Ok(removed[1])
     }
 
     async fn leave(&self, owner: &str) -> Result<()> {
@@ -652,9 +905,11 @@ impl Storage for PgStorage {
     }
 
     async fn failure_state(&self, target: &str, seq: i64) -> Result<Option<FailureState>> {
-        let row = sqlx::query(
-            "SELECT attempts, next_attempt_ms, state FROM outbox_deliveries WHERE target = $1 AND seq = $2",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT attempts, next_attempt_ms - ",
+            now!(),
+            " AS due_in_ms, state FROM outbox_deliveries WHERE target = $1 AND seq = $2"
+        ))
         .bind(target)
         .bind(seq)
         .fetch_optional(&self.pool)
@@ -662,7 +917,7 @@ impl Storage for PgStorage {
         row.map(|r| {
             Ok(FailureState {
                 attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
-                next_attempt_ms: r.try_get("next_attempt_ms")?,
+                due_in: due_in(r.try_get("due_in_ms")?),
                 dead: r.try_get::<String, _>("state")? == "dead",
             })
         })

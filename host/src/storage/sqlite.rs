@@ -2,41 +2,74 @@
 //!
 //! Writes take the database lock up front (`BEGIN IMMEDIATE`) so two writers
 //! never deadlock upgrading a read lock; SQLite serialises them, which is also
-//! why rowid order is commit order here.
+//! why rowid order is commit order here: that is this backend's horizon, and
+//! a reader never needs to wait for a late commit.
+//!
+//! A write transaction ([`WriteTx`]) never goes back to the pool unfinished:
+//! after a failed statement or `COMMIT` (a full disk, an I/O error) its
+//! connection is closed, not reused, so the pool stays healthy and the next
+//! write works as soon as the cause is gone.
+//!
+//! Times are the database's clock ([`now!`]), never the relay's. Rows whose
+//! `partition` is outside the partition count are read with partition 0 and
+//! dead-lettered with the reason; a payload over the limit is measured with
+//! `octet_length` and never read. The conformance suite is
+//! `tests/it/conformance.rs`.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection};
-use uuid::Uuid;
+use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::{
-    Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, Result,
-    Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
-    duration_ms, glob_to_sqlite_glob, history_entry, now_ms,
+    Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
+    Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus, decode_history,
+    disposition_columns, due_in, duration_ms, encode_served, glob_to_sqlite_glob, live_relay,
+    served_by,
 };
-use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
+use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
 /// How often the relay asks SQLite whether another connection committed.
 const COMMIT_CHECK: Duration = Duration::from_millis(20);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// The columns every log read selects, in the order [`decode_entry`] expects.
-/// Casts make rows written by other producers decodable, whatever their types.
-const MESSAGE_COLUMNS: &str = "m.seq, CAST(m.id AS BLOB) AS id, CAST(m.event_name AS BLOB) AS event_name, \
-     CAST(m.partition_key AS BLOB) AS partition_key, CAST(m.partition AS INTEGER) AS partition, \
-     CAST(m.payload AS BLOB) AS payload, CAST(m.headers AS BLOB) AS headers, \
-     CAST(m.created_at_ms AS INTEGER) AS created_at_ms";
+/// The database's clock in ms since the Unix epoch, as SQL.
+macro_rules! now {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}
+
+/// The columns every log read selects, for [`decode_entry`]. Casts make rows
+/// written by other producers decodable, whatever their types; a payload
+/// over `max_payload` (a SQL expression) is measured, not read.
+fn message_columns(max_payload: &str) -> String {
+    format!(
+        "m.seq, CAST(m.id AS BLOB) AS id, CAST(m.event_name AS BLOB) AS event_name, \
+         CAST(m.partition_key AS BLOB) AS partition_key, CAST(m.partition AS TEXT) AS partition, \
+         octet_length(m.payload) AS payload_len, \
+         CASE WHEN octet_length(m.payload) > {max_payload} THEN NULL ELSE CAST(m.payload AS BLOB) END AS payload, \
+         CAST(m.headers AS BLOB) AS headers, CAST(m.created_at_ms AS INTEGER) AS created_at_ms"
+    )
+}
+
+/// No limit on the payload: for reads that are not deliveries of the log.
+const ANY_PAYLOAD: &str = "9223372036854775807";
 
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
+    /// The stored partition count once known (0: not read yet).
+    partitions: Arc<AtomicU32>,
 }
 
 impl SqliteStorage {
@@ -66,15 +99,94 @@ impl SqliteStorage {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            partitions: Arc::new(AtomicU32::new(0)),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn begin_write(&self) -> Result<WriteTx> {
+        WriteTx::begin(&self.pool).await
+    }
+
+    /// The stored partition count ([`Storage::ensure_partitions`] keeps it
+    /// once set; until then it is read).
+    async fn partitions(&self) -> Result<u32> {
+        match self.partitions.load(Ordering::Relaxed) {
+            0 => stored_partitions(&mut *self.pool.acquire().await?).await,
+            known => Ok(known),
+        }
+    }
+
+    /// The live relays (heartbeat not expired by the database's clock).
+    async fn live_relays(&self, conn: &mut SqliteConnection) -> Result<Vec<LiveRelay>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+            "SELECT owner, targets FROM outbox_relays WHERE expires_ms >= ",
+            now!(),
+            " ORDER BY owner"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, targets)| live_relay(owner, &targets))
+            .collect())
+    }
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) on a pooled connection of its
+/// own. Committed or rolled back, the connection goes back to the pool; in
+/// any other case (a failed statement or `COMMIT`, a dropped future) it is
+/// closed instead, so no pooled connection is ever left inside a transaction
+/// (SQLite may or may not have rolled it back after `SQLITE_FULL`).
+struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<Self> {
+        let mut conn = pool.acquire().await?;
+        // A BEGIN that fails (the lock stayed busy) leaves no transaction.
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(Self { conn, open: true })
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<()> {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
     }
 }
 
@@ -99,53 +211,22 @@ fn text(row: &SqliteRow, column: &str) -> Result<Result<Option<String>, String>>
     })
 }
 
-fn decode_entry(row: &SqliteRow) -> Result<LogEntry> {
-    let seq: i64 = row.try_get("seq")?;
-    let raw_id = text(row, "id")?;
-    let raw_event = text(row, "event_name")?;
-    let id_text = raw_id.clone().ok().flatten().unwrap_or_default();
-    let event_name = raw_event.clone().ok().flatten().unwrap_or_default();
-    let malformed = |reason: String| {
-        Ok(Err(MalformedMessage {
-            seq,
-            xid: 0,
-            id: id_text.clone(),
-            event_name: event_name.clone(),
-            reason,
-        }))
-    };
-    if let Err(reason) = raw_id.and(raw_event) {
-        return malformed(reason);
-    }
-    let id = match Uuid::parse_str(&id_text) {
-        Ok(id) => id,
-        Err(e) => return malformed(format!("id {id_text:?} is not a UUID: {e}")),
-    };
-    if event_name.trim().is_empty() {
-        return malformed("event name is empty".into());
-    }
-    let headers = match text(row, "headers")? {
-        Ok(raw) => match decode_headers(raw.as_deref().unwrap_or("{}")) {
-            Ok(h) => h,
-            Err(reason) => return malformed(reason),
-        },
-        Err(reason) => return malformed(reason),
-    };
-    let partition_key = match text(row, "partition_key")? {
-        Ok(k) => k,
-        Err(reason) => return malformed(reason),
-    };
-    let partition: Option<i64> = row.try_get("partition")?;
-    let payload: Option<Vec<u8>> = row.try_get("payload")?;
-    Ok(Ok(Message {
-        seq,
+fn decode_entry(row: &SqliteRow, partitions: u32, max_payload_bytes: usize) -> Result<LogEntry> {
+    let required = |r: Result<Option<String>, String>| r.map(Option::unwrap_or_default);
+    Ok(decode_row(RawRow {
+        seq: row.try_get("seq")?,
         xid: 0,
-        id,
-        event_name,
-        partition_key,
-        partition: partition.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-        payload: payload.unwrap_or_default(),
-        headers,
+        id: required(text(row, "id")?),
+        event_name: required(text(row, "event_name")?),
+        partition_key: text(row, "partition_key")?,
+        partition: row
+            .try_get::<Option<String>, _>("partition")?
+            .unwrap_or_else(|| "NULL".into()),
+        partitions,
+        payload_len: row.try_get::<Option<i64>, _>("payload_len")?.unwrap_or(0),
+        payload: row.try_get("payload")?,
+        max_payload_bytes,
+        headers: text(row, "headers")?,
         created_at_ms: row.try_get::<Option<i64>, _>("created_at_ms")?.unwrap_or(0),
     }))
 }
@@ -161,6 +242,22 @@ fn dead_letter_row(r: &SqliteRow) -> Result<DeadLetter> {
         last_error: r.try_get("last_error")?,
         dead_at_ms: r.try_get("updated_at_ms")?,
     })
+}
+
+/// One entry of a failure record's history, built in SQL with the
+/// database's clock: `?attempt`, `?error` are the parameters given.
+macro_rules! history_entry {
+    ($attempt:literal, $error:literal) => {
+        concat!(
+            "json_object('attempt', ",
+            $attempt,
+            ", 'at_ms', ",
+            now!(),
+            ", 'error', ",
+            $error,
+            ")"
+        )
+    };
 }
 
 #[async_trait]
@@ -181,6 +278,7 @@ impl Storage for SqliteStorage {
         if stored != configured {
             return Err(StorageError::PartitionMismatch { stored, configured });
         }
+        self.partitions.store(stored, Ordering::Relaxed);
         Ok(stored)
     }
 
@@ -200,23 +298,25 @@ impl Storage for SqliteStorage {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let now = now_ms();
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "INSERT INTO outbox_cursors (target, partition, position, lease_owner, lease_expires_ms, updated_at_ms)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5)
+             VALUES (?1, ?2, 0, ?3, ",
+            now!(),
+            " + ?4, ",
+            now!(),
+            ")
              ON CONFLICT (target, partition) DO UPDATE
                 SET lease_owner = excluded.lease_owner,
                     lease_expires_ms = excluded.lease_expires_ms
               WHERE outbox_cursors.lease_owner IS NULL
                  OR outbox_cursors.lease_owner = excluded.lease_owner
-                 OR outbox_cursors.lease_expires_ms < ?5
-             RETURNING position",
-        )
+                 OR outbox_cursors.lease_expires_ms < excluded.updated_at_ms
+             RETURNING position"
+        ))
         .bind(target)
         .bind(i64::from(partition))
         .bind(owner)
-        .bind(now.saturating_add(duration_ms(ttl)))
-        .bind(now)
+        .bind(duration_ms(ttl))
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
@@ -251,35 +351,53 @@ impl Storage for SqliteStorage {
         partition: u32,
         after: Position,
         limit: u32,
+        max_payload_bytes: usize,
     ) -> Result<Vec<LogEntry>> {
+        let partitions = self.partitions().await?;
+        // Partition 0 also reads the rows outside 0..partitions (normally
+        // none; each branch is a range of the (partition, seq) index), so
+        // that they are dead-lettered instead of never read.
+        let columns = message_columns("?5");
+        let branch = |condition: &str| {
+            format!(
+                "SELECT * FROM (SELECT {columns} FROM outbox_messages m INDEXED BY outbox_messages_partition_seq
+                 WHERE {condition} AND m.seq > ?2 ORDER BY m.seq LIMIT ?3)"
+            )
+        };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM outbox_messages m
-             WHERE m.partition = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
+            "{} UNION ALL {} UNION ALL {} ORDER BY seq LIMIT ?3",
+            branch("m.partition = ?1"),
+            branch("?1 = 0 AND m.partition < 0"),
+            branch("?1 = 0 AND m.partition >= ?4"),
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(partition))
             .bind(after.seq)
             .bind(i64::from(limit))
+            .bind(i64::from(partitions))
+            .bind(i64::try_from(max_payload_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode_entry).collect()
+        rows.iter()
+            .map(|row| decode_entry(row, partitions, max_payload_bytes))
+            .collect()
     }
 
     async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()> {
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
-            "UPDATE outbox_cursors SET position = max(position, ?), updated_at_ms = ?
-             WHERE target = ? AND partition = ? AND lease_owner = ?",
-        )
+        let updated = sqlx::query(concat!(
+            "UPDATE outbox_cursors SET position = max(position, ?), updated_at_ms = ",
+            now!(),
+            " WHERE target = ? AND partition = ? AND lease_owner = ?"
+        ))
         .bind(ack.position.seq)
-        .bind(now)
         .bind(&lease.target)
         .bind(i64::from(lease.partition))
         .bind(&lease.owner)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StorageError::LeaseLost {
                 target: lease.target.clone(),
                 partition: lease.partition,
@@ -294,26 +412,32 @@ impl Storage for SqliteStorage {
                 .await?;
         }
         for failure in &ack.failures {
-            let (state, next) = disposition_columns(&failure.disposition);
-            sqlx::query(
+            let (state, wait_ms) = disposition_columns(&failure.disposition);
+            sqlx::query(concat!(
                 "INSERT INTO outbox_deliveries
                     (target, seq, message_id, state, attempts, next_attempt_ms, last_error, history, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_array(json(?8)), ?9)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ",
+                now!(),
+                " + ?6, ?7, json_array(",
+                history_entry!("?5", "?7"),
+                "), ",
+                now!(),
+                ")
                  ON CONFLICT (target, seq) DO UPDATE SET
                     state = excluded.state, attempts = excluded.attempts,
                     next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error,
-                    history = json_insert(outbox_deliveries.history, '$[#]', json(?8)),
-                    updated_at_ms = excluded.updated_at_ms",
-            )
+                    history = json_insert(outbox_deliveries.history, '$[#]', ",
+                history_entry!("?5", "?7"),
+                "),
+                    updated_at_ms = excluded.updated_at_ms"
+            ))
             .bind(&lease.target)
             .bind(failure.seq)
             .bind(&failure.message_id)
             .bind(state)
             .bind(i64::from(failure.attempts))
-            .bind(next)
+            .bind(wait_ms)
             .bind(&failure.error)
-            .bind(history_entry(failure, now))
-            .bind(now)
             .execute(&mut *tx)
             .await?;
         }
@@ -328,8 +452,6 @@ impl Storage for SqliteStorage {
         limit: u32,
         claim_ttl: Duration,
     ) -> Result<Vec<DueRetry>> {
-        let now = now_ms();
-        let claim_expires = now.saturating_add(duration_ms(claim_ttl));
         // A record ahead of its partition's cursor is an ordered target's
         // held message, which the ordered path retries in place: only records
         // behind the cursor are claimed (every record of an unordered target,
@@ -338,36 +460,43 @@ impl Storage for SqliteStorage {
         // Look before taking the write lock: the relay asks on every batch,
         // and nothing is due almost always. A read does not contend with
         // the application's writers; a `BEGIN IMMEDIATE` does.
-        let due: bool = sqlx::query_scalar(
+        let due: bool = sqlx::query_scalar(concat!(
             "SELECT EXISTS (SELECT 1 FROM outbox_deliveries d
-                WHERE d.target = ?1 AND d.state = 'retry' AND d.next_attempt_ms <= ?2 AND d.claim_expires_ms <= ?2
-                AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
+                WHERE d.target = ?1 AND d.state = 'retry' AND d.next_attempt_ms <= ",
+            now!(),
+            " AND d.claim_expires_ms <= ",
+            now!(),
+            " AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
                     ON c.target = d.target AND c.partition = m.partition
-                    WHERE m.seq = d.seq AND m.seq > c.position))",
-        )
+                    WHERE m.seq = d.seq AND m.seq > c.position))"
+        ))
         .bind(target)
-        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         if !due {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE outbox_deliveries SET claim_owner = ?1, claim_expires_ms = ?2
+        let claimed: Vec<i64> = sqlx::query_scalar(concat!(
+            "UPDATE outbox_deliveries SET claim_owner = ?1, claim_expires_ms = ",
+            now!(),
+            " + ?2
              WHERE rowid IN (
                 SELECT d.rowid FROM outbox_deliveries d
-                WHERE d.target = ?3 AND d.state = 'retry' AND d.next_attempt_ms <= ?4 AND d.claim_expires_ms <= ?4
+                WHERE d.target = ?3 AND d.state = 'retry' AND d.next_attempt_ms <= ",
+            now!(),
+            " AND d.claim_expires_ms <= ",
+            now!(),
+            "
                 AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
                     ON c.target = d.target AND c.partition = m.partition
                     WHERE m.seq = d.seq AND m.seq > c.position)
-                ORDER BY d.next_attempt_ms, d.seq LIMIT ?5)
-             RETURNING seq",
-        )
+                ORDER BY d.next_attempt_ms, d.seq LIMIT ?4)
+             RETURNING seq"
+        ))
         .bind(owner)
-        .bind(claim_expires)
+        .bind(duration_ms(claim_ttl))
         .bind(target)
-        .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -375,11 +504,13 @@ impl Storage for SqliteStorage {
             tx.commit().await?;
             return Ok(Vec::new());
         }
+        let partitions = stored_partitions(&mut tx).await?;
         let sql = format!(
-            "SELECT d.seq AS d_seq, CAST(d.message_id AS TEXT) AS d_id, d.attempts, {MESSAGE_COLUMNS}
+            "SELECT d.seq AS d_seq, CAST(d.message_id AS TEXT) AS d_id, d.attempts, {}
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
              WHERE d.target = ? AND d.seq IN (SELECT value FROM json_each(?))
-             ORDER BY d.seq"
+             ORDER BY d.seq",
+            message_columns(ANY_PAYLOAD)
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target)
@@ -392,7 +523,7 @@ impl Storage for SqliteStorage {
                 let attempts: i64 = row.try_get("attempts")?;
                 let found: Option<i64> = row.try_get("seq")?;
                 let entry = if found.is_some() {
-                    decode_entry(row)?
+                    decode_entry(row, partitions, usize::MAX)?
                 } else {
                     Err(MalformedMessage {
                         seq: row.try_get("d_seq")?,
@@ -414,7 +545,6 @@ impl Storage for SqliteStorage {
         if settlements.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
         for settlement in settlements {
             match settlement {
@@ -426,20 +556,23 @@ impl Storage for SqliteStorage {
                         .await?;
                 }
                 Settlement::Failed(failure) => {
-                    let (state, next) = disposition_columns(&failure.disposition);
-                    sqlx::query(
+                    let (state, wait_ms) = disposition_columns(&failure.disposition);
+                    sqlx::query(concat!(
                         "UPDATE outbox_deliveries SET
-                            state = ?1, attempts = ?2, next_attempt_ms = ?3, last_error = ?4,
-                            history = json_insert(history, '$[#]', json(?5)),
-                            claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ?6
-                         WHERE target = ?7 AND seq = ?8",
-                    )
+                            state = ?1, attempts = ?2, next_attempt_ms = ",
+                        now!(),
+                        " + ?3, last_error = ?4,
+                            history = json_insert(history, '$[#]', ",
+                        history_entry!("?2", "?4"),
+                        "),
+                            claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
+                        now!(),
+                        " WHERE target = ?5 AND seq = ?6"
+                    ))
                     .bind(state)
                     .bind(i64::from(failure.attempts))
-                    .bind(next)
+                    .bind(wait_ms)
                     .bind(&failure.error)
-                    .bind(history_entry(failure, now))
-                    .bind(now)
                     .bind(target)
                     .bind(failure.seq)
                     .execute(&mut *tx)
@@ -454,7 +587,10 @@ impl Storage for SqliteStorage {
     async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>> {
         let mut conn = self.pool.acquire().await?;
         let partitions = stored_partitions(&mut conn).await?;
-        let now = now_ms();
+        let now: i64 = sqlx::query_scalar(concat!("SELECT ", now!()))
+            .fetch_one(&mut *conn)
+            .await?;
+        let live = self.live_relays(&mut conn).await?;
         let mut out = Vec::with_capacity(targets.len());
         for target in targets {
             let cursors = sqlx::query(
@@ -481,12 +617,14 @@ impl Storage for SqliteStorage {
                     }
                     None => 0_i64,
                 };
+                // Partition 0 reads the rows outside the partition count too.
                 let row = sqlx::query(
                     "SELECT count(*) AS n, min(created_at_ms) AS oldest FROM outbox_messages
-                     WHERE partition = ? AND seq > ?",
+                     WHERE (partition = ?1 OR (?1 = 0 AND (partition < 0 OR partition >= ?3))) AND seq > ?2",
                 )
                 .bind(i64::from(partition))
                 .bind(position)
+                .bind(i64::from(partitions))
                 .fetch_one(&mut *conn)
                 .await?;
                 lag += row.try_get::<i64, _>("n")?;
@@ -495,8 +633,9 @@ impl Storage for SqliteStorage {
                 }
             }
             let counts = sqlx::query(
-                "SELECT coalesce(sum(state = 'retry'), 0) AS retries, coalesce(sum(state = 'dead'), 0) AS dead
-                 FROM outbox_deliveries WHERE target = ?",
+                "SELECT coalesce(sum(state = 'retry'), 0) AS retries, coalesce(sum(state = 'dead'), 0) AS dead,
+                        EXISTS (SELECT 1 FROM outbox_targets WHERE name = ?1) AS registered
+                 FROM outbox_deliveries WHERE target = ?1",
             )
             .bind(target)
             .fetch_one(&mut *conn)
@@ -508,6 +647,9 @@ impl Storage for SqliteStorage {
                 retries_pending: counts.try_get("retries")?,
                 dead_letters: counts.try_get("dead")?,
                 lease_owners,
+                registered: counts.try_get("registered")?,
+                served_by: served_by(&live, target),
+                waiting_on: None,
             });
         }
         Ok(out)
@@ -525,19 +667,7 @@ impl Storage for SqliteStorage {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    target: r.try_get("target")?,
-                    seq: r.try_get("seq")?,
-                    message_id: r.try_get("message_id")?,
-                    event_name: r.try_get("event_name")?,
-                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    last_error: r.try_get("last_error")?,
-                    dead_at_ms: r.try_get("updated_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(dead_letter_row).collect()
     }
 
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
@@ -562,12 +692,14 @@ impl Storage for SqliteStorage {
     }
 
     async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {
+        let partitions = self.partitions().await?;
         let sql = format!(
             "SELECT d.target, d.seq AS d_seq, d.message_id, d.attempts, d.last_error, d.updated_at_ms,
                     CAST(d.history AS TEXT) AS history, CAST(m.event_name AS TEXT) AS d_event_name,
-                    {MESSAGE_COLUMNS}
+                    {}
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.target = ? AND d.seq = ? AND d.state = 'dead'"
+             WHERE d.target = ? AND d.seq = ? AND d.state = 'dead'",
+            message_columns(ANY_PAYLOAD)
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target)
@@ -578,7 +710,7 @@ impl Storage for SqliteStorage {
             return Ok(None);
         };
         let message = match row.try_get::<Option<i64>, _>("seq")? {
-            Some(_) => Some(decode_entry(&row)?),
+            Some(_) => Some(decode_entry(&row, partitions, usize::MAX)?),
             None => None,
         };
         let history: Option<String> = row.try_get("history")?;
@@ -601,13 +733,13 @@ impl Storage for SqliteStorage {
         if seqs.is_empty() {
             return Ok(0);
         }
-        let now = now_ms();
-        let updated = sqlx::query(
-            "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = ?1,
-                    claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ?1
-             WHERE target = ?2 AND state = 'dead' AND seq IN (SELECT value FROM json_each(?3))",
-        )
-        .bind(now)
+        let updated = sqlx::query(concat!(
+            "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = ",
+            now!(),
+            ", claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
+            now!(),
+            " WHERE target = ?1 AND state = 'dead' AND seq IN (SELECT value FROM json_each(?2))"
+        ))
         .bind(target)
         .bind(serde_json::to_string(seqs).unwrap_or_else(|_| "[]".into()))
         .execute(&self.pool)
@@ -630,57 +762,127 @@ impl Storage for SqliteStorage {
         Ok(deleted.rows_affected())
     }
 
-    async fn prune(&self, targets: &[String], before_ms: i64, limit: u32) -> Result<u64> {
-        if targets.is_empty() {
-            return Ok(0);
-        }
+    async fn prune(&self, targets: &[String], retention: Duration, limit: u32) -> Result<u64> {
+        let partitions = self.partitions().await?;
         let targets_json = serde_json::to_string(targets).unwrap_or_else(|_| "[]".into());
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM outbox_messages WHERE seq IN (
+        // Every registered target and every one named; none at all prunes
+        // nothing. A row outside the partition count is partition 0's.
+        let deleted = sqlx::query(concat!(
+            "WITH t(name) AS (SELECT value FROM json_each(?2) UNION SELECT name FROM outbox_targets)
+             DELETE FROM outbox_messages WHERE seq IN (
                 SELECT m.seq FROM outbox_messages m
-                WHERE m.created_at_ms < ?1
+                WHERE m.created_at_ms < ",
+            now!(),
+            " - ?1
+                  AND (SELECT count(*) FROM t) > 0
                   AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
-                  AND (SELECT count(*) FROM outbox_cursors c
-                       WHERE c.target IN (SELECT value FROM json_each(?2))
-                         AND c.partition = m.partition AND c.position >= m.seq
-                      ) = json_array_length(?2)
+                  AND (SELECT count(*) FROM outbox_cursors c JOIN t ON c.target = t.name
+                       WHERE c.partition = CASE
+                                WHEN typeof(m.partition) = 'integer' AND m.partition >= 0 AND m.partition < ?4
+                                THEN m.partition ELSE 0 END
+                         AND c.position >= m.seq
+                      ) = (SELECT count(*) FROM t)
                 ORDER BY m.seq
-                LIMIT ?3)",
-        )
-        .bind(before_ms)
+                LIMIT ?3)"
+        ))
+        .bind(duration_ms(retention))
         .bind(targets_json)
         .bind(i64::from(limit))
+        .bind(i64::from(partitions))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(deleted.rows_affected())
     }
 
-    async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<Vec<String>> {
-        let now = now_ms();
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        serving: &[ServedTarget],
+        ttl: Duration,
+    ) -> Result<Vec<LiveRelay>> {
         let ttl = duration_ms(ttl);
+        let served = encode_served(serving);
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms) VALUES (?1, ?2, ?2)
-             ON CONFLICT (owner) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
-        )
+        sqlx::query(concat!(
+            "INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms, expires_ms, targets)
+             VALUES (?1, ",
+            now!(),
+            ", ",
+            now!(),
+            ", ",
+            now!(),
+            " + ?2, ?3)
+             ON CONFLICT (owner) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
+                expires_ms = excluded.expires_ms, targets = excluded.targets"
+        ))
         .bind(owner)
-        .bind(now)
+        .bind(ttl)
+        .bind(&served)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM outbox_relays WHERE heartbeat_ms < ?")
-            .bind(now.saturating_sub(ttl.saturating_mul(10)))
-            .execute(&mut *tx)
-            .await?;
-        let live = sqlx::query_scalar(
-            "SELECT owner FROM outbox_relays WHERE heartbeat_ms >= ? ORDER BY owner",
-        )
-        .bind(now.saturating_sub(ttl))
-        .fetch_all(&mut *tx)
+        sqlx::query(concat!(
+            "INSERT OR IGNORE INTO outbox_targets (name, registered_at_ms)
+             SELECT json_extract(value, '$.name'), ",
+            now!(),
+            " FROM json_each(?1)"
+        ))
+        .bind(&served)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(concat!(
+            "DELETE FROM outbox_relays WHERE heartbeat_ms < ",
+            now!(),
+            " - 10 * ?1"
+        ))
+        .bind(ttl)
+        .execute(&mut *tx)
+        .await?;
+        let live = self.live_relays(&mut tx).await?;
         tx.commit().await?;
         Ok(live)
+    }
+
+    async fn registered_targets(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM outbox_targets ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn forget_target(&self, target: &str) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let owners = super::serving(&self.live_relays(&mut tx).await?, target);
+        if !owners.is_empty() {
+            tx.rollback().await?;
+            return Err(StorageError::TargetServed {
+                target: target.to_string(),
+                owners,
+            });
+        }
+        let mut removed = [0u64; 3];
+        for (i, sql) in [
+            "DELETE FROM outbox_targets WHERE name = ?",
+            "DELETE FROM outbox_cursors WHERE target = ?",
+            "DELETE FROM outbox_deliveries WHERE target = ?",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            removed[i] = sqlx::query(sql)
+                .bind(target)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        if removed == [0, 0, 0] {
+            tx.rollback().await?;
+            return Err(StorageError::UnknownTarget(target.to_string()));
+        }
+        tx.commit().await?;
+        Ok(removed[1])
     }
 
     async fn leave(&self, owner: &str) -> Result<()> {
@@ -692,9 +894,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn failure_state(&self, target: &str, seq: i64) -> Result<Option<FailureState>> {
-        let row = sqlx::query(
-            "SELECT attempts, next_attempt_ms, state FROM outbox_deliveries WHERE target = ? AND seq = ?",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT attempts, next_attempt_ms - ",
+            now!(),
+            " AS due_in_ms, state FROM outbox_deliveries WHERE target = ? AND seq = ?"
+        ))
         .bind(target)
         .bind(seq)
         .fetch_optional(&self.pool)
@@ -702,7 +906,7 @@ impl Storage for SqliteStorage {
         row.map(|r| {
             Ok(FailureState {
                 attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                next_attempt_ms: r.try_get("next_attempt_ms")?,
+                due_in: due_in(r.try_get("due_in_ms")?),
                 dead: r.try_get::<String, _>("state")? == "dead",
             })
         })
