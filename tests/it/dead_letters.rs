@@ -580,3 +580,50 @@ async fn dead_letter_storage_methods_on_postgres() {
     let storage = scratch.pg_storage().await;
     dead_letter_storage_methods(&storage).await;
 }
+
+/// `show` of a target the config does not have says so and lists the
+/// configured ones; `list --target` of one notes it on stderr.
+#[tokio::test]
+async fn show_names_an_unknown_target_and_the_configured_ones() {
+    let scratch = Scratch::new();
+    let config_path = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["audit", "hooks"]
+
+[targets.audit]
+plugin = "null"
+
+[targets.hooks]
+plugin = "null"
+"#,
+    );
+    scratch.storage().await;
+    let out = cli(&config_path, &["show", "nosuch", "1"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: there is no dead letter of target \"nosuch\" with seq 1: \"nosuch\" is not a target in {} (targets: audit, hooks)",
+            config_path.display()
+        )
+    );
+    let out = cli(&config_path, &["show", "audit", "1"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "error: there is no dead letter of target \"audit\" with seq 1"
+    );
+    let out = cli(&config_path, &["list", "--target", "nosuch", "--json"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("note: \"nosuch\" is not a target in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

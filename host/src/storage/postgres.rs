@@ -19,7 +19,7 @@ use super::{
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "outbox_relay";

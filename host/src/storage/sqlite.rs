@@ -25,7 +25,7 @@ use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, 
 /// How often the relay asks SQLite whether another connection committed.
 const COMMIT_CHECK: Duration = Duration::from_millis(20);
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The columns every log read selects, in the order [`decode_entry`] expects.
 /// Casts make rows written by other producers decodable, whatever their types.
