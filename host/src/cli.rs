@@ -20,7 +20,6 @@ use crate::config::Config;
 use crate::plugin::PluginRuntime;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -180,18 +179,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config, stop_after } => {
             let loaded = load_config(&config)?;
-            let shutdown = CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                match stop_after {
-                    Some(limit) => tokio::select! {
-                        _ = app::supervisor::shutdown_signal() => {}
-                        _ = tokio::time::sleep(limit) => tracing::info!("--stop-after elapsed"),
-                    },
-                    None => app::supervisor::shutdown_signal().await,
-                }
-                stop.cancel();
-            });
+            let shutdown = app::supervisor::shutdown_on_signal(stop_after);
             Ok(app::supervisor::run(&config.config, loaded, shutdown).await?)
         }
         Command::Migrate(arg) => {

@@ -640,7 +640,11 @@ fn describe(errors: figment::Error) -> String {
                     };
                     match closest(found, expected) {
                         Some(near) => {
-                            format!("unknown key `{}`; did you mean `{}`?", full(found), full(near))
+                            format!(
+                                "unknown key `{}`; did you mean `{}`?",
+                                full(found),
+                                full(near)
+                            )
                         }
                         None => format!(
                             "unknown key `{}`; the keys here are {}",
@@ -769,7 +773,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unknown key `targets.audit.batchsize`; did you mean `targets.audit.batch_size`?"),
+            e.contains(
+                "unknown key `targets.audit.batchsize`; did you mean `targets.audit.batch_size`?"
+            ),
             "{e}"
         );
         let e = parse(&MINIMAL.replace("plugin = \"file\"", "plugin = \"file\"\nzzz = 3"))
@@ -797,7 +803,10 @@ mod tests {
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert_eq!(
             e,
-            format!("cannot read config {}: is a directory", dir.path().display())
+            format!(
+                "cannot read config {}: is a directory",
+                dir.path().display()
+            )
         );
         let missing = dir.path().join("nope.toml");
         let e = Config::load(&missing).unwrap_err().to_string();
@@ -827,7 +836,10 @@ mod tests {
         assert_eq!(edit_distance("databse", "database"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(closest("batchsize", &["plugin", "batch_size"]), Some("batch_size"));
+        assert_eq!(
+            closest("batchsize", &["plugin", "batch_size"]),
+            Some("batch_size")
+        );
         assert_eq!(closest("zzz", &["plugin", "batch_size"]), None);
     }
 

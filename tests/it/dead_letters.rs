@@ -621,8 +621,7 @@ plugin = "null"
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("note: \"nosuch\" is not a target in"),
+        String::from_utf8_lossy(&out.stderr).contains("note: \"nosuch\" is not a target in"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -5,6 +5,16 @@ use std::process::Command;
 use crate::relay_binary;
 use outbox_relay_tests::{Scratch, component};
 
+/// A config body with one target, `t`, on the `null` plugin.
+pub(crate) const NULL_TARGET: &str = r#"
+[[routes]]
+events = ["*"]
+targets = ["t"]
+
+[targets.t]
+plugin = "null"
+"#;
+
 /// Runs `outbox-relay <args>`: (success, stdout, stderr).
 pub(crate) fn run_cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(relay_binary()).args(args).output().unwrap();
@@ -271,17 +281,7 @@ sandbox = { allow_http = ["hooks.example.com"] }
 #[test]
 fn an_unknown_key_names_the_file_the_key_and_the_nearest_known_key() {
     let scratch = Scratch::new();
-    let path = scratch.write_config(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["t"]
-
-[targets.t]
-plugin = "null"
-ordred = true
-"#,
-    );
+    let path = scratch.write_config(&format!("{NULL_TARGET}ordred = true\n"));
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("database =", "databse =", 1)).unwrap();
     let (ok, _, stderr) = run_cli(&["migrate", "--config", path.to_str().unwrap()]);
@@ -319,7 +319,10 @@ fn a_config_path_that_is_not_a_file_says_why_and_a_pipe_is_read() {
     assert!(!ok);
     assert_eq!(
         stderr.trim(),
-        format!("error: cannot read config {}: no such file", missing.display())
+        format!(
+            "error: cannot read config {}: no such file",
+            missing.display()
+        )
     );
 
     let path = scratch.write_config("");

@@ -10,7 +10,7 @@
 //! starts) and the new one runs.
 //!
 //! Shutdown is injected: the caller cancels the token it passes in (the CLI
-//! does on SIGINT or SIGTERM, see [`shutdown_signal`]).
+//! passes [`shutdown_on_signal`]'s, cancelled on SIGINT or SIGTERM).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,7 +127,12 @@ fn spawn_reload_triggers(
                 tracing::warn!("cannot listen for SIGHUP; reload by file change only");
                 return;
             };
-            while stop.run_until_cancelled(hup.recv()).await.flatten().is_some() {
+            while stop
+                .run_until_cancelled(hup.recv())
+                .await
+                .flatten()
+                .is_some()
+            {
                 if reload.send("SIGHUP").await.is_err() {
                     return;
                 }
@@ -156,6 +161,23 @@ fn spawn_reload_triggers(
         });
     }
     requests
+}
+
+/// A token cancelled on SIGINT or SIGTERM, or once `limit` (if any) has passed.
+pub fn shutdown_on_signal(limit: Option<Duration>) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        match limit {
+            Some(limit) => tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = tokio::time::sleep(limit) => tracing::info!(?limit, "the time limit elapsed"),
+            },
+            None => shutdown_signal().await,
+        }
+        stop.cancel();
+    });
+    shutdown
 }
 
 /// Resolves on SIGINT or SIGTERM (logging which).

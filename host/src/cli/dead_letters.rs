@@ -49,31 +49,24 @@ pub(crate) enum DeadLettersCommand {
         json: bool,
     },
     /// Send dead letters back to their target: each gets one more attempt.
-    Replay {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// Do not ask for confirmation (required when stdin is not a terminal).
-        #[arg(short = 'y', long)]
-        yes: bool,
-        /// Print the counts as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Replay(ApplyArgs),
     /// Delete dead letters for good.
-    Purge {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// Do not ask for confirmation (required when stdin is not a terminal).
-        #[arg(short = 'y', long)]
-        yes: bool,
-        /// Print the counts as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Purge(ApplyArgs),
+}
+
+/// What `replay` and `purge` take.
+#[derive(clap::Args)]
+pub(crate) struct ApplyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    yes: bool,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which dead letters a command applies to.
@@ -147,24 +140,8 @@ pub(crate) async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
             let (config, storage) = open(&config).await?;
             show(&config, storage.as_ref(), &target, seq, json).await
         }
-        DeadLettersCommand::Replay {
-            config,
-            filter,
-            yes,
-            json,
-        } => {
-            let (config, storage) = open(&config).await?;
-            apply(&config, storage.as_ref(), Action::Replay, &filter, yes, json).await
-        }
-        DeadLettersCommand::Purge {
-            config,
-            filter,
-            yes,
-            json,
-        } => {
-            let (config, storage) = open(&config).await?;
-            apply(&config, storage.as_ref(), Action::Purge, &filter, yes, json).await
-        }
+        DeadLettersCommand::Replay(args) => apply(Action::Replay, &args).await,
+        DeadLettersCommand::Purge(args) => apply(Action::Purge, &args).await,
     }
 }
 
@@ -337,20 +314,16 @@ fn detail_json(detail: &DeadLetterDetail) -> Value {
     })
 }
 
-async fn apply(
-    config: &Config,
-    storage: &dyn Storage,
-    action: Action,
-    args: &FilterArgs,
-    yes: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let selection = Selection::take(config, storage, action, &args.to_filter(u32::MAX)).await?;
+async fn apply(action: Action, args: &ApplyArgs) -> anyhow::Result<()> {
+    let (config, storage) = open(&args.config).await?;
+    let filter = args.filter.to_filter(u32::MAX);
+    let selection = Selection::take(&config, storage.as_ref(), action, &filter).await?;
     let matched = selection.len();
+    let json = args.json;
     if matched == 0 {
         return report(action, 0, 0, json);
     }
-    if !confirmed(&selection, yes)? {
+    if !confirmed(&selection, args.yes)? {
         eprintln!("nothing was {}", action.done());
         return Ok(());
     }
@@ -364,7 +337,7 @@ async fn apply(
     );
     progress.set_message(action.done());
     let changed = selection
-        .apply(storage, |n| progress.inc(n as u64))
+        .apply(storage.as_ref(), |n| progress.inc(n as u64))
         .await?;
     progress.finish_and_clear();
     report(action, matched, changed, json)
