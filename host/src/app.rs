@@ -1,4 +1,12 @@
-//! Wiring: from a validated [`Config`] to a running [`Relay`].
+//! Wiring: from a validated [`Config`] to a running [`Relay`]; the
+//! [`supervisor`] runs it, reloads it and stops it.
+//!
+//! Only `migrate`, `run` and `enqueue` create or upgrade the schema
+//! ([`open_storage`]); every other command opens the database with
+//! [`open_migrated_storage`], which writes nothing and refuses a database
+//! that was never migrated.
+
+pub mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +36,16 @@ pub enum AppError {
         target: String,
         cause: Box<crate::transport::TransportError>,
     },
+    #[error("the database {database} {reason}; run `outbox-relay migrate --config {config}` first")]
+    NotMigrated {
+        database: String,
+        reason: String,
+        config: String,
+    },
+    #[error("cannot install the metrics recorder (is another one installed?)")]
+    Metrics,
+    #[error("the relay task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Opens the configured database (SQLite or Postgres, by URL scheme) and applies migrations.
@@ -39,6 +57,101 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageEr
     };
     storage.migrate().await?;
     Ok(storage)
+}
+
+/// Opens the configured database without writing to it: a SQLite file is
+/// opened only if it exists, and only after a read-only look at its
+/// migrations; on Postgres, the migrations table is read first. Fails with
+/// [`AppError::NotMigrated`] unless every migration this build knows is applied.
+pub async fn open_migrated_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
+    let not_migrated = |reason: String| AppError::NotMigrated {
+        database: crate::config::redact_url(&config.database),
+        reason,
+        config: config.source.display().to_string(),
+    };
+    let storage: Arc<dyn Storage> = if config.database.starts_with("sqlite:") {
+        let applied = sqlite_migrations(&config.database)
+            .await?
+            .ok_or_else(|| not_migrated("does not exist".into()))?;
+        schema_current(&applied, &crate::storage::sqlite::MIGRATOR).map_err(not_migrated)?;
+        Arc::new(SqliteStorage::connect(&config.database).await?)
+    } else {
+        let storage = PgStorage::connect(&config.database).await?;
+        let applied = pg_migrations(storage.pool()).await?;
+        schema_current(&applied, &crate::storage::postgres::MIGRATOR).map_err(not_migrated)?;
+        Arc::new(storage)
+    };
+    Ok(storage)
+}
+
+/// The migrations applied to the SQLite database at `url`, read over a
+/// read-only connection; `None` when the file does not exist.
+async fn sqlite_migrations(url: &str) -> Result<Option<Vec<i64>>, StorageError> {
+    use sqlx::Connection as _;
+    use std::str::FromStr as _;
+    let connect_error = |cause| StorageError::Connect {
+        url: url.to_string(),
+        cause,
+    };
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(connect_error)?
+        .create_if_missing(false)
+        .read_only(true);
+    if !options.get_filename().exists() {
+        return Ok(None);
+    }
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .map_err(connect_error)?;
+    let has_table: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let applied = if has_table {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+    conn.close().await?;
+    Ok(Some(applied))
+}
+
+/// The migrations applied to the Postgres database (in its search path).
+async fn pg_migrations(pool: &sqlx::PgPool) -> Result<Vec<i64>, StorageError> {
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// `Err` with what is missing unless every migration of `migrator` is applied.
+fn schema_current(applied: &[i64], migrator: &sqlx::migrate::Migrator) -> Result<(), String> {
+    if applied.is_empty() {
+        return Err("has no outbox schema".into());
+    }
+    let missing: Vec<String> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} ({})", m.version, m.description))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "has an older outbox schema (not applied: {})",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// Loads and checks every target's transport and injectors, and the keys
@@ -122,6 +235,7 @@ pub async fn check_targets(
     config: &Config,
     names: &[String],
 ) -> Result<Vec<(String, Result<(), AppError>)>, AppError> {
+    config.require_targets()?;
     let runtime = Arc::new(
         PluginRuntime::new(&config.relay.cache_dir).map_err(|cause| AppError::Plugin {
             target: "(all)".into(),
@@ -155,6 +269,7 @@ pub async fn check_target(config: &Config, name: &str) -> Result<(), AppError> {
 
 /// Builds a relay from `config`: storage migrated, plugins loaded and checked.
 pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
+    config.require_targets()?;
     for warning in config.warnings() {
         tracing::warn!(config = %config.source.display(), "{warning}");
     }

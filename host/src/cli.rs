@@ -1,15 +1,25 @@
-//! The `outbox-relay` command line. It lives in the library so the integration
-//! tests can build the same binary (`tests/bin/outbox-relay.rs`).
+//! The `outbox-relay` command line: clap parsing, and printing what the
+//! library answers. It lives in the library so the integration tests can
+//! build the same binary (`tests/bin/outbox-relay.rs`).
+//!
+//! Each command is a variant of `Command` and an arm of `dispatch`; a
+//! command with more than a screen of printing has a module of its own
+//! (`cli/dead_letters.rs`, `cli/enqueue.rs`, `cli/status.rs`). Running the relay is
+//! [`crate::app::supervisor`]'s job; the rules (which dead letters may be
+//! replayed) are in the domain modules.
+
+mod dead_letters;
+mod enqueue;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::app;
 use crate::config::Config;
 use crate::plugin::PluginRuntime;
-use crate::{NewMessage, app};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +75,7 @@ enum Command {
         targets: Vec<String>,
     },
     /// Enqueue messages (for operators and demos; applications use the producer API).
-    Enqueue(EnqueueArgs),
+    Enqueue(enqueue::EnqueueArgs),
     /// Per target: cursor lag, oldest pending age, retries pending, dead letters, lease owners.
     Status {
         #[command(flatten)]
@@ -82,7 +92,7 @@ enum Command {
     Targets(crate::registry::TargetsCommand),
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
-    DeadLetters(crate::dead_letters::DeadLettersCommand),
+    DeadLetters(dead_letters::DeadLettersCommand),
     /// Inspect plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -96,30 +106,6 @@ enum Command {
         /// The compact JWS (the `x-auth-snapshot` header's value).
         token: String,
     },
-}
-
-#[derive(clap::Args)]
-struct EnqueueArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Event name, e.g. order.created.
-    #[arg(short, long)]
-    event: String,
-    /// Payload text (UTF-8).
-    #[arg(short, long, conflicts_with = "payload_file")]
-    payload: Option<String>,
-    /// Read the payload bytes from this file.
-    #[arg(long)]
-    payload_file: Option<PathBuf>,
-    /// Partition key; messages with the same key keep their order on ordered targets.
-    #[arg(short, long)]
-    key: Option<String>,
-    /// A header as name=value; repeatable.
-    #[arg(short = 'H', long = "header", value_parser = parse_header)]
-    headers: Vec<(String, String)>,
-    /// How many copies to enqueue (each with its own id).
-    #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    count: u32,
 }
 
 #[derive(Subcommand)]
@@ -137,15 +123,6 @@ enum PluginsCommand {
     New(crate::authoring::NewArgs),
     /// Run a component once, outside a relay: init, then one batch of sample envelopes.
     Test(crate::authoring::TestArgs),
-}
-
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((name, value)) if !name.trim().is_empty() => {
-            Ok((name.trim().to_ascii_lowercase(), value.to_string()))
-        }
-        _ => Err(format!("expected name=value, got {s:?}")),
-    }
 }
 
 /// Parses the command line, runs the command, and maps errors to an exit code.
@@ -188,10 +165,25 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(&arg.config)?)
 }
 
+/// The configured targets, for messages that name an unknown one.
+fn target_list(config: &Config) -> String {
+    if config.targets.is_empty() {
+        return "none".into();
+    }
+    config
+        .targets
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config, stop_after } => {
-            run(&config.config, load_config(&config)?, stop_after).await
+            let loaded = load_config(&config)?;
+            let shutdown = app::supervisor::shutdown_on_signal(stop_after);
+            Ok(app::supervisor::run(&config.config, loaded, shutdown).await?)
         }
         Command::Migrate(arg) => {
             let config = load_config(&arg)?;
@@ -208,19 +200,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let names = if targets.is_empty() {
                 config.targets.keys().cloned().collect()
             } else {
-                for name in &targets {
-                    if !config.targets.contains_key(name) {
-                        anyhow::bail!(
-                            "no target {name:?} in {} (targets: {})",
-                            config.source.display(),
-                            config
-                                .targets
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        );
-                    }
+                if let Some(name) = targets.iter().find(|n| !config.targets.contains_key(*n)) {
+                    bail!(
+                        "no target {name:?} in {} (targets: {})",
+                        config.source.display(),
+                        target_list(&config)
+                    );
                 }
                 targets
             };
@@ -235,18 +220,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
             }
             if failed > 0 {
-                anyhow::bail!("{failed} of {} targets cannot start", names.len());
+                bail!("{failed} of {} targets cannot start", names.len());
             }
             Ok(())
         }
-        Command::Enqueue(args) => enqueue(args).await,
-        Command::DeadLetters(command) => crate::dead_letters::run(command).await,
+        Command::Enqueue(args) => enqueue::run(args).await,
+        Command::DeadLetters(command) => dead_letters::run(command).await,
         Command::Targets(command) => crate::registry::run(command).await,
         Command::Status {
             config,
             json,
             watch,
-        } => status(load_config(&config)?, json, watch).await,
+        } => status::run(load_config(&config)?, json, watch).await,
         Command::VerifySnapshot { config, key, token } => {
             verify_snapshot(&load_config(&config)?, &key, &token)
         }
@@ -258,269 +243,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Plugins(PluginsCommand::New(args)) => crate::authoring::new_command(&args),
         Command::Plugins(PluginsCommand::Test(args)) => crate::authoring::test_command(&args).await,
     }
-}
-
-async fn run(
-    path: &Path,
-    config: Config,
-    stop_after: Option<std::time::Duration>,
-) -> anyhow::Result<()> {
-    let mut relay = app::build_relay(&config).await?;
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        match stop_after {
-            Some(limit) => {
-                tokio::select! {
-                    _ = wait_for_signal() => {}
-                    _ = tokio::time::sleep(limit) => tracing::info!("--stop-after elapsed"),
-                }
-            }
-            None => wait_for_signal().await,
-        }
-        signal.cancel();
-    });
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
-    spawn_reload_triggers(path, config.relay.reload_on_change, reload_tx);
-
-    let admin = match config.admin.listen {
-        Some(listen) => {
-            let Some(handle) = crate::metrics::install() else {
-                bail!("cannot install the metrics recorder");
-            };
-            let state = crate::admin::AdminState {
-                metrics: handle,
-                storage: std::sync::Arc::new(tokio::sync::RwLock::new(relay.storage.clone())),
-                targets: std::sync::Arc::new(tokio::sync::RwLock::new(target_names(&config))),
-                ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                health: relay.health.clone(),
-            };
-            let serving = state.clone();
-            let stop = shutdown.clone();
-            let every = config.admin.lag_refresh;
-            tokio::spawn(async move {
-                if let Err(e) = crate::admin::serve(listen, serving, every, stop).await {
-                    tracing::error!(address = %listen, error = %e, "the admin endpoint failed");
-                }
-            });
-            Some(state)
-        }
-        None => None,
-    };
-
-    loop {
-        let generation = shutdown.child_token();
-        let relay_health = relay.health.clone();
-        let mut running = tokio::spawn(relay.run(generation.clone()));
-        if let Some(admin) = &admin {
-            admin
-                .ready
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        // Wait for shutdown, or for a reload that validates.
-        let next = loop {
-            tokio::select! {
-                result = &mut running => {
-                    result??;
-                    return Ok(());
-                }
-                Some(why) = reload_rx.recv() => {
-                    tracing::info!(trigger = why, config = %path.display(), "reloading the config");
-                    match reload(path).await {
-                        Ok(next) => break next,
-                        Err(e) => tracing::error!(
-                            error = %format!("{e:#}"),
-                            "the new config was rejected; the running one stays"
-                        ),
-                    }
-                }
-            }
-        };
-        let (new_config, new_relay) = next;
-        let old_health = relay_health.clone();
-        // Batches in flight finish on the old instances; the cursors they
-        // acknowledged are where the new relay starts.
-        generation.cancel();
-        running.await??;
-        if let Some(admin) = &admin {
-            *admin.storage.write().await = new_relay.storage.clone();
-            *admin.targets.write().await = target_names(&new_config);
-        }
-        relay = new_relay;
-        // One health board for the process: the admin endpoint keeps reading it.
-        relay.health = old_health;
-        tracing::info!(targets = new_config.targets.len(), "config reloaded");
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-    }
-}
-
-fn target_names(config: &Config) -> Vec<String> {
-    config.targets.keys().cloned().collect()
-}
-
-async fn reload(path: &Path) -> anyhow::Result<(Config, crate::relay::Relay)> {
-    let config = Config::load(path)?;
-    let relay = app::build_relay(&config).await?;
-    Ok((config, relay))
-}
-
-/// SIGHUP, and (if enabled) a change of the config file's modification time,
-/// both ask for a reload.
-fn spawn_reload_triggers(
-    path: &Path,
-    watch_file: bool,
-    reload: tokio::sync::mpsc::Sender<&'static str>,
-) {
-    #[cfg(unix)]
-    {
-        let reload = reload.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                if reload.send("SIGHUP").await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    if watch_file {
-        let path = path.to_path_buf();
-        tokio::spawn(async move {
-            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            let mut last = modified(&path);
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                let now = modified(&path);
-                if now.is_some() && now != last {
-                    last = now;
-                    if reload.send("file changed").await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => tracing::info!("SIGINT received"),
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
-async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.config)?;
-    if args.event.trim().is_empty() {
-        bail!("--event must not be empty");
-    }
-    let payload = match (&args.payload, &args.payload_file) {
-        (_, Some(path)) => std::fs::read(path)
-            .with_context(|| format!("cannot read the payload file {}", path.display()))?,
-        (Some(text), None) => text.clone().into_bytes(),
-        (None, None) => b"{}".to_vec(),
-    };
-    let storage = app::open_storage(&config).await?;
-    storage.ensure_partitions(config.relay.partitions).await?;
-    let messages: Vec<NewMessage> = (0..args.count)
-        .map(|_| {
-            let mut m = NewMessage::new(args.event.clone(), payload.clone());
-            m.partition_key = args.key.clone();
-            for (name, value) in &args.headers {
-                m = m.with_header(name, value.clone());
-            }
-            m
-        })
-        .collect();
-    for chunk in messages.chunks(1000) {
-        storage.save(chunk).await?;
-    }
-    for m in messages.iter().take(10) {
-        println!("{}", m.id);
-    }
-    if messages.len() > 10 {
-        println!("... and {} more", messages.len() - 10);
-    }
-    Ok(())
-}
-
-async fn status(
-    config: Config,
-    json: bool,
-    watch: Option<std::time::Duration>,
-) -> anyhow::Result<()> {
-    let storage = app::open_storage(&config).await?;
-    let names = crate::registry::status_targets(&*storage, &config).await?;
-    let Some(every) = watch else {
-        return print_status(storage.status(&names).await?, json);
-    };
-    loop {
-        let rows = storage.status(&names).await?;
-        if !json {
-            // Clear the screen and go home, like `watch`.
-            print!("\x1b[2J\x1b[H");
-            println!(
-                "{}  (every {}, Ctrl-C to stop)\n",
-                config.source.display(),
-                humantime_serde::re::humantime::format_duration(every)
-            );
-        }
-        print_status(rows, json)?;
-        tokio::select! {
-            _ = wait_for_signal() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-fn print_status(rows: Vec<crate::storage::TargetStatus>, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!(
-        "{:<20} {:>10} {:>14} {:>9} {:>6}  LEASES",
-        "TARGET", "LAG", "OLDEST PENDING", "RETRIES", "DEAD"
-    );
-    for r in &rows {
-        let oldest = r
-            .oldest_pending_age_ms
-            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-        let leases = if r.lease_owners.is_empty() {
-            "-".to_string()
-        } else {
-            r.lease_owners.join(", ")
-        };
-        println!(
-            "{:<20} {:>10} {:>14} {:>9} {:>6}  {}",
-            r.target, r.lag, oldest, r.retries_pending, r.dead_letters, leases
-        );
-    }
-    for note in crate::registry::notes(&rows) {
-        println!("\n{note}");
-    }
-    Ok(())
 }
 
 fn verify_snapshot(config: &Config, key: &str, token: &str) -> anyhow::Result<()> {

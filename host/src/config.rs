@@ -2,7 +2,8 @@
 //! then validation. Every error names the file and the field.
 //!
 //! Relative paths in the file (plugins, directories, a SQLite database) are
-//! resolved against the directory of the config file, not the working directory.
+//! resolved against the directory of the config file, not the working
+//! directory (unless the config is a pipe, which has no directory).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,11 +21,12 @@ pub const ENV_PREFIX: &str = "OUTBOX_RELAY__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {file}: {}", describe_parse_error(cause))]
-    Parse {
-        file: String,
-        cause: Box<figment::Error>,
-    },
+    #[error("cannot read config {file}: {reason}")]
+    Read { file: String, reason: String },
+    /// The text is not TOML, or a key is unknown or of the wrong type.
+    /// `message` names the key (and the environment variable it came from).
+    #[error("config file {file}: {message}")]
+    Parse { file: String, message: String },
     #[error("config file {file}: field `{field}`: {message}")]
     Invalid {
         file: String,
@@ -280,25 +282,28 @@ impl Config {
 
     fn load_with_env(path: &Path, env: Env) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        if !path.is_file() {
-            return Err(ConfigError::Invalid {
-                file,
-                field: "(file)".into(),
-                message: "no such file".into(),
-            });
-        }
+        // Read here, not through figment, so a directory, a pipe
+        // (`--config <(...)`, /dev/fd/N) or an unreadable file each get
+        // their own reason.
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            reason: read_failure(&e),
+        })?;
         let mut config: Config = Figment::new()
-            .merge(Toml::file_exact(path))
+            .merge(Toml::string(&text))
             .merge(env)
             .extract()
             .map_err(|e| ConfigError::Parse {
                 file: file.clone(),
-                cause: Box::new(e),
+                message: describe(e),
             })?;
         config.source = path.to_path_buf();
+        // A pipe (/dev/fd/N) has no directory of its own: its relative paths
+        // are the working directory's.
+        let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
         let base = path
             .parent()
-            .filter(|p| !p.as_os_str().is_empty())
+            .filter(|p| regular && !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
         config.resolve_paths(&base);
@@ -314,7 +319,7 @@ impl Config {
                 .extract()
                 .map_err(|e| ConfigError::Parse {
                     file: "(inline)".into(),
-                    cause: Box::new(e),
+                    message: describe(e),
                 })?;
         config.source = PathBuf::from("(inline)");
         config.resolve_paths(base);
@@ -409,9 +414,6 @@ impl Config {
         }
         if r.lease_ttl < Duration::from_secs(1) {
             return Err(self.invalid("relay.lease_ttl", "must be at least 1s"));
-        }
-        if self.targets.is_empty() {
-            return Err(self.invalid("targets", "no targets are configured"));
         }
         let mut routed = BTreeSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -528,6 +530,18 @@ impl Config {
         Ok(())
     }
 
+    /// Running or checking a relay needs at least one target; `migrate`,
+    /// `status` and the dead-letter tools do not.
+    pub fn require_targets(&self) -> Result<(), ConfigError> {
+        if self.targets.is_empty() {
+            return Err(self.invalid(
+                "targets",
+                "no targets are configured; add a [targets.<name>] table and a [[routes]] entry",
+            ));
+        }
+        Ok(())
+    }
+
     /// Settings that are valid but probably not what the operator wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -578,6 +592,98 @@ impl Config {
     }
 }
 
+/// Why the config file could not be read, in the operator's words.
+fn read_failure(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::IsADirectory => "is a directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::InvalidData => "not UTF-8 text".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// figment's errors, one a line, each naming its key (and the environment
+/// variable when it came from one), without figment's own framing
+/// (``for key "default.x" in TOML source string``).
+fn describe(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let key = field_path(&e.path);
+            let from_env = e
+                .metadata
+                .as_ref()
+                .filter(|md| md.name.contains("environment"))
+                .map(|_| {
+                    let name = e.path.join("__").to_ascii_uppercase();
+                    format!("environment variable {ENV_PREFIX}{name}: ")
+                });
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(found, expected) => {
+                    let parent = &e.path[..e.path.len().saturating_sub(1)];
+                    let full = |name: &str| {
+                        parent
+                            .iter()
+                            .map(String::as_str)
+                            .chain([name])
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    };
+                    match closest(found, expected) {
+                        Some(near) => {
+                            format!(
+                                "unknown key `{}`; did you mean `{}`?",
+                                full(found),
+                                full(near)
+                            )
+                        }
+                        None => format!(
+                            "unknown key `{}`; the keys here are {}",
+                            full(found),
+                            expected
+                                .iter()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                }
+                kind if key.is_empty() => kind.to_string(),
+                kind => format!("field `{key}`: {kind}"),
+            };
+            format!("{}{what}", from_env.unwrap_or_default())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The known key nearest to `found`, if it is near enough to be a typo.
+fn closest<'a>(found: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(found, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 fn valid_target_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -585,14 +691,10 @@ fn valid_target_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// A figment error, with the field it is about written as a config path
-/// (`targets.x.sandbox.allow_tcp[1]`) when it has one.
-fn describe_parse_error(e: &figment::Error) -> String {
-    if e.path.is_empty() {
-        return e.to_string();
-    }
+/// A figment error's path as a config path: `targets.x.sandbox.allow_tcp[1]`.
+fn field_path(path: &[String]) -> String {
     let mut field = String::new();
-    for key in &e.path {
+    for key in path {
         if key.parse::<usize>().is_ok() {
             field.push_str(&format!("[{key}]"));
         } else {
@@ -602,13 +704,7 @@ fn describe_parse_error(e: &figment::Error) -> String {
             field.push_str(key);
         }
     }
-    let from = e
-        .metadata
-        .as_ref()
-        .filter(|md| !matches!(md.source, Some(figment::Source::File(_))))
-        .map(|md| format!(" (from {})", md.name))
-        .unwrap_or_default();
-    format!("field `{field}`: {}{from}", e.kind)
+    field
 }
 
 pub use crate::storage::redact_url;
@@ -659,6 +755,90 @@ mod tests {
         let text = MINIMAL.replace("plugin = \"file\"", "plugin = \"file\"\nbatchsize = 3");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("batchsize"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_plainly_with_the_nearest_known_key() {
+        let e = parse(&MINIMAL.replace("database =", "databse ="))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file (inline): unknown key `databse`; did you mean `database`?"),
+            "{e}"
+        );
+        assert!(!e.contains("for key") && !e.contains("default."), "{e}");
+        let e = parse(&MINIMAL.replace("plugin = \"file\"", "plugin = \"file\"\nbatchsize = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "unknown key `targets.audit.batchsize`; did you mean `targets.audit.batch_size`?"
+            ),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace("plugin = \"file\"", "plugin = \"file\"\nzzz = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key `targets.audit.zzz`; the keys here are `plugin`, "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key_without_figments_framing() {
+        let text = MINIMAL.replace("[[routes]]", "[relay]\nbatch_size = \"lots\"\n[[routes]]");
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config file (inline): field `relay.batch_size`: invalid type: found string \"lots\", expected u32"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_config_path_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "cannot read config {}: is a directory",
+                dir.path().display()
+            )
+        );
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(&missing).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("cannot read config {}: no such file", missing.display())
+        );
+        let binary = dir.path().join("relay.toml");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        let e = Config::load(&binary).unwrap_err().to_string();
+        assert!(e.ends_with("relay.toml: not UTF-8 text"), "{e}");
+    }
+
+    #[test]
+    fn no_targets_is_valid_until_a_relay_needs_them() {
+        let c = parse("database = \"sqlite://outbox.db\"").unwrap();
+        assert!(c.targets.is_empty());
+        let e = c.require_targets().unwrap_err().to_string();
+        assert!(
+            e.contains("field `targets`: no targets are configured"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn typos_are_matched_by_edit_distance() {
+        assert_eq!(edit_distance("databse", "database"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(
+            closest("batchsize", &["plugin", "batch_size"]),
+            Some("batch_size")
+        );
+        assert_eq!(closest("zzz", &["plugin", "batch_size"]), None);
     }
 
     #[test]
@@ -778,6 +958,26 @@ mod tests {
             jail.set_env("OUTBOX_RELAY__RELAY__BATCH_SIZE", "7");
             let c = Config::load(&path).map_err(|e| e.to_string())?;
             assert_eq!(c.relay.batch_size, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, test only
+    fn an_unknown_key_from_the_environment_names_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OUTBOX_RELAY__RELAY__BATCH_SIZ", "7");
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(
+                    "environment variable OUTBOX_RELAY__RELAY__BATCH_SIZ: unknown key `relay.batch_siz`; \
+                     did you mean `relay.batch_size`?"
+                ),
+                "{e}"
+            );
             Ok(())
         });
     }

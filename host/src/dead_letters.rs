@@ -1,341 +1,44 @@
-//! `outbox-relay dead-letters ...`: list, show, replay and purge dead letters.
+//! Dead letters as a domain: which may be replayed, and how a replay or a
+//! purge works through a selection. The command line over it is
+//! `cli/dead_letters.rs`.
 //!
-//! The selection (`--target`, `--event`, `--since`, `--until`, `--limit`) is the
-//! same for every subcommand and maps onto [`DeadLetterFilter`]. Replay and
-//! purge first take the whole selection, then ask for confirmation (or
-//! `--yes`), then work through it in batches of [`BATCH`], one statement per
-//! batch; rows that stopped being dead letters meanwhile are left alone.
+//! A replay or a purge first takes the whole selection ([`Selection::take`]),
+//! then (once the operator confirmed) works through it per target in batches
+//! of [`BATCH`], one statement per batch ([`Selection::apply`]); rows that
+//! stopped being dead letters meanwhile are left alone.
 //!
 //! Replay semantics: a replayed dead letter goes back to the retry state, due
 //! at once, keeping its attempt count and history. The relay makes one more
 //! attempt (numbered after the last one); if that fails, the message is
-//! dead-lettered again. Ordered targets are refused for now: their cursor has
-//! moved past the dead letter, and nothing would read it again.
+//! dead-lettered again. Which targets may be replayed is decided by
+//! [`check_replayable`] alone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
-use humantime_serde::re::humantime;
-use serde_json::{Value, json};
-
-use crate::app;
-use crate::cli::ConfigArg;
 use crate::config::Config;
-use crate::storage::{DeadLetter, DeadLetterDetail, DeadLetterFilter, Storage, now_ms};
+use crate::storage::{DeadLetterFilter, Storage, StorageError};
 
 /// How many dead letters one replay or purge statement handles.
 pub const BATCH: usize = 500;
 
-/// How many rows `list` shows without `--limit`.
-const DEFAULT_LIST_LIMIT: u32 = 100;
-
-/// How much of the last error `list` shows in its table.
-const ERROR_WIDTH: usize = 80;
-
-#[derive(clap::Subcommand)]
-pub(crate) enum DeadLettersCommand {
-    /// List dead letters, newest first.
-    List {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one dead letter: its message, and every attempt's error.
-    Show {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The target it failed at.
-        target: String,
-        /// Its log sequence number (the SEQ column of `list`).
-        seq: i64,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Send dead letters back to their target: each gets one more attempt.
-    Replay {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// Do not ask for confirmation (required when stdin is not a terminal).
-        #[arg(short = 'y', long)]
-        yes: bool,
-        /// Print the counts as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Delete dead letters for good.
-    Purge {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// Do not ask for confirmation (required when stdin is not a terminal).
-        #[arg(short = 'y', long)]
-        yes: bool,
-        /// Print the counts as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// Which dead letters a command applies to.
-#[derive(clap::Args, Debug, Clone)]
-pub struct FilterArgs {
-    /// Only this target's.
-    #[arg(long)]
-    pub target: Option<String>,
-    /// Only events whose name matches this glob (`*` any run of characters,
-    /// `?` one character; case-sensitive), e.g. `order.*`.
-    #[arg(long = "event", value_name = "GLOB")]
-    pub event: Option<String>,
-    /// Only those dead-lettered at or after this time: a duration ago (`2h`,
-    /// `30m`) or an RFC 3339 time (`2025-01-31T12:00:00Z`).
-    #[arg(long, value_name = "DURATION|RFC3339", value_parser = parse_time)]
-    pub since: Option<i64>,
-    /// Only those dead-lettered before this time (same forms as --since).
-    #[arg(long, value_name = "DURATION|RFC3339", value_parser = parse_time)]
-    pub until: Option<i64>,
-    /// At most this many, newest first (list: 100 by default; replay and purge: all).
-    #[arg(long)]
-    pub limit: Option<u32>,
-}
-
-impl FilterArgs {
-    fn to_filter(&self, default_limit: u32) -> DeadLetterFilter {
-        DeadLetterFilter {
-            target: self.target.clone(),
-            event_pattern: self.event.clone(),
-            since_ms: self.since,
-            until_ms: self.until,
-            limit: self.limit.unwrap_or(default_limit),
-        }
-    }
-}
-
-/// `--since`/`--until`: a duration before now, or an RFC 3339 time; in ms since the epoch.
-fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(ago) = humantime::parse_duration(s) {
-        return Ok(now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
-    }
-    match humantime::parse_rfc3339_weak(s) {
-        Ok(at) => Ok(at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)),
-        Err(_) => Err(format!(
-            "expected a duration (e.g. 2h, 30m) or an RFC 3339 time (e.g. 2025-01-31T12:00:00Z), got {s:?}"
-        )),
-    }
-}
-
-/// Runs one `dead-letters` subcommand.
-pub(crate) async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
-    match command {
-        DeadLettersCommand::List {
-            config,
-            filter,
-            json,
-        } => {
-            let (_, storage) = open(&config).await?;
-            list(storage.as_ref(), &filter, json).await
-        }
-        DeadLettersCommand::Show {
-            config,
-            target,
-            seq,
-            json,
-        } => {
-            let (_, storage) = open(&config).await?;
-            show(storage.as_ref(), &target, seq, json).await
-        }
-        DeadLettersCommand::Replay {
-            config,
-            filter,
-            yes,
-            json,
-        } => {
-            let (config, storage) = open(&config).await?;
-            apply(
-                &config,
-                storage.as_ref(),
-                Action::Replay,
-                &filter,
-                yes,
-                json,
-            )
-            .await
-        }
-        DeadLettersCommand::Purge {
-            config,
-            filter,
-            yes,
-            json,
-        } => {
-            let (config, storage) = open(&config).await?;
-            apply(&config, storage.as_ref(), Action::Purge, &filter, yes, json).await
-        }
-    }
-}
-
-async fn open(arg: &ConfigArg) -> anyhow::Result<(Config, std::sync::Arc<dyn Storage>)> {
-    let config = Config::load(&arg.config)?;
-    let storage = app::open_storage(&config).await?;
-    Ok((config, storage))
-}
-
-async fn list(storage: &dyn Storage, args: &FilterArgs, json: bool) -> anyhow::Result<()> {
-    let mut filter = args.to_filter(DEFAULT_LIST_LIMIT);
-    let limit = filter.limit;
-    // One more than asked tells whether the listing was cut.
-    filter.limit = filter.limit.saturating_add(1);
-    let mut letters = storage.list_dead_letters(&filter).await?;
-    let cut = letters.len() > limit as usize;
-    letters.truncate(limit as usize);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&letters)?);
-    } else {
-        print_table(&letters);
-    }
-    if cut {
-        eprintln!("(only the newest {limit} are shown; use --limit to see more)");
-    }
-    Ok(())
-}
-
-fn print_table(letters: &[DeadLetter]) {
-    println!(
-        "{:<20} {:>10}  {:<36}  {:<24} {:>8}  {:<20}  LAST ERROR",
-        "TARGET", "SEQ", "MESSAGE ID", "EVENT", "ATTEMPTS", "DEAD SINCE"
-    );
-    for l in letters {
-        println!(
-            "{:<20} {:>10}  {:<36}  {:<24} {:>8}  {:<20}  {}",
-            l.target,
-            l.seq,
-            l.message_id,
-            l.event_name.as_deref().unwrap_or("-"),
-            l.attempts,
-            format_ms(l.dead_at_ms),
-            truncate(&one_line(&l.last_error), ERROR_WIDTH),
-        );
-    }
-}
-
-async fn show(storage: &dyn Storage, target: &str, seq: i64, json: bool) -> anyhow::Result<()> {
-    let Some(detail) = storage.dead_letter(target, seq).await? else {
-        bail!("there is no dead letter of target {target:?} with seq {seq}");
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&detail_json(&detail))?);
-        return Ok(());
-    }
-    let l = &detail.letter;
-    println!("target:      {}", l.target);
-    println!("seq:         {}", l.seq);
-    println!("message id:  {}", l.message_id);
-    println!("event:       {}", l.event_name.as_deref().unwrap_or("-"));
-    println!("attempts:    {}", l.attempts);
-    println!("dead since:  {}", format_ms(l.dead_at_ms));
-    match &detail.message {
-        None => println!("message:     (no longer in the log)"),
-        Some(Err(bad)) => println!("message:     malformed: {}", bad.reason),
-        Some(Ok(m)) => {
-            println!("key:         {}", m.partition_key.as_deref().unwrap_or("-"));
-            println!("created:     {}", format_ms(m.created_at_ms));
-            println!("headers:");
-            for (name, value) in &m.headers {
-                println!("  {name}: {value}");
-            }
-            match std::str::from_utf8(&m.payload) {
-                Ok(text) => {
-                    println!("payload ({} bytes):", m.payload.len());
-                    for line in text.lines() {
-                        println!("  {line}");
-                    }
-                }
-                Err(_) => println!(
-                    "payload ({} bytes, base64):\n  {}",
-                    m.payload.len(),
-                    base64_of(&m.payload)
-                ),
-            }
-        }
-    }
-    println!("errors:");
-    for a in &detail.history {
-        println!("  attempt {} at {}:", a.attempt, format_ms(a.at_ms));
-        for line in a.error.lines() {
-            println!("    {line}");
-        }
-    }
-    Ok(())
-}
-
-/// `show --json`: the dead letter, its message (payload as JSON when it is
-/// JSON, as text when it is UTF-8, else base64) and every attempt.
-fn detail_json(detail: &DeadLetterDetail) -> Value {
-    let l = &detail.letter;
-    let (message, malformed) = match &detail.message {
-        None => (Value::Null, Value::Null),
-        Some(Err(bad)) => (Value::Null, Value::String(bad.reason.clone())),
-        Some(Ok(m)) => {
-            let mut message = json!({
-                "id": m.id.to_string(),
-                "event_name": m.event_name,
-                "partition_key": m.partition_key,
-                "headers": m.headers,
-                "created_at_ms": m.created_at_ms,
-                "created_at": format_ms(m.created_at_ms),
-            });
-            let (key, payload) = match serde_json::from_slice::<Value>(&m.payload) {
-                Ok(v) => ("payload", v),
-                Err(_) => match std::str::from_utf8(&m.payload) {
-                    Ok(text) => ("payload_text", Value::String(text.to_string())),
-                    Err(_) => ("payload_base64", Value::String(base64_of(&m.payload))),
-                },
-            };
-            message[key] = payload;
-            (message, Value::Null)
-        }
-    };
-    json!({
-        "target": l.target,
-        "seq": l.seq,
-        "message_id": l.message_id,
-        "event_name": l.event_name,
-        "attempts": l.attempts,
-        "last_error": l.last_error,
-        "dead_at_ms": l.dead_at_ms,
-        "dead_at": format_ms(l.dead_at_ms),
-        "message": message,
-        "malformed": malformed,
-        "history": detail.history,
-    })
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Action {
+/// What to do with a selection of dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Back to the retry state, due at once: one more attempt each.
     Replay,
+    /// Delete for good.
     Purge,
 }
 
 impl Action {
-    fn verb(self) -> &'static str {
+    pub fn verb(self) -> &'static str {
         match self {
             Action::Replay => "replay",
             Action::Purge => "purge",
         }
     }
 
-    fn done(self) -> &'static str {
+    pub fn done(self) -> &'static str {
         match self {
             Action::Replay => "replayed",
             Action::Purge => "purged",
@@ -343,219 +46,162 @@ impl Action {
     }
 }
 
-async fn apply(
-    config: &Config,
-    storage: &dyn Storage,
-    action: Action,
-    args: &FilterArgs,
-    yes: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    if action == Action::Replay
-        && let Some(target) = &args.target
-    {
-        check_replayable(config, [target.as_str()])?;
-    }
-    let letters = storage.list_dead_letters(&args.to_filter(u32::MAX)).await?;
-    // Per target, in the order listed.
-    let mut by_target: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    for l in &letters {
-        by_target.entry(&l.target).or_default().push(l.seq);
-    }
-    if action == Action::Replay {
-        check_replayable(config, by_target.keys().copied())?;
-    }
-    let matched = letters.len();
-    if matched == 0 {
-        report(action, 0, 0, json)?;
-        return Ok(());
-    }
-    if !confirmed(action, &by_target, yes)? {
-        eprintln!("nothing was {}", action.done());
-        return Ok(());
-    }
-    let progress = indicatif::ProgressBar::new(matched as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    progress.set_message(action.done());
-    let mut changed = 0u64;
-    for (target, seqs) in &by_target {
-        for batch in seqs.chunks(BATCH) {
-            let n = match action {
-                Action::Replay => storage.replay_dead_letters(target, batch).await,
-                Action::Purge => storage.purge_dead_letters(target, batch).await,
-            }
-            .with_context(|| {
-                format!(
-                    "{} stopped after {changed} of {matched} dead letters",
-                    action.verb()
-                )
-            })?;
-            changed += n;
-            progress.inc(batch.len() as u64);
-        }
-    }
-    progress.finish_and_clear();
-    report(action, matched, changed, json)
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(
+        "cannot replay dead letters of {targets}: not a target in {file}, so no relay would deliver them; \
+         narrow the selection with --target, or purge them"
+    )]
+    UnknownTarget { targets: String, file: String },
+    #[error("{action} stopped after {done} of {total} dead letters: {cause}")]
+    Stopped {
+        action: &'static str,
+        done: u64,
+        total: usize,
+        cause: StorageError,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
-/// Replay is refused for targets that are ordered (their cursor has passed
-/// the dead letter) and for targets the config does not have (no relay
-/// would pick the retry up).
-fn check_replayable<'a>(
+/// Replay is refused for targets the config does not have (no relay would
+/// pick the retry up). Ordered targets replay too: a replayed dead letter is
+/// behind the target's cursor, so it is retried on its own as soon as it is
+/// due, in log order among the letters replayed together, without holding
+/// the partition (docs/dead-letters.md).
+pub fn check_replayable<'a>(
     config: &Config,
     targets: impl IntoIterator<Item = &'a str>,
-) -> anyhow::Result<()> {
-    let mut ordered = BTreeSet::new();
-    let mut unknown = BTreeSet::new();
-    for target in targets {
-        match config.targets.get(target) {
-            Some(t) if t.ordered => ordered.insert(target),
-            Some(_) => false,
-            None => unknown.insert(target),
-        };
-    }
-    if !ordered.is_empty() {
-        bail!(
-            "replaying dead letters of an ordered target is not supported yet ({}); \
-             narrow the selection with --target to replay the others",
-            names(&ordered)
-        );
-    }
+) -> Result<(), DeadLetterError> {
+    let unknown: BTreeSet<&str> = targets
+        .into_iter()
+        .filter(|t| !config.targets.contains_key(*t))
+        .collect();
     if !unknown.is_empty() {
-        bail!(
-            "cannot replay dead letters of {}: not a target in {}, so no relay would deliver them; \
-             narrow the selection with --target, or purge them",
-            names(&unknown),
-            config.source.display()
-        );
+        return Err(DeadLetterError::UnknownTarget {
+            targets: quoted(&unknown),
+            file: config.source.display().to_string(),
+        });
     }
     Ok(())
 }
 
-fn names(set: &BTreeSet<&str>) -> String {
+fn quoted(set: &BTreeSet<&str>) -> String {
     set.iter()
         .map(|t| format!("{t:?}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `--yes`, or an interactive "y"; without a terminal, `--yes` is required.
-fn confirmed(
+/// The dead letters one replay or purge applies to: per target, their seqs
+/// in the order listed (newest first). A replay's selection has passed
+/// [`check_replayable`], both for the `--target` asked for and for every
+/// target taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
     action: Action,
-    by_target: &BTreeMap<&str, Vec<i64>>,
-    yes: bool,
-) -> anyhow::Result<bool> {
-    if yes {
-        return Ok(true);
-    }
-    let total: usize = by_target.values().map(Vec::len).sum();
-    if !std::io::stdin().is_terminal() {
-        bail!(
-            "refusing to {} {total} dead letters without --yes (standard input is not a terminal)",
-            action.verb()
-        );
-    }
-    let summary = by_target
-        .iter()
-        .map(|(t, s)| format!("{t}: {}", s.len()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    eprint!(
-        "{} {total} dead letters ({summary})? [y/N] ",
-        capitalised(action.verb())
-    );
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
+    by_target: BTreeMap<String, Vec<i64>>,
 }
 
-fn report(action: Action, matched: usize, changed: u64, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "matched": matched, action.done(): changed }))?
-        );
-        return Ok(());
+impl Selection {
+    /// Every dead letter `filter` matches, up to its limit, for `action`.
+    pub async fn take(
+        config: &Config,
+        storage: &dyn Storage,
+        action: Action,
+        filter: &DeadLetterFilter,
+    ) -> Result<Self, DeadLetterError> {
+        if action == Action::Replay
+            && let Some(target) = &filter.target
+        {
+            check_replayable(config, [target.as_str()])?;
+        }
+        let mut by_target: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for l in storage.list_dead_letters(filter).await? {
+            by_target.entry(l.target).or_default().push(l.seq);
+        }
+        if action == Action::Replay {
+            check_replayable(config, by_target.keys().map(String::as_str))?;
+        }
+        Ok(Self { action, by_target })
     }
-    if matched == 0 {
-        println!("no dead letters match; nothing was {}", action.done());
-        return Ok(());
+
+    pub fn action(&self) -> Action {
+        self.action
     }
-    let gone = (matched as u64).saturating_sub(changed);
-    if gone > 0 {
-        println!(
-            "{} {changed} dead letters ({gone} had stopped being dead letters meanwhile)",
-            action.done()
-        );
-    } else {
-        println!("{} {changed} dead letters", action.done());
+
+    /// How many dead letters, in all.
+    pub fn len(&self) -> usize {
+        self.by_target.values().map(Vec::len).sum()
     }
-    Ok(())
-}
 
-fn capitalised(word: &str) -> String {
-    let mut chars = word.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
-}
 
-/// A stored timestamp (ms since the epoch) as RFC 3339, UTC, to the second.
-fn format_ms(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        return s.to_string();
+    /// Each target taken, with how many of its dead letters.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.by_target.iter().map(|(t, s)| (t.as_str(), s.len()))
     }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
 
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    /// Applies the action, batch by batch; `progress` is told how many rows
+    /// each batch covered. Returns how many rows were changed (fewer than
+    /// [`Selection::len`] when some stopped being dead letters meanwhile).
+    pub async fn apply(
+        &self,
+        storage: &dyn Storage,
+        mut progress: impl FnMut(usize),
+    ) -> Result<u64, DeadLetterError> {
+        let mut changed = 0u64;
+        for (target, seqs) in &self.by_target {
+            for batch in seqs.chunks(BATCH) {
+                let n = match self.action {
+                    Action::Replay => storage.replay_dead_letters(target, batch).await,
+                    Action::Purge => storage.purge_dead_letters(target, batch).await,
+                }
+                .map_err(|cause| DeadLetterError::Stopped {
+                    action: self.action.verb(),
+                    done: changed,
+                    total: self.len(),
+                    cause,
+                })?;
+                changed += n;
+                progress(batch.len());
+            }
+        }
+        Ok(changed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    #[test]
-    fn times_parse_as_durations_ago_or_rfc3339() {
-        let before = now_ms();
-        let t = parse_time("1h").expect("a duration");
-        assert!((before - 3_600_000 - 1000..=now_ms() - 3_600_000).contains(&t));
-        assert_eq!(
-            parse_time("2025-01-31T12:00:00Z").expect("a time"),
-            1_738_324_800_000
-        );
-        assert!(parse_time("yesterday-ish").is_err());
+    fn config() -> Config {
+        Config::from_toml(
+            r#"
+            database = "sqlite://outbox.db"
+            [[routes]]
+            events = ["*"]
+            targets = ["plain", "strict"]
+            [targets.plain]
+            plugin = "null"
+            [targets.strict]
+            plugin = "null"
+            ordered = true
+            "#,
+            Path::new("/etc/relay"),
+        )
+        .unwrap()
     }
 
     #[test]
-    fn long_errors_are_cut_to_the_width() {
-        let long = "x".repeat(200);
-        assert_eq!(truncate(&long, 80).chars().count(), 80);
-        assert_eq!(truncate("short", 80), "short");
-        assert_eq!(one_line("a\n  b\tc"), "a b c");
+    fn replay_is_refused_on_unknown_targets_only() {
+        let config = config();
+        assert!(check_replayable(&config, ["plain"]).is_ok());
+        assert!(check_replayable(&config, ["plain", "strict"]).is_ok());
+        let e = check_replayable(&config, ["gone"]).unwrap_err().to_string();
+        assert!(e.contains("\"gone\"") && e.contains("(inline)"), "{e}");
     }
 }

@@ -26,10 +26,14 @@
 //!   reach (`allow_tcp`, `allow_http`), one grammar, checked as the config is parsed.
 //! - [`routes`]: event-name globs to targets.
 //! - [`backoff`]: the retry schedule.
-//! - [`relay`]: the workers that tie it together; [`app`] wires them from a config.
+//! - [`relay`]: the workers that tie it together; [`app`] wires them from a
+//!   config, and [`app::supervisor`] runs, reloads and stops them.
+//! - [`dead_letters`]: which dead letters may be replayed, and how a replay or
+//!   purge works through a selection.
+//! - [`cli`]: the `outbox-relay` command line (parsing and printing only);
+//!   [`admin`]: the relay's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`),
+//!   fed by [`metrics`].
 //! - [`registry`]: the target registry for operators (`targets forget`, `status` notes).
-//! - [`cli`]: the `outbox-relay` command line; [`admin`]: its HTTP endpoint
-//!   (`/metrics`, `/healthz`, `/readyz`), fed by [`metrics`].
 
 pub mod message;
 pub mod producer;

@@ -319,57 +319,62 @@ retry = { max_attempts = 2, initial_backoff = "20ms", jitter = 0.0 }
 }
 
 #[tokio::test]
-async fn replay_refuses_ordered_targets() {
+async fn replay_on_an_ordered_target_delivers_its_dead_letters_in_log_order() {
     let scratch = Scratch::new();
-    let config_path = scratch.write_config(
+    let record = scratch.path().join("ordered.jsonl");
+    let config_path = scratch.write_config(&format!(
         r#"
 [[routes]]
 events = ["*"]
-targets = ["ordered", "unordered"]
+targets = ["ordered"]
 
 [targets.ordered]
-plugin = "reject"
+plugin = "flaky"
 ordered = true
-
-[targets.unordered]
-plugin = "reject"
+retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "10ms" }}
+config = {{ succeed_on_attempt = 3, path = "{}" }}
 "#,
-    );
+        record.display()
+    ));
     let config = outbox_relay::config::Config::load(&config_path).unwrap();
     let storage = scratch.storage().await;
-    enqueue(&storage, "e", 3).await;
+    let sent = enqueue(&storage, "e", 3).await;
     let relay = RunningRelay::start(&config).await;
-    eventually("6 dead letters", WAIT, || async {
+    eventually("3 dead letters", WAIT, || async {
         let all = storage
             .list_dead_letters(&DeadLetterFilter::default())
             .await
             .unwrap();
-        (all.len() == 6).then_some(())
+        (all.len() == 3).then_some(())
     })
     .await;
-    relay.stop().await;
-    for args in [
-        &["replay", "--target", "ordered", "--yes"][..],
-        &["replay", "--yes"][..],
-    ] {
-        let out = cli(&config_path, args).await;
-        assert!(!out.status.success(), "{args:?} was not refused");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("replaying dead letters of an ordered target is not supported yet"),
-            "{err}"
-        );
-    }
-    let missing = cli(&config_path, &["replay", "--target", "nowhere", "--yes"]).await;
-    assert!(!missing.status.success());
-    // Nothing moved; the unordered target's can still be replayed.
-    assert_eq!(len(&cli_json(&config_path, &["list", "--json"]).await), 6);
+    // Replayed while the relay runs: its ordered worker picks them up.
     let done = cli_json(
         &config_path,
-        &["replay", "--target", "unordered", "--yes", "--json"],
+        &["replay", "--target", "ordered", "--yes", "--json"],
     )
     .await;
     assert_eq!(done["replayed"], 3);
+    let delivered = eventually("the replayed letters delivered", WAIT, || async {
+        let lines = if record.exists() {
+            read_jsonl(&record)
+        } else {
+            Vec::new()
+        };
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await;
+    relay.stop().await;
+    let ids: Vec<&str> = delivered
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = sent.iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(ids, expected, "in log order, once each");
+    assert!(delivered.iter().all(|l| l["attempt"] == 3), "{delivered:?}");
+    assert_eq!(len(&cli_json(&config_path, &["list", "--json"]).await), 0);
+    let missing = cli(&config_path, &["replay", "--target", "nowhere", "--yes"]).await;
+    assert!(!missing.status.success());
 }
 
 /// The storage methods, on any backend: list with filters, detail, replay
@@ -584,4 +589,50 @@ async fn dead_letter_storage_methods_on_postgres() {
     let scratch = Scratch::postgres().await;
     let storage = scratch.pg_storage().await;
     dead_letter_storage_methods(&storage).await;
+}
+
+/// `show` of a target the config does not have says so and lists the
+/// configured ones; `list --target` of one notes it on stderr.
+#[tokio::test]
+async fn show_names_an_unknown_target_and_the_configured_ones() {
+    let scratch = Scratch::new();
+    let config_path = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["audit", "hooks"]
+
+[targets.audit]
+plugin = "null"
+
+[targets.hooks]
+plugin = "null"
+"#,
+    );
+    scratch.storage().await;
+    let out = cli(&config_path, &["show", "nosuch", "1"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: there is no dead letter of target \"nosuch\" with seq 1: \"nosuch\" is not a target in {} (targets: audit, hooks)",
+            config_path.display()
+        )
+    );
+    let out = cli(&config_path, &["show", "audit", "1"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "error: there is no dead letter of target \"audit\" with seq 1"
+    );
+    let out = cli(&config_path, &["list", "--target", "nosuch", "--json"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("note: \"nosuch\" is not a target in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

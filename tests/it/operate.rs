@@ -11,6 +11,7 @@ use outbox_relay::NewMessage;
 use outbox_relay::storage::Storage;
 use outbox_relay_tests::{Scratch, enqueue, eventually, read_jsonl};
 
+use crate::startup::{NULL_TARGET, run_cli};
 use crate::{free_port, http_get, relay_binary, terminate};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -281,5 +282,212 @@ async fn a_reload_adds_a_target_and_a_route_and_a_broken_config_is_rejected() {
     assert!(
         log_count(&log, "database") >= 1,
         "the rejection names what is wrong"
+    );
+}
+
+/// Read commands never write: on a database that was never migrated,
+/// `status` and `dead-letters list|show` say to run `migrate` and leave it
+/// as it was (no SQLite file is created; an empty one stays empty), and
+/// `check` does not open it.
+#[test]
+fn read_commands_refuse_an_unmigrated_sqlite_database_and_write_nothing() {
+    let scratch = Scratch::new();
+    let db = scratch.path().join("outbox.db");
+    let path = scratch.write_config(NULL_TARGET);
+    let config = path.to_str().unwrap();
+    let reads: [&[&str]; 3] = [
+        &["status", "--config", config],
+        &["dead-letters", "list", "--config", config],
+        &["dead-letters", "show", "t", "1", "--config", config],
+    ];
+    let advice = format!("run `outbox-relay migrate --config {config}` first");
+    for args in reads {
+        let (ok, _, stderr) = run_cli(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            stderr.contains(&format!(
+                "the database sqlite://{} does not exist",
+                db.display()
+            )) && stderr.contains(&advice),
+            "{args:?}: {stderr}"
+        );
+        assert!(!db.exists(), "{args:?} created the database file");
+    }
+    // `check` starts the plugins and never opens the database.
+    let (ok, stdout, stderr) = run_cli(&["check", "--config", config]);
+    assert!(ok && stdout.contains("ok      t"), "{stdout}{stderr}");
+    assert!(!db.exists(), "check created the database file");
+    std::fs::write(&db, b"").unwrap();
+    for args in reads {
+        let (ok, _, stderr) = run_cli(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            stderr.contains("has no outbox schema") && stderr.contains(&advice),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "{args:?} wrote");
+    }
+    let (ok, stdout, stderr) = run_cli(&["migrate", "--config", config]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("migrated"), "{stdout}");
+    let (ok, stdout, stderr) = run_cli(&["status", "--config", config, "--json"]);
+    assert!(ok, "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (rows[0]["target"].as_str(), rows[0]["lag"].as_i64()),
+        (Some("t"), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn read_commands_refuse_an_unmigrated_postgres_database_and_write_nothing() {
+    let scratch = Scratch::postgres().await;
+    let path = scratch.write_config(NULL_TARGET);
+    let config = path.to_str().unwrap();
+    let pool = scratch.pg_pool().await;
+    let tables = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    for args in [
+        &["status", "--config", config][..],
+        &["dead-letters", "list", "--config", config][..],
+    ] {
+        let (ok, _, stderr) = run_cli(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            stderr.contains("has no outbox schema")
+                && stderr.contains(&format!(
+                    "run `outbox-relay migrate --config {config}` first"
+                )),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(tables().await, 0, "{args:?} created tables");
+    }
+    let (ok, _, stderr) = run_cli(&["migrate", "--config", config]);
+    assert!(ok, "{stderr}");
+    assert!(tables().await > 0);
+    let (ok, stdout, stderr) = run_cli(&["status", "--config", config, "--json"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"target\": \"t\""), "{stdout}");
+}
+
+/// `migrate` needs only the database; `run` and `check` need a target.
+#[test]
+fn migrate_works_without_targets_and_run_says_it_needs_one() {
+    let scratch = Scratch::new();
+    let path = scratch.write_config("");
+    let config = path.to_str().unwrap();
+    let (ok, stdout, stderr) = run_cli(&["migrate", "--config", config]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "migrated sqlite://{} (1 partitions)",
+            scratch.path().join("outbox.db").display()
+        )
+    );
+    for command in ["run", "check"] {
+        let (ok, _, stderr) = run_cli(&[command, "--config", config]);
+        assert!(!ok, "{command} ran without targets");
+        assert!(
+            stderr.contains(&format!(
+                "config file {config}: field `targets`: no targets are configured"
+            )),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+/// `enqueue` needs a payload (text, a file, or `-` for stdin), and prints
+/// every id it enqueued.
+#[tokio::test]
+async fn enqueue_requires_a_payload_and_prints_every_id() {
+    let scratch = Scratch::new();
+    let path = scratch.write_config("");
+    let config = path.to_str().unwrap();
+    let (ok, _, stderr) = run_cli(&["enqueue", "--config", config, "-e", "order.created"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("required") && stderr.contains("--payload <PAYLOAD>|--payload-file"),
+        "{stderr}"
+    );
+    assert!(!scratch.path().join("outbox.db").exists());
+
+    let (ok, stdout, stderr) = run_cli(&[
+        "enqueue",
+        "--config",
+        config,
+        "-e",
+        "order.created",
+        "-p",
+        "{\"a\":1}",
+        "-n",
+        "15",
+    ]);
+    assert!(ok, "{stderr}");
+    let printed: Vec<&str> = stdout.lines().collect();
+    assert_eq!(printed.len(), 15, "{stdout}");
+    assert!(
+        printed.iter().all(|l| uuid::Uuid::parse_str(l).is_ok()),
+        "{stdout}"
+    );
+
+    let mut child = Command::new(relay_binary())
+        .args([
+            "enqueue",
+            "--config",
+            config,
+            "-e",
+            "order.piped",
+            "--payload-file",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from stdin").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let piped = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let storage = scratch.storage().await;
+    let entries = storage
+        .fetch_pending(
+            0,
+            outbox_relay::message::Position::default(),
+            100,
+            usize::MAX,
+        )
+        .await
+        .unwrap();
+    let saved: Vec<(String, String, Vec<u8>)> = entries
+        .into_iter()
+        .map(|e| {
+            let m = e.unwrap();
+            (m.id.to_string(), m.event_name, m.payload)
+        })
+        .collect();
+    assert_eq!(saved.len(), 16);
+    for (id, event, payload) in &saved[..15] {
+        assert!(printed.contains(&id.as_str()), "{id} was not printed");
+        assert_eq!(
+            (event.as_str(), payload.as_slice()),
+            ("order.created", &b"{\"a\":1}"[..])
+        );
+    }
+    assert_eq!(
+        saved[15],
+        (piped, "order.piped".to_string(), b"from stdin".to_vec())
     );
 }

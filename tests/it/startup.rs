@@ -5,7 +5,18 @@ use std::process::Command;
 use crate::relay_binary;
 use outbox_relay_tests::{Scratch, component};
 
-fn run_cli(args: &[&str]) -> (bool, String, String) {
+/// A config body with one target, `t`, on the `null` plugin.
+pub(crate) const NULL_TARGET: &str = r#"
+[[routes]]
+events = ["*"]
+targets = ["t"]
+
+[targets.t]
+plugin = "null"
+"#;
+
+/// Runs `outbox-relay <args>`: (success, stdout, stderr).
+pub(crate) fn run_cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(relay_binary()).args(args).output().unwrap();
     (
         out.status.success(),
@@ -263,4 +274,71 @@ sandbox = { allow_http = ["hooks.example.com"] }
         "{stdout}"
     );
     assert!(stderr.contains("1 of 2 targets cannot start"), "{stderr}");
+}
+
+/// A typo'd key names the file and the key, suggests the known one, and has
+/// none of figment's framing (``for key "default.databse"``).
+#[test]
+fn an_unknown_key_names_the_file_the_key_and_the_nearest_known_key() {
+    let scratch = Scratch::new();
+    let path = scratch.write_config(&format!("{NULL_TARGET}ordred = true\n"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("database =", "databse =", 1)).unwrap();
+    let (ok, _, stderr) = run_cli(&["migrate", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: config file {}: unknown key `databse`; did you mean `database`?",
+            path.display()
+        )
+    );
+    std::fs::write(&path, text).unwrap();
+    let (ok, _, stderr) = run_cli(&["migrate", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown key `targets.t.ordred`; did you mean `targets.t.ordered`?"),
+        "{stderr}"
+    );
+}
+
+/// A directory or a missing file says so; a config from process
+/// substitution (`--config <(...)`, a /dev/fd pipe) is read like a file.
+#[test]
+fn a_config_path_that_is_not_a_file_says_why_and_a_pipe_is_read() {
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_str().unwrap();
+    let (ok, _, stderr) = run_cli(&["status", "--config", dir]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!("error: cannot read config {dir}: is a directory")
+    );
+    let missing = scratch.path().join("nope.toml");
+    let (ok, _, stderr) = run_cli(&["status", "--config", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: cannot read config {}: no such file",
+            missing.display()
+        )
+    );
+
+    let path = scratch.write_config("");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec \"$0\" migrate --config <(cat '{}')",
+            path.display()
+        ))
+        .arg(relay_binary())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("migrated sqlite://"), "{stdout}");
 }

@@ -47,7 +47,7 @@ use super::{
 };
 use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "outbox_relay";

@@ -40,7 +40,7 @@ use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, d
 /// How often the relay asks SQLite whether another connection committed.
 const COMMIT_CHECK: Duration = Duration::from_millis(20);
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The database's clock in ms since the Unix epoch, as SQL.
 macro_rules! now {
