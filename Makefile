@@ -1,6 +1,6 @@
 # The two commands (see README):
 #   make demo   run the relay on a SQLite file with the bundled plugins
-#   make test   build everything and run every test
+#   make test   build everything and run every test (after `make setup`)
 #   make bench  run the benchmarks (docs/performance.md); BENCH_ARGS="--quick" for a smoke run
 # .ci/run runs `make lint test`.
 
@@ -12,7 +12,12 @@ DEMO_CONFIG := examples/outbox-relay.toml
 # The example config names ../target/...; follow CARGO_TARGET_DIR if it is elsewhere.
 export OUTBOX_RELAY__RELAY__PLUGIN_DIR := $(COMPONENTS)
 
-.PHONY: demo test plugins lint producer-check bench soak
+.PHONY: demo test plugins lint producer-check bench soak setup
+
+# What the tests need from the machine (faketime for the clock-skew test);
+# idempotent, and quick when already installed.
+setup:
+	bash tests/setup.sh
 
 plugins:
 	bash plugins/build.sh $(COMPONENTS)
@@ -27,7 +32,7 @@ demo: plugins
 	@tail -n 5 $(CARGO_TARGET_DIR)/demo/out/events.jsonl
 	$(RELAY) status --config $(DEMO_CONFIG)
 
-test: plugins producer-check
+test: setup plugins producer-check
 	# The bundled plugins' own unit tests, natively.
 	cd plugins && cargo test -q --workspace --target-dir $(CARGO_TARGET_DIR)/plugins-native
 	cargo test --workspace --no-fail-fast

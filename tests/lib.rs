@@ -100,6 +100,11 @@ impl Scratch {
         self.database.clone()
     }
 
+    /// The name of this scratch's Postgres database (`None` on SQLite).
+    pub fn pg_database(&self) -> Option<&str> {
+        self.pg_name.as_deref()
+    }
+
     /// Writes `relay.toml`: the database, fast test timings, the built
     /// components as the plugin directory, then `body` (routes and targets).
     pub fn write_config(&self, body: &str) -> PathBuf {

@@ -30,6 +30,17 @@ pub mod injector_world {
     });
 }
 
+/// The WASI filesystem, called directly by [`crate::fs`] (only on the wasm
+/// target; natively `fs` uses `std::fs`).
+#[cfg(target_arch = "wasm32")]
+pub mod files_world {
+    wit_bindgen::generate!({
+        path: "wasi",
+        world: "outbox:sdk-files/files",
+        generate_all,
+    });
+}
+
 /// Conversions between one world's generated `types` and the SDK's own.
 macro_rules! conversions {
     ($name:ident, $world:ident) => {

@@ -3,6 +3,8 @@ use serde_json::{Map, Value};
 
 use crate::{Error, Result};
 
+mod keyed;
+
 /// A target's configuration: the `[targets.<name>.config]` table of the
 /// operator's TOML file, handed to `init` as a JSON object.
 ///
@@ -48,6 +50,63 @@ impl Config {
     /// The whole object.
     pub fn raw(&self) -> &Map<String, Value> {
         &self.map
+    }
+
+    /// Fails on the first key that is not in `known`, naming it and listing
+    /// the known ones: a misspelt setting is an error at start-up, not a
+    /// silently ignored line.
+    ///
+    /// ```
+    /// use outbox_relay_guest::Config;
+    ///
+    /// let config = Config::parse(r#"{"url": "h", "tmeout_ms": 5}"#)?;
+    /// let err = config.only_keys(&["url", "timeout_ms"]).unwrap_err();
+    /// assert_eq!(
+    ///     err.message(),
+    ///     "config: unknown key `tmeout_ms` (known: `url`, `timeout_ms`)"
+    /// );
+    /// # Ok::<(), outbox_relay_guest::Error>(())
+    /// ```
+    pub fn only_keys(&self, known: &[&str]) -> Result<()> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(key) if known.is_empty() => Err(Error::new(format!(
+                "config: unknown key `{key}` (this plugin takes no settings)"
+            ))),
+            Some(key) => Err(Error::new(format!(
+                "config: unknown key `{key}` (known: {})",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// A duration in milliseconds, `default_ms` when absent, which must lie in
+    /// `range` (an error names the key and the range).
+    pub fn get_millis_or(
+        &self,
+        key: &str,
+        default_ms: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<std::time::Duration> {
+        let ms = self.get_opt_u64(key)?.unwrap_or(default_ms);
+        if range.contains(&ms) {
+            Ok(std::time::Duration::from_millis(ms))
+        } else if *range.end() == u64::MAX {
+            Err(Error::new(format!(
+                "config: key `{key}` must be at least {} (milliseconds), got {ms}",
+                range.start()
+            )))
+        } else {
+            Err(Error::new(format!(
+                "config: key `{key}` must be between {} and {} (milliseconds), got {ms}",
+                range.start(),
+                range.end()
+            )))
+        }
     }
 
     /// The value of `key`, if present (a JSON `null` counts as absent).
@@ -100,11 +159,36 @@ impl Config {
     }
 
     /// The whole object as a typed struct, for plugins with many settings.
+    /// An error names the key whose value is wrong (`config: key
+    /// `timeout_ms`: invalid type: ...`), as the typed getters' do.
     ///
-    /// Use `#[serde(deny_unknown_fields)]` on `T` to catch misspelt keys.
+    /// The SDK re-exports `serde`, so a plugin needs no `serde` dependency of
+    /// its own: point the derive at it with `#[serde(crate = ...)]`. Use
+    /// `deny_unknown_fields` (or [`Config::only_keys`]) to catch misspelt keys.
+    ///
+    /// ```
+    /// use outbox_relay_guest::Config;
+    /// use outbox_relay_guest::serde::Deserialize;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(crate = "outbox_relay_guest::serde", deny_unknown_fields)]
+    /// struct Settings {
+    ///     url: String,
+    ///     #[serde(default)]
+    ///     timeout_ms: Option<u64>,
+    /// }
+    ///
+    /// let settings: Settings = Config::parse(r#"{"url": "h"}"#)?.deserialize()?;
+    /// assert_eq!(settings.url, "h");
+    /// let err = Config::parse(r#"{"url": "h", "timeout_ms": "5"}"#)?
+    ///     .deserialize::<Settings>()
+    ///     .err()
+    ///     .unwrap();
+    /// assert!(err.message().starts_with("config: key `timeout_ms`: invalid type"), "{err}");
+    /// # Ok::<(), outbox_relay_guest::Error>(())
+    /// ```
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T> {
-        T::deserialize(Value::Object(self.map.clone()))
-            .map_err(|err| Error::new(format!("config: {err}")))
+        T::deserialize(keyed::Object(&self.map)).map_err(|err| Error::new(format!("config: {err}")))
     }
 }
 
@@ -226,5 +310,62 @@ mod tests {
         assert!(err.message().contains("tmeout_ms"), "{err}");
         let err = config("{}").deserialize::<Settings>().unwrap_err();
         assert!(err.message().contains("url"), "{err}");
+        let err = config(r#"{"url": 3}"#)
+            .deserialize::<Settings>()
+            .unwrap_err();
+        assert!(
+            err.message().starts_with("config: key `url`: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nested_errors_name_the_top_level_key() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Outer {
+            #[allow(dead_code)]
+            inner: Vec<Inner>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        struct Inner {
+            #[allow(dead_code)]
+            n: u8,
+        }
+        let err = config(r#"{"inner": [{"n": 1}, {"n": 300}]}"#)
+            .deserialize::<Outer>()
+            .unwrap_err();
+        assert!(err.message().starts_with("config: key `inner`: "), "{err}");
+        assert!(err.message().contains("300"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let c = config(r#"{"url": "h", "subjet": "x"}"#);
+        assert!(c.only_keys(&["url", "subjet"]).is_ok());
+        let err = c.only_keys(&["url", "subject"]).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "config: unknown key `subjet` (known: `url`, `subject`)"
+        );
+        let err = c.only_keys(&[]).unwrap_err();
+        assert!(err.message().contains("takes no settings"), "{err}");
+    }
+
+    #[test]
+    fn millis_are_bounded() {
+        let c = config(r#"{"a": 0, "b": 20}"#);
+        assert_eq!(
+            c.get_millis_or("b", 5, 1..=100).unwrap(),
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(
+            c.get_millis_or("missing", 5, 1..=100).unwrap(),
+            std::time::Duration::from_millis(5)
+        );
+        let err = c.get_millis_or("a", 5, 1..=100).unwrap_err();
+        assert!(
+            err.message().contains("`a` must be between 1 and 100"),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,59 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An envelope of a first attempt, with no key and no headers: for a
+    /// plugin's unit tests, with the `with_*` methods below.
+    ///
+    /// ```
+    /// use outbox_relay_guest::Envelope;
+    ///
+    /// let e = Envelope::new("0190-a", "order.created", b"{}")
+    ///     .with_key("order-7")
+    ///     .with_header("traceparent", "00-1");
+    /// assert_eq!(e.header("TraceParent"), Some("00-1"));
+    /// assert_eq!((e.attempt, e.partition_key.as_deref()), (1, Some("order-7")));
+    /// ```
+    pub fn new(
+        id: impl Into<String>,
+        event_name: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
+        Envelope {
+            id: id.into(),
+            event_name: event_name.into(),
+            partition_key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+            attempt: 1,
+            created_at_ms: 0,
+        }
+    }
+
+    /// The same envelope with partition key `key`.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// The same envelope with header `name` added.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The same envelope with every header of `headers` added, in order.
+    #[must_use]
+    pub fn with_headers(mut self, headers: &[(&str, &str)]) -> Self {
+        self.headers.extend(
+            headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        );
+        self
+    }
+
     /// The value of header `name`, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -43,7 +43,11 @@
 //! - [`log`]: lines into the host's log, tagged with plugin and target.
 //! - [`signing`]: signatures made by the host with keys the plugin never sees.
 //! - [`http`]: requests through the host's pooled HTTP client, to allowed hosts.
-//! - [`net`]: TCP connections to the addresses the sandbox allows.
+//! - [`net`]: TCP connections to the addresses the sandbox allows, broker
+//!   URLs, and a connection kept across batches ([`net::Kept`]).
+//! - [`random`]: random identifiers (not for secrets).
+//! - [`fs`]: appending whole records to a file shared with other instances,
+//!   with the OS's reason on failure (a full disk is ENOSPC, not EIO).
 //! - [`Template`]: subjects, topics and routing keys built from a message.
 //!
 //! One build of this crate serves both plugin kinds: each export macro emits
@@ -64,10 +68,12 @@ mod bindings;
 mod config;
 mod envelope;
 mod error;
+pub mod fs;
 pub mod http;
 mod injector;
 pub mod log;
 pub mod net;
+pub mod random;
 pub mod signing;
 mod template;
 mod transport;
@@ -78,6 +84,11 @@ pub use error::{Error, Result};
 pub use injector::Injector;
 pub use template::Template;
 pub use transport::Transport;
+
+/// The `serde` this SDK is built with, so that a plugin can derive
+/// `Deserialize` for [`Config::deserialize`] without a dependency of its own:
+/// `#[serde(crate = "outbox_relay_guest::serde")]`.
+pub use serde;
 
 /// The version of the WIT package (`outbox:relay`) this SDK builds against.
 pub const WIT_VERSION: &str = "0.1.0";

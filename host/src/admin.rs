@@ -26,6 +26,8 @@ pub struct AdminState {
     pub targets: Arc<RwLock<Vec<String>>>,
     /// Plugins loaded and relay running.
     pub ready: Arc<AtomicBool>,
+    /// Each target's state, as the relay's workers report it.
+    pub health: crate::relay::health::Health,
 }
 
 /// Serves until `shutdown`, and refreshes the lag gauges every `lag_every`.
@@ -54,14 +56,52 @@ async fn metrics(State(state): State<AdminState>) -> String {
     state.metrics.render()
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+/// Ready when the plugins are loaded, the database answers and every target
+/// can start. The body names each target that cannot start, and why, and
+/// each that an ordered failure holds (held targets are still ready: they
+/// wait for a retry, as configured).
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "plugins not loaded\n");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugins not loaded\n".into(),
+        );
     }
     let storage = state.storage.read().await.clone();
     match tokio::time::timeout(Duration::from_secs(2), storage.status(&[])).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
+        Ok(Ok(_)) => {}
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unreachable\n".into(),
+            );
+        }
+    }
+    let targets = state.targets.read().await.clone();
+    let mut body = String::new();
+    let mut ready = true;
+    for (target, health) in state.health.summary(&targets) {
+        use crate::relay::health::TargetHealth;
+        match health {
+            TargetHealth::Running => {}
+            TargetHealth::CannotStart { since_ms, reason } => {
+                ready = false;
+                let since = crate::storage::now_ms().saturating_sub(since_ms) / 1000;
+                body.push_str(&format!(
+                    "target {target:?} cannot start (for {since} s): {reason}\n"
+                ));
+            }
+            TargetHealth::Held { partitions, .. } => {
+                body.push_str(&format!(
+                    "target {target:?} is held by a failing ordered message on partitions {partitions:?}\n"
+                ));
+            }
+        }
+    }
+    if ready {
+        (StatusCode::OK, format!("ready\n{body}"))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     }
 }
 

@@ -178,5 +178,6 @@ pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
         targets: TargetSpec::all(config),
         settings: config.relay.clone(),
         owner: new_owner_id(),
+        health: Default::default(),
     })
 }

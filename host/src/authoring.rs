@@ -16,7 +16,6 @@ use crate::keys::SigningGrant;
 use crate::message::{Envelope, Headers, Message, Outcome};
 use crate::plugin::{PluginRuntime, PluginSpec, WasmInjector, WasmTransport};
 use crate::sandbox_address::{AddressError, HostPort};
-use crate::transport::Transport;
 
 /// The kind of plugin, as the command line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -663,7 +662,9 @@ pub async fn run_test(args: &TestArgs) -> anyhow::Result<(Kind, Vec<TestResult>)
             };
             let mut transport =
                 WasmTransport::new(runtime, &args.target, spec, SigningGrant::default());
-            let outcomes = transport.deliver(&batch).await?;
+            let outcomes =
+                crate::transport::deliver_checked(&mut transport, &name, &args.target, &batch)
+                    .await?;
             batch
                 .iter()
                 .zip(outcomes)

@@ -289,6 +289,7 @@ async fn run(
                 storage: std::sync::Arc::new(tokio::sync::RwLock::new(relay.storage.clone())),
                 targets: std::sync::Arc::new(tokio::sync::RwLock::new(target_names(&config))),
                 ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                health: relay.health.clone(),
             };
             let serving = state.clone();
             let stop = shutdown.clone();
@@ -305,6 +306,7 @@ async fn run(
 
     loop {
         let generation = shutdown.child_token();
+        let relay_health = relay.health.clone();
         let mut running = tokio::spawn(relay.run(generation.clone()));
         if let Some(admin) = &admin {
             admin
@@ -331,6 +333,7 @@ async fn run(
             }
         };
         let (new_config, new_relay) = next;
+        let old_health = relay_health.clone();
         // Batches in flight finish on the old instances; the cursors they
         // acknowledged are where the new relay starts.
         generation.cancel();
@@ -340,6 +343,8 @@ async fn run(
             *admin.targets.write().await = target_names(&new_config);
         }
         relay = new_relay;
+        // One health board for the process: the admin endpoint keeps reading it.
+        relay.health = old_health;
         tracing::info!(targets = new_config.targets.len(), "config reloaded");
         if shutdown.is_cancelled() {
             return Ok(());

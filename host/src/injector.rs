@@ -206,11 +206,14 @@ mod tests {
         }
     }
 
+    /// Each batch a transport was handed, with its number.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<Envelope>)>>>;
+
     /// Records what it was handed; answers `reject(<x-seen>)` per envelope,
     /// with `short` fewer outcomes than it should.
     #[derive(Default)]
     struct Recorder {
-        seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<Envelope>)>>>,
+        seen: Seen,
         short: usize,
     }
 

@@ -34,6 +34,21 @@ impl Routes {
         Ok(Self { by_target })
     }
 
+    /// Routes from (target, patterns) pairs, as written in a config.
+    pub fn from_patterns<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a [&'a str])>,
+    ) -> Result<Self, globset::Error> {
+        let mut by_target = BTreeMap::new();
+        for (target, patterns) in pairs {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in patterns {
+                builder.add(Glob::new(pattern)?);
+            }
+            by_target.insert(target.to_string(), builder.build()?);
+        }
+        Ok(Self { by_target })
+    }
+
     /// True if `event_name` is routed to `target`.
     pub fn matches(&self, target: &str, event_name: &str) -> bool {
         self.by_target

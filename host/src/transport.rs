@@ -49,7 +49,7 @@ impl TransportErrorKind {
     /// [`TransportErrorKind::OutcomeCount`]. The relay then retries the
     /// batch's envelopes one by one, as after a trap, so a message is never
     /// re-sent because an outcome was made up for it (docs/plugins.md,
-    /// "Outcomes"). The wasm adapter applies it to every answer of a plugin.
+    /// "Outcomes"). [`deliver_checked`] applies it to every delivery.
     pub fn check_outcome_count(expected: usize, got: usize) -> Result<(), TransportErrorKind> {
         if expected == got {
             Ok(())
@@ -71,6 +71,30 @@ pub trait Transport: Send {
     /// Delivers a batch, returning one outcome per envelope, in order; any
     /// other count is an error (see [`TransportErrorKind::check_outcome_count`]).
     async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError>;
+}
+
+/// Delivers `batch` and holds the transport to the outcome-count rule
+/// ([`TransportErrorKind::check_outcome_count`]). Every caller delivers
+/// through this (the relay, `plugins test`), so the rule is applied once
+/// for every transport, wasm or native; adapters neither pad nor check. The
+/// injector chain, which splits a batch and merges the answers, applies the
+/// same rule to its inner transport.
+pub async fn deliver_checked(
+    transport: &mut dyn Transport,
+    plugin: &str,
+    target: &str,
+    batch: &[Envelope],
+) -> Result<Vec<Outcome>, TransportError> {
+    let outcomes = transport.deliver(batch).await?;
+    TransportErrorKind::check_outcome_count(batch.len(), outcomes.len()).map_err(|kind| {
+        TransportError {
+            plugin: plugin.to_string(),
+            target: target.to_string(),
+            kind,
+            stderr: String::new(),
+        }
+    })?;
+    Ok(outcomes)
 }
 
 /// Makes one transport instance per relay worker of a target.

@@ -13,6 +13,7 @@
 
 mod drain;
 mod latency;
+mod ordered;
 mod report;
 mod rss;
 mod setup;
@@ -44,6 +45,8 @@ enum Scenario {
     Latency,
     /// `webhook` to a local receiver, `nats` to JetStream.
     Transports,
+    /// Ordered backlogs (10 keys, one key) beside an unordered drain of the same backlog.
+    Ordered,
     /// Peak RSS of the real CLI with six targets loaded.
     Rss,
 }
@@ -99,6 +102,9 @@ struct Args {
     /// Messages per transport in the transports scenario [default: 50000; quick 2000].
     #[arg(long)]
     transport_messages: Option<u64>,
+    /// Backlog of each drain in the ordered scenario [default: 10000; quick 1000].
+    #[arg(long)]
+    ordered_messages: Option<u64>,
     /// Backlog for the six targets of the rss scenario [default: 20000; quick 1000].
     #[arg(long)]
     rss_messages: Option<u64>,
@@ -251,6 +257,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Writers => writers_scenario(&args).await,
             Scenario::Latency => latency_scenario(&args).await,
             Scenario::Transports => transports_scenario(&args).await,
+            Scenario::Ordered => {
+                ordered::scenario(
+                    &args.databases,
+                    args.pick(args.ordered_messages, 10_000, 1_000),
+                )
+                .await
+            }
             Scenario::Rss => rss_scenario(&args).await,
         };
         let result = match result {
@@ -284,6 +297,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Writers => "writers",
         Scenario::Latency => "latency",
         Scenario::Transports => "transports",
+        Scenario::Ordered => "ordered",
         Scenario::Rss => "rss",
     }
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 use outbox_relay::NewMessage;
 use outbox_relay::message::Position;
 use outbox_relay::producer;
-use outbox_relay::storage::{
-    BatchAck, Disposition, Failure, Settlement, Storage, StorageError, now_ms,
-};
+use outbox_relay::storage::{Ack, Disposition, Failure, Settlement, Storage, StorageError, now_ms};
 use outbox_relay_tests::{Scratch, enqueue};
 
 const T: &str = "target-a";
@@ -63,12 +61,14 @@ async fn only_pending_messages_come_back(storage: &dyn Storage) {
     );
     let third = all[2].as_ref().unwrap().position();
     storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: third,
-            failures: vec![],
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: third,
+                failures: vec![],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     let l = lease(storage, "a").await;
@@ -100,12 +100,14 @@ async fn an_ack_is_kept(storage: &dyn Storage) {
     let all = storage.fetch_pending(0, l.position, 100).await.unwrap();
     let last = all[2].as_ref().unwrap().position();
     storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: last,
-            failures: vec![],
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: last,
+                failures: vec![],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     storage.release_lease(&l).await.unwrap();
@@ -132,12 +134,14 @@ async fn the_retry_count_rises(storage: &dyn Storage) {
         .unwrap();
     let id = sent[0].id.to_string();
     storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: entry.position(),
-            failures: vec![retry_now(entry.seq, &id, 1)],
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: entry.position(),
+                failures: vec![retry_now(entry.seq, &id, 1)],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     for attempts in 1..4 {
@@ -182,15 +186,17 @@ async fn exhausted_messages_do_not_come_back(storage: &dyn Storage) {
     let entries = storage.fetch_pending(0, l.position, 10).await.unwrap();
     let (a, b) = (entries[0].as_ref().unwrap(), entries[1].as_ref().unwrap());
     storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: b.position(),
-            failures: vec![
-                retry_now(a.seq, &sent[0].id.to_string(), 1),
-                retry_now(b.seq, &sent[1].id.to_string(), 1),
-            ],
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: b.position(),
+                failures: vec![
+                    retry_now(a.seq, &sent[0].id.to_string(), 1),
+                    retry_now(b.seq, &sent[1].id.to_string(), 1),
+                ],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     let mut dead = retry_now(a.seq, &sent[0].id.to_string(), 2);
@@ -231,12 +237,14 @@ async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
         .collect();
     let last = entries[2].as_ref().unwrap().position();
     storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: last,
-            failures,
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: last,
+                failures,
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     // The retries: what one relay claimed, another does not see.
@@ -278,12 +286,14 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
         .remove(0)
         .unwrap();
     storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: entry.position(),
-            failures: vec![retry_now(entry.seq, &sent[0].id.to_string(), 1)],
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: entry.position(),
+                failures: vec![retry_now(entry.seq, &sent[0].id.to_string(), 1)],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -318,12 +328,14 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
     assert_eq!(taken.map(|l| l.position), Some(entry.position()));
     // The old owner's late ack is refused.
     let late = storage
-        .mark_published(BatchAck {
-            lease: &l,
-            position: entry.position(),
-            failures: vec![],
-            resolved: vec![],
-        })
+        .mark_published(
+            &l,
+            &Ack {
+                position: entry.position(),
+                failures: vec![],
+                resolved: vec![],
+            },
+        )
         .await;
     assert!(
         matches!(late, Err(StorageError::LeaseLost { .. })),
@@ -342,16 +354,18 @@ async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
     let pos = |i: usize| entries[i].as_ref().unwrap().position();
     let a = lease(storage, "a").await;
     storage
-        .mark_published(BatchAck {
-            lease: &a,
-            position: pos(2),
-            failures: vec![retry_now(
-                entries[1].as_ref().unwrap().seq,
-                &sent[1].id.to_string(),
-                1,
-            )],
-            resolved: vec![],
-        })
+        .mark_published(
+            &a,
+            &Ack {
+                position: pos(2),
+                failures: vec![retry_now(
+                    entries[1].as_ref().unwrap().seq,
+                    &sent[1].id.to_string(),
+                    1,
+                )],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     let b = storage
@@ -360,12 +374,14 @@ async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
         .unwrap()
         .unwrap();
     storage
-        .mark_published(BatchAck {
-            lease: &b,
-            position: pos(3),
-            failures: vec![],
-            resolved: vec![],
-        })
+        .mark_published(
+            &b,
+            &Ack {
+                position: pos(3),
+                failures: vec![],
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     let targets = [T.to_string(), "target-b".to_string()];

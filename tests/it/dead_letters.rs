@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use outbox_relay::message::Position;
-use outbox_relay::storage::{BatchAck, DeadLetterFilter, Disposition, Failure, Storage, now_ms};
+use outbox_relay::storage::{Ack, DeadLetterFilter, Disposition, Failure, Storage, now_ms};
 use outbox_relay_tests::{RunningRelay, Scratch, enqueue, eventually, read_jsonl};
 use serde_json::Value;
 
@@ -412,12 +412,14 @@ async fn dead_letter_storage_methods(storage: &dyn Storage) {
         .collect();
     let before = now_ms();
     storage
-        .mark_published(BatchAck {
-            lease: &lease,
-            position: messages[3].position(),
-            failures,
-            resolved: vec![],
-        })
+        .mark_published(
+            &lease,
+            &Ack {
+                position: messages[3].position(),
+                failures,
+                resolved: vec![],
+            },
+        )
         .await
         .unwrap();
     // Three dead (two orders, one user), one waiting for a retry.

@@ -9,6 +9,8 @@ mod conformance;
 mod crash;
 mod dead_letters;
 mod delivery;
+mod faults;
+mod file_target;
 mod hostile;
 mod hostile_input;
 mod injectors;

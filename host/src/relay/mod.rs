@@ -1,14 +1,41 @@
 //! The relay: one worker per (target, partition), each reading the log after
 //! its cursor, delivering through its own transport instance, and advancing
-//! the cursor once per batch (pipelined through a backlog: see
-//! `worker::PartitionWorker::deliver_backlog`).
+//! the cursor once per batch.
+//!
+//! # Layout
+//!
+//! - [`worker`]: one (target, partition) worker's loop: lease, retries due,
+//!   next batch, ack, and how long to wait after each step.
+//! - [`lease`]: the partition lease as a worker holds it, re-checked before
+//!   every plugin call.
+//! - [`retries`]: due retries, claimed, delivered and settled.
+//! - [`classify`]: what a target makes of a fetched batch (deliver, dead
+//!   letter, pass over), pure.
+//! - [`delivery`]: the transport instance, the poison-message split and the
+//!   verdict on each outcome.
+//! - [`ordered`]: the ordered path (the cut before a key repeats, the hold).
+//! - [`backlog`]: the pipelined unordered path.
+//! - [`pipeline`]: the acks: merged, bounded, retried in place, kept after a
+//!   failed write.
+//! - [`health`]: each target's state (running, cannot start, held) for
+//!   operators.
 //!
 //! Many relay processes share one database. Each heartbeats into
 //! `outbox_relays`; the live relays, sorted, share the partitions of every
 //! target out among themselves ([`assigned_owner`]), and the partition leases
 //! make the hand-over safe when their views briefly differ.
 
+mod backlog;
+mod classify;
+mod delivery;
+pub mod health;
+mod lease;
+mod ordered;
+mod pipeline;
+mod retries;
 mod worker;
+#[cfg(test)]
+mod worker_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +48,15 @@ use crate::config::{Config, RelaySettings, RetryPolicy};
 use crate::routes::Routes;
 use crate::storage::{Storage, StorageError};
 use crate::transport::TransportFactory;
+use health::Health;
 use worker::PartitionWorker;
 
 /// What the relay needs to know about one target.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
     pub name: String,
+    /// The transport plugin, as configured (for errors).
+    pub plugin: String,
     pub batch_size: u32,
     pub retry: RetryPolicy,
     pub ordered: bool,
@@ -40,6 +70,7 @@ impl TargetSpec {
             .iter()
             .map(|(name, t)| TargetSpec {
                 name: name.clone(),
+                plugin: t.plugin.clone(),
                 batch_size: config.batch_size(t),
                 retry: t.retry.clone(),
                 ordered: t.ordered,
@@ -56,6 +87,8 @@ pub struct Relay {
     pub settings: RelaySettings,
     /// This process's name in leases and claims.
     pub owner: String,
+    /// Where the workers report each target's state.
+    pub health: Health,
 }
 
 /// A unique owner id for this relay process.
@@ -158,6 +191,7 @@ impl Relay {
                     owner: self.owner.clone(),
                     wake: wake_rx.clone(),
                     members: members_rx.clone(),
+                    health: self.health.clone(),
                 };
                 workers.spawn(supervise(worker, shutdown.clone()));
             }

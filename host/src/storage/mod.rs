@@ -9,7 +9,7 @@
 //! | `save` | [`Storage::save`] (and [`crate::producer`] inside a caller's transaction) |
 //! | `fetch_pending` | [`Storage::fetch_pending`] after a [`Lease`], plus [`Storage::claim_retries`] |
 //! | `mark_published` | [`Storage::mark_published`]: one cursor write per batch |
-//! | `increment_retry` | the failures carried by [`BatchAck`], and [`Storage::settle_retries`] |
+//! | `increment_retry` | the failures carried by [`Ack`], and [`Storage::settle_retries`] |
 //!
 //! Every backend runs the same conformance tests (`tests/storage.rs`).
 
@@ -105,11 +105,12 @@ pub struct Failure {
     pub disposition: Disposition,
 }
 
-/// The result of one batch read under a lease: move the cursor to `position`,
-/// and record the failures, in one transaction.
-#[derive(Debug, Clone)]
-pub struct BatchAck<'a> {
-    pub lease: &'a Lease,
+/// The result of one or more batches read under a lease: move the cursor to
+/// `position`, and record the failures, in one transaction. It names no lease:
+/// [`Storage::mark_published`] is given the lease it is written under, so acks
+/// can be merged and written later by the holder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ack {
     pub position: Position,
     pub failures: Vec<Failure>,
     /// Messages whose earlier failure record is settled by this batch
@@ -253,9 +254,10 @@ pub trait Storage: Send + Sync + 'static {
         Ok(false)
     }
 
-    /// Advances the cursor and records failures atomically. Fails with
-    /// [`StorageError::LeaseLost`] if the lease has passed to another owner.
-    async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()>;
+    /// Advances the cursor of `lease`'s (target, partition) and records the
+    /// failures atomically. Fails with [`StorageError::LeaseLost`] if the
+    /// lease has passed to another owner.
+    async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()>;
 
     /// Claims up to `limit` due retries of `target` for `owner`, for `claim_ttl`.
     async fn claim_retries(

@@ -13,8 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{PgConnection, Row};
 
 use super::{
-    BatchAck, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease,
-    Result, Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
+    Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, Result,
+    Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
     duration_ms, glob_to_like, history_entry, now_ms,
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
@@ -255,9 +255,8 @@ impl Storage for PgStorage {
         .await?)
     }
 
-    async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()> {
+    async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()> {
         let now = now_ms();
-        let lease = ack.lease;
         // A batch with nothing to record is one statement, so no BEGIN and
         // COMMIT round trips: the cursor update is atomic on its own.
         let plain = ack.resolved.is_empty() && ack.failures.is_empty();
@@ -336,11 +335,18 @@ impl Storage for PgStorage {
         claim_ttl: Duration,
     ) -> Result<Vec<DueRetry>> {
         let now = now_ms();
+        // A record ahead of its partition's cursor is an ordered target's
+        // held message, retried in place by the ordered path: only records
+        // behind the cursor are claimed.
         let sql = format!(
             "WITH due AS (
-                SELECT target, seq FROM outbox_deliveries
-                WHERE target = $1 AND state = 'retry' AND next_attempt_ms <= $2 AND claim_expires_ms <= $2
-                ORDER BY next_attempt_ms, seq
+                SELECT d.target, d.seq FROM outbox_deliveries d
+                WHERE d.target = $1 AND d.state = 'retry' AND d.next_attempt_ms <= $2 AND d.claim_expires_ms <= $2
+                AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
+                    ON c.target = d.target AND c.partition = m.partition
+                    WHERE m.seq = d.seq
+                    AND (m.xact_id::text::bigint, m.seq) > (c.position_xid, c.position_seq))
+                ORDER BY d.next_attempt_ms, d.seq
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
              ), claimed AS (

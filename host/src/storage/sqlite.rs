@@ -16,8 +16,8 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    BatchAck, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease,
-    Result, Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
+    Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, Result,
+    Settlement, Storage, StorageError, TargetStatus, decode_history, disposition_columns,
     duration_ms, glob_to_sqlite_glob, history_entry, now_ms,
 };
 use crate::message::{LogEntry, MalformedMessage, Message, NewMessage, Position, decode_headers};
@@ -265,9 +265,8 @@ impl Storage for SqliteStorage {
         rows.iter().map(decode_entry).collect()
     }
 
-    async fn mark_published(&self, ack: BatchAck<'_>) -> Result<()> {
+    async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()> {
         let now = now_ms();
-        let lease = ack.lease;
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE outbox_cursors SET position = max(position, ?), updated_at_ms = ?
@@ -331,12 +330,20 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<DueRetry>> {
         let now = now_ms();
         let claim_expires = now.saturating_add(duration_ms(claim_ttl));
+        // A record ahead of its partition's cursor is an ordered target's
+        // held message, which the ordered path retries in place: only records
+        // behind the cursor are claimed (every record of an unordered target,
+        // and an ordered target's replayed dead letters and the retries left
+        // from a time it was unordered).
         // Look before taking the write lock: the relay asks on every batch,
         // and nothing is due almost always. A read does not contend with
         // the application's writers; a `BEGIN IMMEDIATE` does.
         let due: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM outbox_deliveries
-                WHERE target = ?1 AND state = 'retry' AND next_attempt_ms <= ?2 AND claim_expires_ms <= ?2)",
+            "SELECT EXISTS (SELECT 1 FROM outbox_deliveries d
+                WHERE d.target = ?1 AND d.state = 'retry' AND d.next_attempt_ms <= ?2 AND d.claim_expires_ms <= ?2
+                AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
+                    ON c.target = d.target AND c.partition = m.partition
+                    WHERE m.seq = d.seq AND m.seq > c.position))",
         )
         .bind(target)
         .bind(now)
@@ -349,9 +356,12 @@ impl Storage for SqliteStorage {
         let claimed: Vec<i64> = sqlx::query_scalar(
             "UPDATE outbox_deliveries SET claim_owner = ?1, claim_expires_ms = ?2
              WHERE rowid IN (
-                SELECT rowid FROM outbox_deliveries
-                WHERE target = ?3 AND state = 'retry' AND next_attempt_ms <= ?4 AND claim_expires_ms <= ?4
-                ORDER BY next_attempt_ms, seq LIMIT ?5)
+                SELECT d.rowid FROM outbox_deliveries d
+                WHERE d.target = ?3 AND d.state = 'retry' AND d.next_attempt_ms <= ?4 AND d.claim_expires_ms <= ?4
+                AND NOT EXISTS (SELECT 1 FROM outbox_messages m JOIN outbox_cursors c
+                    ON c.target = d.target AND c.partition = m.partition
+                    WHERE m.seq = d.seq AND m.seq > c.position)
+                ORDER BY d.next_attempt_ms, d.seq LIMIT ?5)
              RETURNING seq",
         )
         .bind(owner)

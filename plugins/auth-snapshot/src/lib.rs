@@ -65,12 +65,7 @@ impl Settings {
     fn from_config(config: &Config) -> Result<Settings> {
         // The typed accessors name the key in their errors; unknown keys are
         // refused so a misspelt setting is not silently ignored.
-        if let Some(unknown) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::new(format!(
-                "config: unknown key `{unknown}` (expected one of {})",
-                KEYS.map(|k| format!("`{k}`")).join(", ")
-            )));
-        }
+        config.only_keys(&KEYS)?;
         let mut settings = Settings {
             key: config.get_str("key")?.to_owned(),
             header: config

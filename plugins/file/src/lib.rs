@@ -12,15 +12,23 @@
 //! it, and `path` names a file under that mapping. The line shape is described
 //! in `shared/json_line.rs`.
 //!
-//! A batch is written with as few writes as the OS allows. When a write fails,
-//! the envelopes whose lines are complete in the file are delivered and the rest
-//! are retried with the OS error; a line torn by the failure is closed with a
-//! line break before anything else is appended, so a reader loses at most that
-//! one line and never a neighbour.
+//! Lines are never torn, however many instances append to the file (one per
+//! partition worker, and those of other relays sharing the directory). Each
+//! write to the host carries whole lines only and is no longer than the host
+//! takes in one write (`outbox_relay_guest::fs`: 64 KiB with wasmtime 48),
+//! which the host appends with one `O_APPEND` write, so no other instance's
+//! line lands inside it. A single line longer than that limit is written in
+//! pieces and logged: only such a line can be interleaved with another
+//! instance's (see `docs/transports/file.md` for what the host would need).
+//!
+//! When a write fails, the envelopes whose lines are complete in the file are
+//! delivered and the rest are retried with the OS's reason (a full disk says
+//! "no space left on device (ENOSPC)"); a line torn by the failure is closed
+//! with a line break before this instance appends again.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io;
 
+use outbox_relay_guest::fs::AppendFile;
 use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Transport};
 
 #[path = "../../shared/json_line.rs"]
@@ -30,11 +38,12 @@ struct FileTransport {
     path: String,
     fsync: bool,
     /// Dropped after an I/O error, so the next batch reopens (and repairs) it.
-    file: Option<File>,
+    file: Option<AppendFile>,
 }
 
 impl Transport for FileTransport {
     fn init(_target: &str, config: &Config) -> Result<Self> {
+        config.only_keys(&["path", "fsync"])?;
         let path = config.get_str("path")?;
         if path.trim().is_empty() {
             return Err(Error::new("config: key `path` must not be empty"));
@@ -44,8 +53,7 @@ impl Transport for FileTransport {
         // error that names the key, instead of a retry on every batch.
         let file = open(path).map_err(|err| {
             Error::new(format!(
-                "config: key `path`: cannot open {path:?} for appending: {err} \
-                 (is its directory mapped into the sandbox?)"
+                "config: key `path`: cannot open {path:?} for appending: {err}"
             ))
         })?;
         Ok(FileTransport {
@@ -71,7 +79,8 @@ impl Transport for FileTransport {
             }
         }
 
-        let written = match self.append(&buf) {
+        let ends: Vec<usize> = line_ends.iter().map(|&(_, end)| end).collect();
+        let written = match self.append(&buf, &ends) {
             Ok(()) => return outcomes,
             Err((written, err)) => {
                 self.file = None;
@@ -94,22 +103,43 @@ impl Transport for FileTransport {
 }
 
 impl FileTransport {
-    /// Appends `buf`; on failure, reports how many of its bytes reached the file.
-    fn append(&mut self, buf: &[u8]) -> core::result::Result<(), (usize, std::io::Error)> {
+    /// Appends `buf`, whose lines end at `ends`, in writes of whole lines; on
+    /// failure, says how many of its bytes are whole lines in the file.
+    fn append(
+        &mut self,
+        buf: &[u8],
+        ends: &[usize],
+    ) -> core::result::Result<(), (usize, io::Error)> {
         let file = match self.file.as_mut() {
             Some(file) => file,
             None => self.file.insert(open(&self.path).map_err(|err| (0, err))?),
         };
-        let mut written = 0;
-        while written < buf.len() {
-            match file.write(&buf[written..]) {
-                Ok(0) => return Err((written, std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => written += n,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => return Err((written, err)),
-            }
+        let mut start = 0;
+        let mut next = 0; // the first line not yet written
+        while next < ends.len() {
+            let limit = file.write_limit().map_err(|err| (start, err))?;
+            let fit = lines_that_fit(&ends[next..], start, limit);
+            let end = if fit == 0 {
+                let end = ends[next];
+                outbox_relay_guest::log::warn(&format!(
+                    "{}: a {}-byte line is longer than one write ({limit} bytes); \
+                     another instance's line may land inside it",
+                    self.path,
+                    end - start
+                ));
+                file.append_all(&buf[start..end])
+                    .map_err(|err| (start, err))?;
+                next += 1;
+                end
+            } else {
+                let end = ends[next + fit - 1];
+                file.append_whole(&buf[start..end])
+                    .map_err(|err| (start, err))?;
+                next += fit;
+                end
+            };
+            start = end;
         }
-        file.flush().map_err(|err| (written, err))?;
         if self.fsync {
             // Nothing is known to be durable when the sync fails: retry it all.
             file.sync_data().map_err(|err| (0, err))?;
@@ -118,22 +148,18 @@ impl FileTransport {
     }
 }
 
+/// How many of the lines ending at `ends` (the first starting at `start`)
+/// fit in one write of at most `limit` bytes.
+fn lines_that_fit(ends: &[usize], start: usize, limit: usize) -> usize {
+    ends.partition_point(|&end| end - start <= limit)
+}
+
 /// Opens `path` for appending, creating it, and makes sure whatever is appended
 /// starts on a new line.
-fn open(path: &str) -> std::io::Result<File> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)?;
-    let len = file.metadata()?.len();
-    if len > 0 {
-        let mut last = [0u8];
-        file.seek(SeekFrom::Start(len - 1))?;
-        file.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            file.write_all(b"\n")?;
-        }
+fn open(path: &str) -> io::Result<AppendFile> {
+    let mut file = AppendFile::open(path)?;
+    if file.last_byte()?.is_some_and(|b| b != b'\n') {
+        file.append_whole(b"\n")?;
     }
     Ok(file)
 }
@@ -167,6 +193,25 @@ mod tests {
             let err = FileTransport::init("t", &config(json)).err().unwrap();
             assert!(err.message().contains("`path`"), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn batches_are_cut_at_line_ends() {
+        // Lines of 4, 4 and 9 bytes.
+        let ends = [4, 8, 17];
+        assert_eq!(lines_that_fit(&ends, 0, 100), 3);
+        assert_eq!(lines_that_fit(&ends, 0, 8), 2);
+        assert_eq!(lines_that_fit(&ends, 0, 7), 1);
+        assert_eq!(lines_that_fit(&ends, 0, 3), 0);
+        assert_eq!(lines_that_fit(&ends[2..], 8, 9), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = FileTransport::init("t", &config(r#"{"path": "/x", "fsnyc": true}"#))
+            .err()
+            .unwrap();
+        assert!(err.message().contains("`fsnyc`"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use codec::{Connect, Publish};
-use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
+use outbox_relay_guest::net::{self, Broken, Kept, Timeouts};
+use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, random};
 
 const KEYS: &[&str] = &[
     "url",
@@ -44,16 +45,21 @@ const KEYS: &[&str] = &[
 const OWN_PROPERTIES: [&str; 3] = ["outbox-message-id", "outbox-event", "outbox-partition-key"];
 
 struct Mqtt {
-    addr: String,
+    settings: Settings,
     topic: Template,
+    last_packet_id: u16,
+    conn: Kept<Conn>,
+}
+
+/// What a connection is made with.
+struct Settings {
+    addr: String,
     client_id: String,
     username: Option<String>,
     password: Option<String>,
     keep_alive_secs: u16,
     ack_timeout: Duration,
     retain: bool,
-    last_packet_id: u16,
-    conn: Option<Conn>,
 }
 
 struct Conn {
@@ -78,12 +84,7 @@ struct Ready<'a> {
 
 impl Transport for Mqtt {
     fn init(target: &str, config: &Config) -> Result<Self> {
-        if let Some(key) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::new(format!(
-                "config: unknown key `{key}` (known: {})",
-                KEYS.join(", ")
-            )));
-        }
+        config.only_keys(KEYS)?;
         let addr = parse_url(config.get_str("url")?)?;
         let topic = Template::parse(config.get_str("topic")?)
             .map_err(|e| Error::new(format!("config: key `topic`: {e}")))?;
@@ -93,7 +94,7 @@ impl Transport for Mqtt {
         };
         // One instance per target and worker, each with its own connection:
         // a shared client id would make the broker close one for the other.
-        let client_id = format!("{prefix}-{}", nonce());
+        let client_id = format!("{prefix}-{}", random::hex(12));
         codec::check_str("config: key `client_id`", &client_id).map_err(Error::new)?;
         let username = config.get_opt_str("username")?.map(str::to_owned);
         let password = config.get_opt_str("password")?.map(str::to_owned);
@@ -116,21 +117,24 @@ impl Transport for Mqtt {
             }
             Some(ms) => Duration::from_millis(ms),
         };
-        let mut this = Mqtt {
+        let settings = Settings {
             addr,
-            topic,
             client_id,
             username,
             password,
             keep_alive_secs,
             ack_timeout,
             retain: config.get_bool_or("retain", false)?,
-            last_packet_id: 0,
-            conn: None,
         };
+        let mut conn = Kept::new(format!("mqtt at {}", settings.addr));
         // A wrong address, credentials or an MQTT 3 broker show at start-up.
-        this.conn = Some(this.connect()?);
-        Ok(this)
+        conn.put(settings.connect()?);
+        Ok(Mqtt {
+            settings,
+            topic,
+            last_packet_id: 0,
+            conn,
+        })
     }
 
     fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
@@ -195,68 +199,34 @@ impl Mqtt {
     }
 
     /// One outcome per entry of `ready`. A kept connection that turns out to
-    /// be closed before any PUBACK is replaced once at once.
+    /// be closed before any PUBACK is replaced once at once ([`Kept`]); one
+    /// idle past the keep-alive is replaced before the batch.
     fn publish_all(&mut self, ready: &[Ready]) -> Vec<Outcome> {
         let mut results: Vec<Option<Outcome>> = vec![None; ready.len()];
-        let mut failure = String::new();
-        for first_try in [true, false] {
-            if self.conn.as_ref().is_some_and(Conn::idle_too_long) {
-                self.conn = None;
-            }
-            let reused = self.conn.is_some();
-            let conn = match self.conn.take() {
-                Some(conn) => conn,
-                None => match self.connect() {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        failure = e.to_string();
-                        break;
-                    }
-                },
-            };
-            let conn = self.conn.insert(conn);
-            let sent = exchange(
-                conn,
-                &mut self.last_packet_id,
-                self.retain,
-                ready,
-                &mut results,
-            );
-            match sent {
-                Ok(()) => break,
-                Err(e) => {
-                    self.conn = None;
-                    let none_acked = results.iter().all(Option::is_none);
-                    if first_try && reused && none_acked && is_closed(&e) {
-                        log::info(&format!(
-                            "mqtt at {}: kept connection was closed ({e}); reconnecting",
-                            self.addr
-                        ));
-                        continue;
-                    }
-                    log::warn(&format!("mqtt at {}: {e}; will reconnect", self.addr));
-                    failure = format!("mqtt at {}: {e}", self.addr);
-                    break;
-                }
-            }
-        }
+        self.conn.close_if(|conn| conn.idle_too_long());
+        let settings = &self.settings;
+        let last_packet_id = &mut self.last_packet_id;
+        let sent = self.conn.exchange(
+            || settings.connect(),
+            |conn| {
+                exchange(conn, last_packet_id, settings.retain, ready, &mut results)
+                    .map_err(|e| Broken::io(e, results.iter().any(Option::is_some)))
+            },
+        );
+        let failure = sent.err().map(Error::into_message).unwrap_or_default();
         results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Outcome::retry(failure.clone())))
             .collect()
     }
+}
 
+impl Settings {
     /// Connects, sends CONNECT and checks the CONNACK.
     fn connect(&self) -> Result<Conn> {
         let at = |what: String| Error::new(format!("mqtt at {}: {what}", self.addr));
         let io_err = |e: io::Error| at(e.to_string());
-        let stream = net::connect(&self.addr, self.ack_timeout)?;
-        stream
-            .set_read_timeout(Some(self.ack_timeout))
-            .map_err(io_err)?;
-        stream
-            .set_write_timeout(Some(self.ack_timeout))
-            .map_err(io_err)?;
+        let stream = net::connect(&self.addr, Timeouts::all(self.ack_timeout))?;
         let mut io = BufReader::new(stream);
         let connect = codec::encode_connect(&Connect {
             client_id: &self.client_id,
@@ -423,41 +393,13 @@ fn puback_outcome(code: u8, reason_string: Option<&str>) -> Outcome {
     }
 }
 
-fn is_closed(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
-    )
-}
-
-/// `mqtt://host[:port]`, `tcp://host[:port]` or `host[:port]` to `host:port`.
+/// `mqtt://host[:port]`, `tcp://host[:port]` or `host[:port]` to `host:port`
+/// (TLS, `mqtts`, and WebSockets are not supported; credentials go in keys
+/// `username` and `password`).
 fn parse_url(url: &str) -> Result<String> {
-    let bad = |why: &str| Error::new(format!("config: key `url` ({url:?}): {why}"));
-    if let Some((scheme, _)) = url.split_once("://")
-        && scheme != "mqtt"
-        && scheme != "tcp"
-    {
-        return Err(bad(
-            "the scheme must be `mqtt` (TLS, `mqtts`, and WebSockets are not supported)",
-        ));
-    }
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    if rest.contains('@') {
-        return Err(bad("put credentials in keys `username` and `password`"));
-    }
-    net::host_port(url, 1883).map_err(|e| bad(e.message()))
-}
-
-/// 12 hex digits that differ between instances: `RandomState` is seeded from
-/// the WASI random source, and the clock is mixed in for good measure.
-fn nonce() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        hasher.write_u128(now.as_nanos());
-    }
-    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+    net::endpoint(url, &["mqtt", "tcp"], 1883)
+        .map(|e| e.addr)
+        .map_err(|e| e.context(format!("config: key `url` ({url:?})")))
 }
 
 outbox_relay_guest::export_transport!(Mqtt);
@@ -473,33 +415,29 @@ mod tests {
 
     fn transport() -> Mqtt {
         Mqtt {
-            addr: "127.0.0.1:1".into(),
+            settings: Settings {
+                addr: "127.0.0.1:1".into(),
+                client_id: "c".into(),
+                username: None,
+                password: None,
+                keep_alive_secs: 0,
+                ack_timeout: Duration::from_millis(200),
+                retain: false,
+            },
             topic: Template::parse("t/{event}").unwrap(),
-            client_id: "c".into(),
-            username: None,
-            password: None,
-            keep_alive_secs: 0,
-            ack_timeout: Duration::from_millis(200),
-            retain: false,
             last_packet_id: 0,
-            conn: None,
+            conn: Kept::new("mqtt at 127.0.0.1:1"),
         }
     }
 
     fn envelope() -> Envelope {
-        Envelope {
-            id: "0190-id".into(),
-            event_name: "order.created".into(),
-            partition_key: Some("k1".into()),
-            payload: vec![0xff, 0x00],
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("outbox-event".into(), "forged".into()),
-                ("traceparent".into(), "00-x".into()),
-            ],
-            attempt: 1,
-            created_at_ms: 0,
-        }
+        Envelope::new("0190-id", "order.created", [0xff, 0x00])
+            .with_key("k1")
+            .with_headers(&[
+                ("content-type", "application/json"),
+                ("outbox-event", "forged"),
+                ("traceparent", "00-x"),
+            ])
     }
 
     #[test]
@@ -565,7 +503,7 @@ mod tests {
         assert!(err(r#"{"url": "h"}"#).contains("`topic`"));
         assert!(err(r#"{"url": "h", "topic": "{x}"}"#).contains("`topic`"));
         assert!(err(r#"{"url": "mqtts://h", "topic": "t"}"#).contains("`url`"));
-        assert!(err(r#"{"url": "mqtt://u:p@h", "topic": "t"}"#).contains("`password`"));
+        assert!(err(r#"{"url": "mqtt://u:p@h", "topic": "t"}"#).contains("credentials"));
         assert!(
             err(r#"{"url": "h", "topic": "t", "keep_alive_secs": 70000}"#)
                 .contains("`keep_alive_secs`")
@@ -585,9 +523,12 @@ mod tests {
         );
         assert_eq!(parse_url("broker").unwrap(), "broker:1883");
         assert_eq!(parse_url("tcp://broker:1").unwrap(), "broker:1");
-        let (a, b) = (nonce(), nonce());
-        assert_eq!(a.len(), 12);
-        assert_ne!(a, b);
+        assert!(
+            parse_url("mqtts://broker")
+                .unwrap_err()
+                .message()
+                .contains("TLS")
+        );
     }
 
     #[test]

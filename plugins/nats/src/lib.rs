@@ -26,17 +26,16 @@
 //! time-out; the next batch reconnects. `docs/transports/nats.md` has the
 //! whole contract.
 
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::io::{self, Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
 
 mod ack;
+mod conn;
 mod proto;
 
 use ack::Ack;
+use conn::{Conn, Settings, is_timeout, url_auth};
 use proto::ServerOp;
 
 const KEYS: [&str; 7] = [
@@ -54,44 +53,22 @@ const DEFAULT_PORT: u16 = 4222;
 const OWN_HEADERS: [&str; 3] = ["Nats-Msg-Id", "outbox-message-id", "outbox-event"];
 
 struct Nats {
-    name: String,
-    addr: String,
+    settings: Settings,
     subject: Template,
     ack_timeout: Duration,
-    connect_timeout: Duration,
-    auth: Auth,
     /// `None` after a failure; the next batch reconnects.
     conn: Option<Conn>,
 }
 
-#[derive(Default)]
-struct Auth {
-    user: Option<String>,
-    password: Option<String>,
-    token: Option<String>,
-}
-
 impl Transport for Nats {
     fn init(target: &str, config: &Config) -> Result<Self> {
-        if let Some(key) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::new(format!(
-                "config: unknown key `{key}` (known keys: {})",
-                KEYS.join(", ")
-            )));
-        }
+        config.only_keys(&KEYS)?;
         let url = config.get_str("url")?;
         let addr = net::host_port(url, DEFAULT_PORT)
             .map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
         let subject = Template::parse(config.get_str("subject")?)
             .map_err(|e| Error::new(format!("config: key `subject`: {e}")))?;
-        let millis = |key: &str| -> Result<Duration> {
-            match config.get_opt_u64(key)?.unwrap_or(5000) {
-                ms @ 1..=600_000 => Ok(Duration::from_millis(ms)),
-                _ => Err(Error::new(format!(
-                    "config: key `{key}` must be between 1 and 600000 (milliseconds)"
-                ))),
-            }
-        };
+        let millis = |key: &str| config.get_millis_or(key, 5000, 1..=600_000);
         let mut auth = url_auth(url);
         if let Some(user) = config.get_opt_str("user")? {
             auth.user = Some(user.to_owned());
@@ -102,19 +79,22 @@ impl Transport for Nats {
         if let Some(token) = config.get_opt_str("token")? {
             auth.token = Some(token.to_owned());
         }
-        let mut nats = Nats {
+        let ack_timeout = millis("ack_timeout_ms")?;
+        let settings = Settings {
             name: format!("outbox-relay:{target}"),
             addr,
-            subject,
-            ack_timeout: millis("ack_timeout_ms")?,
             connect_timeout: millis("connect_timeout_ms")?,
             auth,
-            conn: None,
         };
         // A wrong address, a sandbox that does not allow it or bad credentials
         // are start-up errors rather than a retry on every batch.
-        nats.conn = Some(nats.open().map_err(Error::new)?);
-        Ok(nats)
+        let conn = Conn::open(&settings).map_err(Error::new)?;
+        Ok(Nats {
+            settings,
+            subject,
+            ack_timeout,
+            conn: Some(conn),
+        })
     }
 
     fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
@@ -174,7 +154,7 @@ impl Nats {
         let deadline = Instant::now() + self.ack_timeout;
         let mut duplicates = 0;
         let failure = match conn.write(&out, self.ack_timeout) {
-            Err(err) => Some(format!("writing to {}: {err}", self.addr)),
+            Err(err) => Some(format!("writing to {}: {err}", self.settings.addr)),
             Ok(()) => loop {
                 if pending == 0 {
                     break None;
@@ -205,7 +185,7 @@ impl Nats {
                     }
                     Ok(ServerOp::Ping) => {
                         if let Err(err) = conn.write(b"PONG\r\n", self.ack_timeout) {
-                            break Some(format!("writing to {}: {err}", self.addr));
+                            break Some(format!("writing to {}: {err}", self.settings.addr));
                         }
                     }
                     Ok(ServerOp::Err(err)) => match denied_subject(&err) {
@@ -228,10 +208,12 @@ impl Nats {
                         break Some(format!(
                             "no JetStream ack within {} ms (ack_timeout_ms) from {}",
                             self.ack_timeout.as_millis(),
-                            self.addr
+                            self.settings.addr
                         ));
                     }
-                    Err(err) => break Some(format!("connection to {} lost: {err}", self.addr)),
+                    Err(err) => {
+                        break Some(format!("connection to {} lost: {err}", self.settings.addr));
+                    }
                 }
             },
         };
@@ -254,188 +236,12 @@ impl Nats {
                 }
                 log::info(&format!(
                     "the connection to {} was closed; reconnecting",
-                    self.addr
+                    self.settings.addr
                 ));
-                self.open()
+                Conn::open(&self.settings)
             }
-            None => self.open(),
+            None => Conn::open(&self.settings),
         }
-    }
-
-    /// Connects and does the handshake: `INFO`, then `CONNECT`, the inbox
-    /// `SUB` and a `PING` whose `PONG` proves the server accepted them.
-    fn open(&self) -> core::result::Result<Conn, String> {
-        let stream = net::connect(&self.addr, self.connect_timeout).map_err(Error::into_message)?;
-        let mut conn = Conn {
-            stream,
-            buf: Vec::new(),
-            pos: 0,
-            inbox: new_inbox(&self.name),
-            next_token: 0,
-            max_payload: u64::MAX,
-        };
-        let deadline = Instant::now() + self.connect_timeout;
-        let handshake = |e: io::Error| format!("NATS handshake with {}: {e}", self.addr);
-        let info = match conn.read_op(deadline).map_err(handshake)? {
-            ServerOp::Info(json) => serde_json::from_str::<proto::Info>(&json)
-                .map_err(|e| format!("{} sent an INFO that does not parse: {e}", self.addr))?,
-            other => {
-                return Err(format!(
-                    "{} does not speak NATS (first message: {other:?})",
-                    self.addr
-                ));
-            }
-        };
-        if info.tls_required {
-            return Err(format!(
-                "{} requires TLS, which this transport does not support",
-                self.addr
-            ));
-        }
-        if !info.headers {
-            return Err(format!(
-                "{} does not support message headers (NATS server 2.2 or later is needed)",
-                self.addr
-            ));
-        }
-        if !info.jetstream {
-            log::warn(&format!(
-                "{} does not announce JetStream; publishes will fail until it does",
-                self.addr
-            ));
-        }
-        conn.max_payload = info.max_payload.unwrap_or(u64::MAX);
-
-        let mut out = Vec::new();
-        let connect = proto::Connect {
-            verbose: false,
-            pedantic: false,
-            tls_required: false,
-            name: &self.name,
-            lang: "rust-wasm",
-            version: env!("CARGO_PKG_VERSION"),
-            protocol: 1,
-            echo: false,
-            headers: true,
-            no_responders: true,
-            user: self.auth.user.as_deref(),
-            pass: self.auth.password.as_deref(),
-            auth_token: self.auth.token.as_deref(),
-        };
-        proto::encode_connect(&mut out, &connect)?;
-        proto::encode_sub(&mut out, &format!("{}.*", conn.inbox), 1);
-        out.extend_from_slice(b"PING\r\n");
-        conn.write(&out, self.connect_timeout).map_err(handshake)?;
-        loop {
-            match conn.read_op(deadline).map_err(handshake)? {
-                ServerOp::Pong => break,
-                ServerOp::Ping => conn
-                    .write(b"PONG\r\n", self.connect_timeout)
-                    .map_err(handshake)?,
-                ServerOp::Err(err) => {
-                    return Err(format!("{} refused the connection: {err}", self.addr));
-                }
-                _ => {}
-            }
-        }
-        log::debug(&format!(
-            "connected to {} (NATS {})",
-            self.addr,
-            info.version.as_deref().unwrap_or("?")
-        ));
-        Ok(conn)
-    }
-}
-
-/// One connection to the server.
-struct Conn {
-    stream: TcpStream,
-    /// Bytes read and not yet parsed start at `pos`.
-    buf: Vec<u8>,
-    pos: usize,
-    /// This connection's reply subjects are `<inbox>.<token>`.
-    inbox: String,
-    next_token: u64,
-    max_payload: u64,
-}
-
-impl Conn {
-    fn write(&mut self, bytes: &[u8], timeout: Duration) -> io::Result<()> {
-        self.stream.set_write_timeout(Some(timeout))?;
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-
-    /// The next operation from the server, waiting until `deadline` at most.
-    fn read_op(&mut self, deadline: Instant) -> io::Result<ServerOp> {
-        loop {
-            if let Some((op, used)) = proto::parse(&self.buf[self.pos..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-            {
-                self.pos += used;
-                return Ok(op);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-            self.fill()?;
-        }
-    }
-
-    /// Reads what is available into the buffer; an error at end of stream.
-    fn fill(&mut self) -> io::Result<()> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk)? {
-            0 => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            )),
-            n => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-        }
-    }
-
-    /// Between batches: answers the server's `PING`s and finds out whether it
-    /// closed the connection (a restart, an idle time-out), without waiting.
-    fn still_open(&mut self) -> bool {
-        if self.stream.set_nonblocking(true).is_err() {
-            return true; // cannot tell; the batch will find out
-        }
-        let mut open = true;
-        loop {
-            match proto::parse(&self.buf[self.pos..]) {
-                Ok(Some((op, used))) => {
-                    self.pos += used;
-                    match op {
-                        ServerOp::Ping => open &= self.stream.write_all(b"PONG\r\n").is_ok(),
-                        ServerOp::Err(err) => {
-                            log::warn(&format!("the NATS server reported: {err}"));
-                            open = false;
-                        }
-                        _ => {} // late replies to an earlier batch, INFO updates
-                    }
-                }
-                Ok(None) => match self.fill() {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => open = false,
-                },
-                Err(_) => open = false,
-            }
-            if !open {
-                break;
-            }
-        }
-        open && self.stream.set_nonblocking(false).is_ok()
     }
 }
 
@@ -493,51 +299,6 @@ fn denied_subject(err: &str) -> Option<String> {
     Some(rest.trim_matches('"').to_string())
 }
 
-fn is_timeout(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    )
-}
-
-/// Credentials in the URL: `nats://user:pass@host` or `nats://token@host`.
-fn url_auth(url: &str) -> Auth {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Auth::default();
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let Some((userinfo, _)) = authority.rsplit_once('@') else {
-        return Auth::default();
-    };
-    match userinfo.split_once(':') {
-        Some((user, pass)) => Auth {
-            user: Some(user.to_owned()),
-            password: Some(pass.to_owned()),
-            token: None,
-        },
-        None => Auth {
-            token: Some(userinfo.to_owned()),
-            ..Auth::default()
-        },
-    }
-}
-
-/// A reply-subject prefix no other connection uses: `_INBOX.` and 128
-/// random bits (from the per-process random keys of `std`'s hasher).
-fn new_inbox(name: &str) -> String {
-    let mut parts = [0u64; 2];
-    for (i, part) in parts.iter_mut().enumerate() {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write(name.as_bytes());
-        hasher.write_usize(i);
-        if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            hasher.write_u128(since.as_nanos());
-        }
-        *part = hasher.finish();
-    }
-    format!("_INBOX.{:016x}{:016x}", parts[0], parts[1])
-}
-
 outbox_relay_guest::export_transport!(Nats);
 
 #[cfg(test)]
@@ -546,18 +307,7 @@ mod tests {
     use super::*;
 
     fn envelope(headers: &[(&str, &str)], payload: &[u8]) -> Envelope {
-        Envelope {
-            id: "0190-a".into(),
-            event_name: "order.created".into(),
-            partition_key: None,
-            payload: payload.to_vec(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            attempt: 1,
-            created_at_ms: 0,
-        }
+        Envelope::new("0190-a", "order.created", payload).with_headers(headers)
     }
 
     fn encoded(
@@ -664,9 +414,9 @@ mod tests {
 
     #[test]
     fn reply_subjects_map_to_batch_indexes() {
-        let inbox = new_inbox("t");
+        let inbox = conn::new_inbox();
         assert!(inbox.starts_with("_INBOX.") && inbox.len() == 39, "{inbox}");
-        assert_ne!(inbox, new_inbox("t"));
+        assert_ne!(inbox, conn::new_inbox());
         assert_eq!(index_of("_INBOX.a", "_INBOX.a.12", 10, 5), Some(2));
         assert_eq!(index_of("_INBOX.a", "_INBOX.a.15", 10, 5), None);
         assert_eq!(index_of("_INBOX.a", "_INBOX.a.9", 10, 5), None);

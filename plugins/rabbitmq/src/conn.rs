@@ -54,6 +54,11 @@ impl ConnError {
     pub fn is_io(&self) -> bool {
         matches!(self, ConnError::Io(_))
     }
+
+    /// Whether the broker closed or reset the socket ([`net::is_closed`]).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, ConnError::Io(e) if net::is_closed(e))
+    }
 }
 
 impl fmt::Display for ConnError {
@@ -123,10 +128,11 @@ impl Connection {
     /// Connects, logs in, opens channel 1, checks that `exchange` exists
     /// (unless it is the default exchange, `""`) and enables publisher confirms.
     pub fn open(s: &Settings, exchange: &str) -> Result<Connection, String> {
-        let stream = net::connect(&s.addr, s.connect_timeout).map_err(|e| e.to_string())?;
-        stream
-            .set_write_timeout(Some(s.write_timeout))
-            .map_err(|e| e.to_string())?;
+        let timeouts = net::Timeouts {
+            write: Some(s.write_timeout),
+            ..net::Timeouts::connect_only(s.connect_timeout)
+        };
+        let stream = net::connect(&s.addr, timeouts).map_err(|e| e.to_string())?;
         let mut conn = Connection {
             reader: BufReader::with_capacity(64 * 1024, stream),
             frame_max: MIN_FRAME,
@@ -260,42 +266,33 @@ impl Connection {
         body: &[u8],
     ) -> CodecResult<()> {
         let start = buf.len();
-        let result = self.encode_publish_inner(buf, exchange, routing_key, mandatory, props, body);
+        let mut encode = || -> CodecResult<()> {
+            let mut m = method(CLASS_BASIC, 40);
+            put_u16(&mut m, 0);
+            put_shortstr(&mut m, exchange)?;
+            put_shortstr(&mut m, routing_key)?;
+            m.push(u8::from(mandatory));
+            put_frame(buf, FRAME_METHOD, CHANNEL, &m)?;
+            let header = content_header(body.len() as u64, props)?;
+            let room = self.frame_max as usize - FRAME_OVERHEAD;
+            if header.len() > room {
+                return Err(CodecError(format!(
+                    "the message's properties and headers take {} bytes, more than fit in one \
+                     frame ({room} bytes with the broker's frame_max)",
+                    header.len()
+                )));
+            }
+            put_frame(buf, FRAME_HEADER, CHANNEL, &header)?;
+            for chunk in body.chunks(room) {
+                put_frame(buf, FRAME_BODY, CHANNEL, chunk)?;
+            }
+            Ok(())
+        };
+        let result = encode();
         if result.is_err() {
             buf.truncate(start);
         }
         result
-    }
-
-    fn encode_publish_inner(
-        &self,
-        buf: &mut Vec<u8>,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-        props: &Properties,
-        body: &[u8],
-    ) -> CodecResult<()> {
-        let mut m = method(CLASS_BASIC, 40);
-        put_u16(&mut m, 0);
-        put_shortstr(&mut m, exchange)?;
-        put_shortstr(&mut m, routing_key)?;
-        m.push(u8::from(mandatory));
-        put_frame(buf, FRAME_METHOD, CHANNEL, &m)?;
-        let header = content_header(body.len() as u64, props)?;
-        let room = self.frame_max as usize - FRAME_OVERHEAD;
-        if header.len() > room {
-            return Err(CodecError(format!(
-                "the message's properties and headers take {} bytes, more than fit in one \
-                 frame ({room} bytes with the broker's frame_max)",
-                header.len()
-            )));
-        }
-        put_frame(buf, FRAME_HEADER, CHANNEL, &header)?;
-        for chunk in body.chunks(room) {
-            put_frame(buf, FRAME_BODY, CHANNEL, chunk)?;
-        }
-        Ok(())
     }
 
     /// Writes `count` messages' frames (from [`Connection::encode_publish`])

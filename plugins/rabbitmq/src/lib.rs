@@ -23,7 +23,8 @@
 
 use std::time::{Duration, Instant};
 
-use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
+use outbox_relay_guest::net::{self, Broken, Kept};
+use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport};
 
 mod codec;
 mod conn;
@@ -46,22 +47,22 @@ const OWN_HEADERS: &[&str] = &["outbox-message-id", "outbox-event", "outbox-part
 
 struct RabbitMq {
     settings: Settings,
-    exchange: String,
     routing_key: Template,
+    route: Route,
+    /// Dropped after any failure; the next batch connects again.
+    conn: Kept<Connection>,
+}
+
+/// Where and how each message is published.
+struct Route {
+    exchange: String,
     mandatory: bool,
     confirm_timeout: Duration,
-    /// Dropped after any failure; the next batch connects again.
-    conn: Option<Connection>,
 }
 
 impl Transport for RabbitMq {
     fn init(target: &str, config: &Config) -> Result<Self> {
-        if let Some(key) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::new(format!(
-                "config: unknown key `{key}` (known: {})",
-                KEYS.join(", ")
-            )));
-        }
+        config.only_keys(KEYS)?;
         let url = config.get_str("url")?;
         let exchange = config.get_str("exchange")?.to_owned();
         if exchange.len() > 255 {
@@ -72,8 +73,8 @@ impl Transport for RabbitMq {
         let routing_key = Template::parse(config.get_opt_str("routing_key")?.unwrap_or("{event}"))
             .map_err(|e| Error::new(format!("config: key `routing_key`: {e}")))?;
         let mandatory = config.get_bool_or("mandatory", true)?;
-        let confirm_timeout = millis(config, "confirm_timeout_ms", 5000)?;
-        let connect_timeout = millis(config, "connect_timeout_ms", 5000)?;
+        let confirm_timeout = config.get_millis_or("confirm_timeout_ms", 5000, 1..=u64::MAX)?;
+        let connect_timeout = config.get_millis_or("connect_timeout_ms", 5000, 1..=u64::MAX)?;
         let (addr, user, password, vhost) =
             parse_url(url).map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
         let settings = Settings {
@@ -87,15 +88,17 @@ impl Transport for RabbitMq {
         };
         // Connecting now makes a wrong address, login, vhost or exchange a
         // start-up error rather than a retry on every batch.
-        let conn = Connection::open(&settings, &exchange)
-            .map_err(|e| Error::new(format!("RabbitMQ at {}: {e}", settings.addr)))?;
+        let mut conn = Kept::new(format!("RabbitMQ at {}", settings.addr));
+        conn.put(open(&settings, &exchange)?);
         Ok(RabbitMq {
             settings,
-            exchange,
             routing_key,
-            mandatory,
-            confirm_timeout,
-            conn: Some(conn),
+            route: Route {
+                exchange,
+                mandatory,
+                confirm_timeout,
+            },
+            conn,
         })
     }
 
@@ -110,22 +113,19 @@ impl Transport for RabbitMq {
         }
         // A connection kept from an earlier batch may have died while idle
         // (broker restart, network cut). When it fails before the broker has
-        // said anything, connect again and publish once more at once.
-        for attempt in 1..=2 {
-            let reused = self.conn.is_some();
-            match self.publish(&batch, &todo, &mut outcomes) {
-                Ok(()) => break,
-                Err(reason) if reused && attempt == 1 => {
-                    log::info(&format!(
-                        "RabbitMQ at {}: the connection from an earlier batch is gone ({reason}); reconnecting",
-                        self.settings.addr
-                    ));
-                }
-                Err(reason) => {
-                    for (i, _) in &todo {
-                        outcomes[*i].get_or_insert_with(|| Outcome::retry(reason.clone()));
-                    }
-                    break;
+        // said anything, `Kept` connects again and publishes once more at once.
+        let (settings, route) = (&self.settings, &self.route);
+        let published = self.conn.exchange(
+            || open(settings, &route.exchange),
+            |conn| route.publish(conn, &settings.addr, &batch, &todo, &mut outcomes),
+        );
+        match published {
+            Ok(Usable::Yes) => {}
+            Ok(Usable::No) => self.conn.close(),
+            Err(e) => {
+                let reason = e.into_message();
+                for (i, _) in &todo {
+                    outcomes[*i].get_or_insert_with(|| Outcome::retry(reason.clone()));
                 }
             }
         }
@@ -136,31 +136,30 @@ impl Transport for RabbitMq {
     }
 }
 
-impl RabbitMq {
-    /// Publishes `todo` (index in `batch`, routing key) on the connection
-    /// (opening one if needed) and fills in their outcomes. `Err` when the
-    /// connection failed before the broker answered anything: no outcome of
-    /// `todo` is set then, except rejects of messages that cannot be encoded.
+/// Whether a connection can carry the next batch after this one.
+enum Usable {
+    Yes,
+    No,
+}
+
+fn open(settings: &Settings, exchange: &str) -> Result<Connection> {
+    Connection::open(settings, exchange)
+        .map_err(|e| Error::new(format!("RabbitMQ at {}: {e}", settings.addr)))
+}
+
+impl Route {
+    /// Publishes `todo` (index in `batch`, routing key) on `conn` and fills in
+    /// their outcomes. `Err` when the connection failed before the broker
+    /// answered anything: no outcome of `todo` is set then, except rejects of
+    /// messages that cannot be encoded.
     fn publish(
-        &mut self,
+        &self,
+        conn: &mut Connection,
+        addr: &str,
         batch: &[Envelope],
         todo: &[(usize, String)],
         outcomes: &mut [Option<Outcome>],
-    ) -> core::result::Result<(), String> {
-        let addr = &self.settings.addr;
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => match Connection::open(&self.settings, &self.exchange) {
-                Ok(conn) => self.conn.insert(conn),
-                Err(e) => {
-                    for (i, _) in todo {
-                        outcomes[*i] = Some(Outcome::retry(format!("RabbitMQ at {addr}: {e}")));
-                    }
-                    return Ok(());
-                }
-            },
-        };
-
+    ) -> core::result::Result<Usable, Broken> {
         let mut frames = Vec::new();
         let mut sent = Vec::with_capacity(todo.len());
         for (i, key) in todo {
@@ -181,24 +180,19 @@ impl RabbitMq {
             }
         }
         if sent.is_empty() {
-            return Ok(());
+            return Ok(Usable::Yes);
         }
 
-        let first_tag = match conn.publish(&frames, sent.len()) {
-            Ok(tag) => tag,
-            Err(e) => {
-                self.conn = None;
-                return Err(format!("RabbitMQ at {addr}: publishing failed: {e}"));
-            }
-        };
+        let first_tag = conn
+            .publish(&frames, sent.len())
+            .map_err(|e| Broken::new(format!("publishing failed: {e}"), e.is_closed(), false))?;
         let ids: Vec<&str> = sent.iter().map(|&i| batch[i].id.as_str()).collect();
         let confirms = conn.await_confirms(first_tag, &ids, Instant::now() + self.confirm_timeout);
         if let Some(e) = &confirms.error
             && confirms.frames == 0
             && e.is_io()
         {
-            self.conn = None;
-            return Err(format!("RabbitMQ at {addr}: {e}"));
+            return Err(Broken::new(e, e.is_closed(), false));
         }
         let unconfirmed = match &confirms.error {
             None => String::new(),
@@ -218,10 +212,10 @@ impl RabbitMq {
                 (None, None) => Outcome::retry(unconfirmed.clone()),
             });
         }
-        if confirms.error.is_some() {
-            self.conn = None;
-        }
-        Ok(())
+        Ok(match confirms.error {
+            Some(_) => Usable::No,
+            None => Usable::Yes,
+        })
     }
 }
 
@@ -247,15 +241,6 @@ fn properties(e: &Envelope) -> Properties {
         message_id: Some(e.id.clone()),
         timestamp: Some(u64::try_from(e.created_at_ms.max(0) / 1000).unwrap_or(0)),
         kind: Some(e.event_name.clone()),
-    }
-}
-
-fn millis(config: &Config, key: &str, default: u64) -> Result<Duration> {
-    match config.get_opt_u64(key)?.unwrap_or(default) {
-        0 => Err(Error::new(format!(
-            "config: key `{key}` must be at least 1"
-        ))),
-        ms => Ok(Duration::from_millis(ms)),
     }
 }
 
@@ -349,17 +334,14 @@ mod tests {
     #[test]
     fn properties_carry_id_event_time_and_every_header() {
         let e = Envelope {
-            id: "0190-id".into(),
-            event_name: "order.created".into(),
-            partition_key: Some("order-1".into()),
-            payload: vec![0xff],
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("traceparent".into(), "00-abc".into()),
-                ("outbox-event".into(), "forged".into()),
-            ],
-            attempt: 1,
             created_at_ms: 1_700_000_000_999,
+            ..Envelope::new("0190-id", "order.created", [0xff])
+                .with_key("order-1")
+                .with_headers(&[
+                    ("content-type", "application/json"),
+                    ("traceparent", "00-abc"),
+                    ("outbox-event", "forged"),
+                ])
         };
         let p = properties(&e);
         assert_eq!(p.message_id.as_deref(), Some("0190-id"));

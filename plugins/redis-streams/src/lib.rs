@@ -26,7 +26,8 @@ use std::io::{self, BufReader, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
+use outbox_relay_guest::net::{self, Broken, Kept, Timeouts};
+use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport};
 use resp::Reply;
 
 const KEYS: &[&str] = &[
@@ -40,14 +41,19 @@ const KEYS: &[&str] = &[
 ];
 
 struct RedisStreams {
-    addr: String,
+    settings: Settings,
     stream: Template,
     maxlen: Option<String>,
+    conn: Kept<Conn>,
+}
+
+/// What a connection is made with.
+struct Settings {
+    addr: String,
     username: Option<String>,
     password: Option<String>,
     db: Option<u64>,
     timeout: Duration,
-    conn: Option<Conn>,
 }
 
 struct Conn {
@@ -56,12 +62,7 @@ struct Conn {
 
 impl Transport for RedisStreams {
     fn init(_target: &str, config: &Config) -> Result<Self> {
-        if let Some(key) = config.raw().keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::new(format!(
-                "config: unknown key `{key}` (known: {})",
-                KEYS.join(", ")
-            )));
-        }
+        config.only_keys(KEYS)?;
         let addr = parse_url(config.get_str("url")?)?;
         let stream = Template::parse(config.get_str("stream")?)
             .map_err(|e| Error::new(format!("config: key `stream`: {e}")))?;
@@ -81,19 +82,22 @@ impl Transport for RedisStreams {
             Some(0) => return Err(Error::new("config: key `timeout_ms` must be at least 1")),
             Some(ms) => Duration::from_millis(ms),
         };
-        let mut this = RedisStreams {
+        let settings = Settings {
             addr,
-            stream,
-            maxlen,
             username,
             password,
             db: config.get_opt_u64("db")?,
             timeout,
-            conn: None,
         };
+        let mut conn = Kept::new(format!("redis at {}", settings.addr));
         // A wrong address, password or database shows at start-up.
-        this.conn = Some(this.connect()?);
-        Ok(this)
+        conn.put(settings.connect()?);
+        Ok(RedisStreams {
+            settings,
+            stream,
+            maxlen,
+            conn,
+        })
     }
 
     fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome> {
@@ -132,23 +136,17 @@ impl Transport for RedisStreams {
             };
         }
         if reconnect {
-            self.conn = None;
+            self.conn.close();
         }
         outcomes
     }
 }
 
-impl RedisStreams {
+impl Settings {
     /// Opens a connection and runs `AUTH` and `SELECT` as configured.
     fn connect(&self) -> Result<Conn> {
-        let stream = net::connect(&self.addr, self.timeout)?;
+        let stream = net::connect(&self.addr, Timeouts::all(self.timeout))?;
         let io_err = |e: io::Error| Error::new(format!("redis at {}: {e}", self.addr));
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(io_err)?;
-        stream
-            .set_write_timeout(Some(self.timeout))
-            .map_err(io_err)?;
         let mut conn = Conn {
             io: BufReader::new(stream),
         };
@@ -181,7 +179,9 @@ impl RedisStreams {
         }
         Ok(conn)
     }
+}
 
+impl RedisStreams {
     fn encode_xadd(&self, out: &mut Vec<u8>, stream: &str, envelope: &Envelope) {
         let mut headers: serde_json::Map<String, serde_json::Value> = envelope
             .headers
@@ -208,44 +208,21 @@ impl RedisStreams {
     /// Sends `commands` (`count` of them) and reads their replies, connecting
     /// first if needed. On failure the connection is dropped, and the replies
     /// read before it come back with the reason. A kept connection that turns
-    /// out to be closed before any reply is replaced once at once, as servers
-    /// and proxies close idle connections.
+    /// out to be closed before any reply is replaced once at once ([`Kept`]),
+    /// as servers and proxies close idle connections.
     fn exchange(&mut self, commands: &[u8], count: usize) -> (Vec<Reply>, Option<String>) {
         let mut replies = Vec::with_capacity(count);
-        for first_try in [true, false] {
-            let reused = self.conn.is_some();
-            let conn = match self.conn.take() {
-                Some(conn) => conn,
-                None => match self.connect() {
-                    Ok(conn) => conn,
-                    Err(e) => return (replies, Some(e.to_string())),
-                },
-            };
-            let conn = self.conn.insert(conn);
-            match conn.round_trip(commands, count, &mut replies) {
-                Ok(()) => return (replies, None),
-                Err(e) => {
-                    self.conn = None;
-                    if first_try && reused && replies.is_empty() && is_closed(&e) {
-                        log::info(&format!(
-                            "redis at {}: kept connection was closed ({e}); reconnecting",
-                            self.addr
-                        ));
-                        continue;
-                    }
-                    log::warn(&format!(
-                        "redis at {}: {e} after {} of {count} replies; will reconnect",
-                        self.addr,
-                        replies.len()
-                    ));
-                    return (replies, Some(format!("redis at {}: {e}", self.addr)));
-                }
-            }
-        }
-        (
-            replies,
-            Some(format!("redis at {}: connection lost", self.addr)),
-        )
+        let settings = &self.settings;
+        let sent = self.conn.exchange(
+            || settings.connect(),
+            |conn| {
+                conn.round_trip(commands, count, &mut replies).map_err(|e| {
+                    let reason = format!("{e} after {} of {count} replies", replies.len());
+                    Broken::new(reason, net::is_closed(&e), !replies.is_empty())
+                })
+            },
+        );
+        (replies, sent.err().map(Error::into_message))
     }
 }
 
@@ -267,35 +244,16 @@ impl Conn {
     }
 }
 
-fn is_closed(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
-    )
-}
-
-/// `redis://host[:port]` or `host[:port]` to `host:port`.
+/// `redis://host[:port]` or `host[:port]` to `host:port` (TLS, `rediss`, is
+/// not supported; credentials go in keys `username` and `password`, the
+/// database in key `db`).
 fn parse_url(url: &str) -> Result<String> {
-    let bad = |why: &str| Error::new(format!("config: key `url` ({url:?}): {why}"));
-    if let Some((scheme, _)) = url.split_once("://")
-        && scheme != "redis"
-    {
-        return Err(bad(
-            "the scheme must be `redis` (TLS, `rediss`, is not supported)",
-        ));
+    let bad = |e: Error| e.context(format!("config: key `url` ({url:?})"));
+    let endpoint = net::endpoint(url, &["redis"], 6379).map_err(bad)?;
+    if !endpoint.path.is_empty() {
+        return Err(bad(Error::new("choose the database with key `db`")));
     }
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    if rest.contains('@') {
-        return Err(bad("put credentials in keys `username` and `password`"));
-    }
-    if rest
-        .split_once('/')
-        .is_some_and(|(_, path)| !path.is_empty())
-    {
-        return Err(bad("choose the database with key `db`"));
-    }
-    net::host_port(url, 6379).map_err(|e| bad(e.message()))
+    Ok(endpoint.addr)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -344,14 +302,16 @@ mod tests {
 
     fn transport(maxlen: Option<&str>) -> RedisStreams {
         RedisStreams {
-            addr: "127.0.0.1:1".into(),
+            settings: Settings {
+                addr: "127.0.0.1:1".into(),
+                username: None,
+                password: None,
+                db: None,
+                timeout: Duration::from_millis(200),
+            },
             stream: Template::parse("s:{event}").unwrap(),
             maxlen: maxlen.map(str::to_owned),
-            username: None,
-            password: None,
-            db: None,
-            timeout: Duration::from_millis(200),
-            conn: None,
+            conn: Kept::new("redis at 127.0.0.1:1"),
         }
     }
 
@@ -478,7 +438,7 @@ mod tests {
         assert!(err(r#"{"url": "127.0.0.1:1"}"#).contains("`stream`"));
         assert!(err(r#"{"url": "127.0.0.1:1", "stream": "{nope}"}"#).contains("`stream`"));
         assert!(err(r#"{"url": "rediss://h", "stream": "s"}"#).contains("`url`"));
-        assert!(err(r#"{"url": "redis://u:p@h", "stream": "s"}"#).contains("`password`"));
+        assert!(err(r#"{"url": "redis://u:p@h", "stream": "s"}"#).contains("credentials"));
         assert!(err(r#"{"url": "redis://h/2", "stream": "s"}"#).contains("`db`"));
         assert!(err(r#"{"url": "h", "stream": "s", "maxlen": 0}"#).contains("`maxlen`"));
         assert!(err(r#"{"url": "h", "stream": "s", "username": "u"}"#).contains("`password`"));

@@ -19,9 +19,7 @@
 //! `ff` is invalid, trace-id and parent-id must not be all zeros, and version
 //! `00` is exactly 55 characters.
 
-use std::hash::{BuildHasher as _, Hasher as _, RandomState};
-
-use outbox_relay_guest::{Config, Envelope, Error, HeaderEdit, Injector, Result};
+use outbox_relay_guest::{Config, Envelope, HeaderEdit, Injector, Result, random};
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -29,28 +27,21 @@ const TRACESTATE: &str = "tracestate";
 /// How much of a malformed value a log line repeats.
 const LOGGED_VALUE_CHARS: usize = 100;
 
-struct TraceContext {
-    /// Mixed into every random draw, so two draws never hash the same input.
-    counter: u64,
-}
+struct TraceContext;
 
 impl Injector for TraceContext {
     fn init(_target: &str, config: &Config) -> Result<Self> {
-        if let Some(key) = config.raw().keys().next() {
-            return Err(Error::new(format!(
-                "config: unknown key `{key}` (trace-context takes no settings)"
-            )));
-        }
-        Ok(TraceContext { counter: 0 })
+        config.only_keys(&[])?;
+        Ok(TraceContext)
     }
 
-    fn inject(&mut self, envelope: &Envelope, target: &str) -> Result<Vec<HeaderEdit>> {
+    fn inject(&mut self, envelope: &Envelope, _target: &str) -> Result<Vec<HeaderEdit>> {
         let Some(value) = envelope.header(TRACEPARENT) else {
             return Ok(Vec::new());
         };
         match TraceParent::parse(value) {
             Ok(parent) => {
-                let child = parent.child(|| self.random_u64(envelope, target));
+                let child = parent.child(random::u64);
                 Ok(vec![HeaderEdit::set(TRACEPARENT, child)])
             }
             Err(reason) => {
@@ -65,21 +56,6 @@ impl Injector for TraceContext {
                 ])
             }
         }
-    }
-}
-
-impl TraceContext {
-    /// 64 random bits: std's per-process random hash keys (taken from the
-    /// host's `wasi:random`), fresh for every `RandomState`, over inputs that
-    /// differ from call to call.
-    fn random_u64(&mut self, envelope: &Envelope, target: &str) -> u64 {
-        self.counter = self.counter.wrapping_add(1);
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write(envelope.id.as_bytes());
-        hasher.write_u32(envelope.attempt);
-        hasher.write(target.as_bytes());
-        hasher.write_u64(self.counter);
-        hasher.finish()
     }
 }
 
@@ -337,18 +313,12 @@ mod tests {
     }
 
     fn envelope(headers: &[(&str, &str)]) -> Envelope {
-        Envelope {
-            id: "0190a1b2-0000-7000-8000-000000000001".into(),
-            event_name: "order.created".into(),
-            partition_key: None,
-            payload: b"{}".to_vec(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            attempt: 1,
-            created_at_ms: 0,
-        }
+        Envelope::new(
+            "0190a1b2-0000-7000-8000-000000000001",
+            "order.created",
+            b"{}",
+        )
+        .with_headers(headers)
     }
 
     fn injector() -> TraceContext {

@@ -1,0 +1,239 @@
+//! One connection to a NATS server: the handshake (`INFO`, `CONNECT`, the
+//! inbox `SUB`, a `PING` answered by `PONG`), reading server operations
+//! against a deadline, and the check between batches that the server has not
+//! closed it.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use outbox_relay_guest::{Error, log, net, random};
+
+use crate::proto::{self, ServerOp};
+
+/// What a connection is made with.
+pub struct Settings {
+    /// The client name sent in `CONNECT`.
+    pub name: String,
+    pub addr: String,
+    pub connect_timeout: Duration,
+    pub auth: Auth,
+}
+
+#[derive(Default)]
+pub struct Auth {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+}
+
+/// One connection to the server.
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet parsed start at `pos`.
+    buf: Vec<u8>,
+    pos: usize,
+    /// This connection's reply subjects are `<inbox>.<token>`.
+    pub inbox: String,
+    pub next_token: u64,
+    pub max_payload: u64,
+}
+
+impl Conn {
+    /// Connects and does the handshake: `INFO`, then `CONNECT`, the inbox
+    /// `SUB` and a `PING` whose `PONG` proves the server accepted them.
+    pub fn open(s: &Settings) -> core::result::Result<Conn, String> {
+        let stream = net::connect(&s.addr, s.connect_timeout).map_err(Error::into_message)?;
+        let mut conn = Conn {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            inbox: new_inbox(),
+            next_token: 0,
+            max_payload: u64::MAX,
+        };
+        let deadline = Instant::now() + s.connect_timeout;
+        let handshake = |e: io::Error| format!("NATS handshake with {}: {e}", s.addr);
+        let info = match conn.read_op(deadline).map_err(handshake)? {
+            ServerOp::Info(json) => serde_json::from_str::<proto::Info>(&json)
+                .map_err(|e| format!("{} sent an INFO that does not parse: {e}", s.addr))?,
+            other => {
+                return Err(format!(
+                    "{} does not speak NATS (first message: {other:?})",
+                    s.addr
+                ));
+            }
+        };
+        if info.tls_required {
+            return Err(format!(
+                "{} requires TLS, which this transport does not support",
+                s.addr
+            ));
+        }
+        if !info.headers {
+            return Err(format!(
+                "{} does not support message headers (NATS server 2.2 or later is needed)",
+                s.addr
+            ));
+        }
+        if !info.jetstream {
+            log::warn(&format!(
+                "{} does not announce JetStream; publishes will fail until it does",
+                s.addr
+            ));
+        }
+        conn.max_payload = info.max_payload.unwrap_or(u64::MAX);
+
+        let mut out = Vec::new();
+        let connect = proto::Connect {
+            verbose: false,
+            pedantic: false,
+            tls_required: false,
+            name: &s.name,
+            lang: "rust-wasm",
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: 1,
+            echo: false,
+            headers: true,
+            no_responders: true,
+            user: s.auth.user.as_deref(),
+            pass: s.auth.password.as_deref(),
+            auth_token: s.auth.token.as_deref(),
+        };
+        proto::encode_connect(&mut out, &connect)?;
+        proto::encode_sub(&mut out, &format!("{}.*", conn.inbox), 1);
+        out.extend_from_slice(b"PING\r\n");
+        conn.write(&out, s.connect_timeout).map_err(handshake)?;
+        loop {
+            match conn.read_op(deadline).map_err(handshake)? {
+                ServerOp::Pong => break,
+                ServerOp::Ping => conn
+                    .write(b"PONG\r\n", s.connect_timeout)
+                    .map_err(handshake)?,
+                ServerOp::Err(err) => {
+                    return Err(format!("{} refused the connection: {err}", s.addr));
+                }
+                _ => {}
+            }
+        }
+        log::debug(&format!(
+            "connected to {} (NATS {})",
+            s.addr,
+            info.version.as_deref().unwrap_or("?")
+        ));
+        Ok(conn)
+    }
+
+    pub fn write(&mut self, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(timeout))?;
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// The next operation from the server, waiting until `deadline` at most.
+    pub fn read_op(&mut self, deadline: Instant) -> io::Result<ServerOp> {
+        loop {
+            if let Some((op, used)) = proto::parse(&self.buf[self.pos..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                self.pos += used;
+                return Ok(op);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            self.fill()?;
+        }
+    }
+
+    /// Reads what is available into the buffer; an error at end of stream.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk)? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )),
+            n => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Between batches: answers the server's `PING`s and finds out whether it
+    /// closed the connection (a restart, an idle time-out), without waiting.
+    pub fn still_open(&mut self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return true; // cannot tell; the batch will find out
+        }
+        let mut open = true;
+        loop {
+            match proto::parse(&self.buf[self.pos..]) {
+                Ok(Some((op, used))) => {
+                    self.pos += used;
+                    match op {
+                        ServerOp::Ping => open &= self.stream.write_all(b"PONG\r\n").is_ok(),
+                        ServerOp::Err(err) => {
+                            log::warn(&format!("the NATS server reported: {err}"));
+                            open = false;
+                        }
+                        _ => {} // late replies to an earlier batch, INFO updates
+                    }
+                }
+                Ok(None) => match self.fill() {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => open = false,
+                },
+                Err(_) => open = false,
+            }
+            if !open {
+                break;
+            }
+        }
+        open && self.stream.set_nonblocking(false).is_ok()
+    }
+}
+
+pub fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Credentials in the URL: `nats://user:pass@host` or `nats://token@host`.
+pub fn url_auth(url: &str) -> Auth {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Auth::default();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Auth::default();
+    };
+    match userinfo.split_once(':') {
+        Some((user, pass)) => Auth {
+            user: Some(user.to_owned()),
+            password: Some(pass.to_owned()),
+            token: None,
+        },
+        None => Auth {
+            token: Some(userinfo.to_owned()),
+            ..Auth::default()
+        },
+    }
+}
+
+/// A reply-subject prefix no other connection uses: `_INBOX.` and 128
+/// random bits.
+pub fn new_inbox() -> String {
+    format!("_INBOX.{}", random::hex(32))
+}
