@@ -246,8 +246,8 @@ retry = { max_attempts = 2, initial_backoff = "50ms", jitter = 0.0 }
 }
 
 /// `run` and `check` log each socket use the sandbox denies, naming the
-/// target and the address, whether `allow_tcp` lists other addresses or
-/// none at all (the redis_streams transport connects in `init`).
+/// target and the address it was for, whether `allow_tcp` lists other
+/// addresses or none at all (the redis_streams transport connects in `init`).
 #[tokio::test]
 async fn denied_sockets_are_logged_by_run_and_check() {
     let scratch = Scratch::new();
@@ -291,6 +291,9 @@ config = {{ url = "redis://{denied}", stream = "denied" }}
         );
     }
 
+    // A running relay starts a target's plugin when it has a batch for it.
+    let storage = scratch.storage().await;
+    enqueue(&storage, "thing.happened", 1).await;
     let mut child = std::process::Command::new(crate::relay_binary())
         .args(["run", "--config", config, "--stop-after", "3s"])
         .env("RUST_LOG", "warn")

@@ -21,7 +21,7 @@
 mod bindings;
 mod cache;
 mod factory;
-pub mod http;
+mod http;
 mod instance;
 mod sandbox;
 mod wasm_injector;

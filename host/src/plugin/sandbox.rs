@@ -70,10 +70,10 @@ impl PluginState {
         wasi.socket_addr_check(move |addr, usage| {
             let ok = match usage {
                 SocketAddrUse::TcpConnect => allowed.contains(&addr),
-                // The implicit bind before a connect (any address, any port).
-                SocketAddrUse::TcpBind => {
-                    !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
-                }
+                // The implicit bind before a connect (any address, any port),
+                // even when nothing is allowed: the connect is then refused
+                // and logged with the address the plugin wanted.
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
                 _ => false,
             };
             if !ok {
