@@ -76,9 +76,7 @@ pub(crate) async fn run(command: TargetsCommand) -> anyhow::Result<()> {
         bail!("target {name:?} was not forgotten: run again with --yes to forget it");
     }
     let cursors = storage.forget_target(&name).await?;
-    println!(
-        "forgot target {name:?} ({cursors} cursor(s)); retention no longer waits for it"
-    );
+    println!("forgot target {name:?} ({cursors} cursor(s)); retention no longer waits for it");
     Ok(())
 }
 

@@ -56,7 +56,10 @@ fn ids(entries: &[outbox_relay::message::LogEntry]) -> Vec<String> {
 async fn only_pending_messages_come_back(storage: &dyn Storage) {
     let sent = enqueue_settled(storage, 5).await;
     let l = lease(storage, "a").await;
-    let all = storage.fetch_pending(0, l.position, 100, usize::MAX).await.unwrap();
+    let all = storage
+        .fetch_pending(0, l.position, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&all),
         sent.iter().map(|m| m.id.to_string()).collect::<Vec<_>>()
@@ -73,7 +76,10 @@ async fn only_pending_messages_come_back(storage: &dyn Storage) {
         .unwrap();
     let l = lease(storage, "a").await;
     assert_eq!(l.position, third);
-    let rest = storage.fetch_pending(0, l.position, 100, usize::MAX).await.unwrap();
+    let rest = storage
+        .fetch_pending(0, l.position, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         ids(&rest),
         sent[3..]
@@ -97,7 +103,10 @@ async fn the_batch_limit_is_exact(storage: &dyn Storage) {
 async fn an_ack_is_kept(storage: &dyn Storage) {
     enqueue_settled(storage, 3).await;
     let l = lease(storage, "a").await;
-    let all = storage.fetch_pending(0, l.position, 100, usize::MAX).await.unwrap();
+    let all = storage
+        .fetch_pending(0, l.position, 100, usize::MAX)
+        .await
+        .unwrap();
     let last = all[2].as_ref().unwrap().position();
     storage
         .mark_published(BatchAck {
@@ -179,7 +188,10 @@ async fn the_retry_count_rises(storage: &dyn Storage) {
 async fn exhausted_messages_do_not_come_back(storage: &dyn Storage) {
     let sent = enqueue_settled(storage, 2).await;
     let l = lease(storage, "a").await;
-    let entries = storage.fetch_pending(0, l.position, 10, usize::MAX).await.unwrap();
+    let entries = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
     let (a, b) = (entries[0].as_ref().unwrap(), entries[1].as_ref().unwrap());
     storage
         .mark_published(BatchAck {
@@ -223,7 +235,10 @@ async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
             .unwrap()
             .is_none()
     );
-    let entries = storage.fetch_pending(0, l.position, 10, usize::MAX).await.unwrap();
+    let entries = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
     let failures = entries
         .iter()
         .zip(&sent)
@@ -402,6 +417,80 @@ async fn retention_prunes_only_what_every_target_passed_and_nothing_refers_to(
     assert_eq!(ids(&left), [sent[1].id.to_string(), sent[3].id.to_string()]);
 }
 
+async fn the_registry_holds_retention_until_a_target_is_forgotten(storage: &dyn Storage) {
+    enqueue_settled(storage, 3).await;
+    let ttl = Duration::from_secs(60);
+    let states = |names: &[&str]| -> Vec<ServedTarget> {
+        names.iter().map(|n| ServedTarget::running(*n)).collect()
+    };
+    storage.heartbeat("a", &states(&[T]), ttl).await.unwrap();
+    let mut held = ServedTarget::running("target-b");
+    held.state = serde_json::json!({"state": "cannot start", "reason": "boom"});
+    let live = storage
+        .heartbeat("b", &[ServedTarget::running(T), held.clone()], ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        live.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(live[1].targets[1], held);
+    assert_eq!(storage.registered_targets().await.unwrap(), [T, "target-b"]);
+    let status = storage
+        .status(&[T.to_string(), "target-b".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(status[0].served_by.len(), 2);
+    assert_eq!(status[1].served_by[0].state["reason"], "boom");
+    assert!(!status[1].holds_back_retention());
+
+    // target-a passes everything; target-b, registered, has passed nothing.
+    let l = lease(storage, "a").await;
+    let all = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
+    storage
+        .mark_published(BatchAck {
+            lease: &l,
+            position: all[2].as_ref().unwrap().position(),
+            failures: vec![],
+            resolved: vec![],
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        storage
+            .prune(&[T.to_string()], Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        0,
+        "a registered target that is not in this relay's config still holds retention"
+    );
+    assert!(matches!(
+        storage.forget_target("target-b").await,
+        Err(StorageError::TargetServed { .. })
+    ));
+    storage.leave("b").await.unwrap();
+    let status = storage.status(&["target-b".to_string()]).await.unwrap();
+    assert!(status[0].holds_back_retention());
+    assert_eq!(status[0].lag, 3);
+    assert!(matches!(
+        storage.forget_target("nosuch").await,
+        Err(StorageError::UnknownTarget(_))
+    ));
+    storage.forget_target("target-b").await.unwrap();
+    assert_eq!(storage.registered_targets().await.unwrap(), [T]);
+    assert_eq!(
+        storage
+            .prune(&[T.to_string()], Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        3
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -436,6 +525,7 @@ conformance!(
     a_claimed_batch_is_invisible_to_a_second_relay,
     an_expired_claim_is_taken_over,
     retention_prunes_only_what_every_target_passed_and_nothing_refers_to,
+    the_registry_holds_retention_until_a_target_is_forgotten,
 );
 
 #[tokio::test]

@@ -390,7 +390,10 @@ async fn dead_letter_storage_methods(storage: &dyn Storage) {
         .await
         .unwrap()
         .unwrap();
-    let entries = storage.fetch_pending(0, lease.position, 10, usize::MAX).await.unwrap();
+    let entries = storage
+        .fetch_pending(0, lease.position, 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 4);
     let messages: Vec<_> = entries
         .iter()

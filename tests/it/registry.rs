@@ -99,13 +99,17 @@ async fn a_rolling_config_change_loses_nothing_and_only_forget_lets_go() {
     })
     .await;
     let after = enqueue(&storage, "e", 400).await;
-    let t2 = eventually("t2 receives every message sent after it joined", WAIT, || async {
-        let got = read_ids(&out.join("t2.jsonl"));
-        after
-            .iter()
-            .all(|m| got.contains(&m.id.to_string()))
-            .then_some(got)
-    })
+    let t2 = eventually(
+        "t2 receives every message sent after it joined",
+        WAIT,
+        || async {
+            let got = read_ids(&out.join("t2.jsonl"));
+            after
+                .iter()
+                .all(|m| got.contains(&m.id.to_string()))
+                .then_some(got)
+        },
+    )
     .await;
     let t1 = read_ids(&out.join("t1.jsonl"));
     for m in before.iter().chain(&after) {

@@ -43,7 +43,11 @@ impl Tmpfs {
             .arg(dir)
             .status()
             .unwrap();
-        assert!(status.success(), "cannot mount a tmpfs on {}", dir.display());
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs on {}",
+            dir.display()
+        );
         Self(dir.to_path_buf())
     }
 }
@@ -101,7 +105,10 @@ async fn sqlite_a_full_disk_leaves_the_pool_healthy() {
             .unwrap_or_else(|e| panic!("write {i} after the disk had room again: {e}"));
     }
     let lag = storage.status(&["t".to_string()]).await.unwrap()[0].lag;
-    assert_eq!(lag, 30, "the 10 written before and the 20 after, none of the failed");
+    assert_eq!(
+        lag, 30,
+        "the 10 written before and the 20 after, none of the failed"
+    );
 }
 
 /// Finding 2: `is_transient` by error code. A busy SQLite and a Postgres
@@ -111,14 +118,17 @@ async fn sqlite_a_full_disk_leaves_the_pool_healthy() {
 async fn transient_errors_are_told_by_their_code() {
     let scratch = Scratch::new();
     let storage = scratch.storage().await;
-    let options: sqlx::sqlite::SqliteConnectOptions =
-        scratch.database_url().parse().unwrap();
-    let mut holder = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
-    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
-    let mut other =
-        sqlx::SqliteConnection::connect_with(&options.busy_timeout(Duration::ZERO))
-            .await
-            .unwrap();
+    let options: sqlx::sqlite::SqliteConnectOptions = scratch.database_url().parse().unwrap();
+    let mut holder = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut other = sqlx::SqliteConnection::connect_with(&options.busy_timeout(Duration::ZERO))
+        .await
+        .unwrap();
     let busy = sqlx::raw_sql("BEGIN IMMEDIATE")
         .execute(&mut other)
         .await
@@ -128,7 +138,10 @@ async fn transient_errors_are_told_by_their_code() {
         Some("5")
     );
     assert!(StorageError::Database(busy).is_transient());
-    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
     drop(storage);
 
     let pg = Scratch::postgres().await;
@@ -315,10 +328,15 @@ async fn a_relay_whose_clock_is_60s_ahead_takes_no_live_lease() {
         (lease_owners(&status_json(&config).await).len() == 8).then_some(())
     })
     .await;
-    let mut skewed = Command::new("faketime")
-        .args(["-f", "+60s"])
-        .arg(crate::relay_binary())
+    // libfaketime (the `faketime` package) in the relay's own process, so
+    // its pid is the one in its owner name.
+    let mut skewed = Command::new(crate::relay_binary())
         .args(["run", "--config", config.to_str().unwrap()])
+        .env(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        )
+        .env("FAKETIME", "+60s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -337,7 +355,10 @@ async fn a_relay_whose_clock_is_60s_ahead_takes_no_live_lease() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let owners = lease_owners(&status_json(&config).await);
         let mine = owners.iter().filter(|o| o.contains(&honest_tag)).count();
-        assert_eq!(mine, 4, "the honest relay lost leases: {owners:?} (was {split:?})");
+        assert_eq!(
+            mine, 4,
+            "the honest relay lost leases: {owners:?} (was {split:?})"
+        );
     }
     let sent = enqueue(&storage, "e", 200).await;
     eventually("every message delivered", WAIT, || async {
@@ -378,9 +399,11 @@ async fn only_this_databases_open_transactions_hold_delivery_back() {
     let file = out.join("audit.jsonl");
     let first = enqueue(&storage, "e", 5).await;
     let started = Instant::now();
-    eventually("delivery while another database's transaction is open", WAIT, || async {
-        (read_ids(&file).len() == first.len()).then_some(())
-    })
+    eventually(
+        "delivery while another database's transaction is open",
+        WAIT,
+        || async { (read_ids(&file).len() == first.len()).then_some(()) },
+    )
     .await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -406,11 +429,20 @@ async fn only_this_databases_open_transactions_hold_delivery_back() {
         .unwrap();
     let held = enqueue(&storage, "e", 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(read_ids(&file).len(), first.len(), "held back by the open transaction");
+    assert_eq!(
+        read_ids(&file).len(),
+        first.len(),
+        "held back by the open transaction"
+    );
     let rows = status_json(&config_path).await;
     let waiting = &rows[0]["waiting_on"];
     assert_eq!(waiting["pid"], pid, "{rows:?}");
-    let database = scratch.database_url().rsplit('/').next().unwrap().to_string();
+    let database = scratch
+        .database_url()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(waiting["database"], database.as_str());
     assert!(waiting["age_ms"].as_i64().unwrap() >= 2000, "{waiting}");
     let text = Command::new(crate::relay_binary())

@@ -58,7 +58,10 @@ pub struct TargetStates(Arc<std::sync::Mutex<Vec<ServedTarget>>>);
 impl TargetStates {
     /// Adds `target` as running, unless it already has a state.
     fn serve(&self, target: &str) {
-        let mut served = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !served.iter().any(|t| t.name == target) {
             served.push(ServedTarget::running(target));
         }
@@ -66,7 +69,10 @@ impl TargetStates {
 
     /// Sets the state the next heartbeat reports for `target`.
     pub fn set(&self, target: &str, state: serde_json::Value) {
-        let mut served = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match served.iter_mut().find(|t| t.name == target) {
             Some(t) => t.state = state,
             None => served.push(ServedTarget {
@@ -352,8 +358,9 @@ mod tests {
             assert_eq!(assigned_owner(&t2, "t2", p), Some("b"), "p{p}");
         }
         let t1 = serving(&live, "t1");
-        let owners: std::collections::HashSet<_> =
-            (0..4).filter_map(|p| assigned_owner(&t1, "t1", p)).collect();
+        let owners: std::collections::HashSet<_> = (0..4)
+            .filter_map(|p| assigned_owner(&t1, "t1", p))
+            .collect();
         assert_eq!(owners.len(), 2);
     }
 }

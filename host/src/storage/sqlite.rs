@@ -32,12 +32,10 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use super::{
     BatchAck, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease,
     LiveRelay, Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus,
-    decode_history, disposition_columns, due_in, duration_ms, encode_served,
-    glob_to_sqlite_glob, live_relay, served_by,
+    decode_history, disposition_columns, due_in, duration_ms, encode_served, glob_to_sqlite_glob,
+    live_relay, served_by,
 };
-use crate::message::{
-    LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row,
-};
+use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
 /// How often the relay asks SQLite whether another connection committed.
 const COMMIT_CHECK: Duration = Duration::from_millis(20);
