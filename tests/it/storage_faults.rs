@@ -328,10 +328,15 @@ async fn a_relay_whose_clock_is_60s_ahead_takes_no_live_lease() {
         (lease_owners(&status_json(&config).await).len() == 8).then_some(())
     })
     .await;
-    let mut skewed = Command::new("faketime")
-        .args(["-f", "+60s"])
-        .arg(crate::relay_binary())
+    // libfaketime (the `faketime` package) in the relay's own process, so
+    // its pid is the one in its owner name.
+    let mut skewed = Command::new(crate::relay_binary())
         .args(["run", "--config", config.to_str().unwrap()])
+        .env(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        )
+        .env("FAKETIME", "+60s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -99,20 +99,32 @@ fn sqlx_is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(d) => d.code().is_some_and(|code| transient_code(&code)),
+        sqlx::Error::Database(d) => {
+            #[cfg(feature = "sqlite")]
+            if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                return d.code().is_some_and(|code| sqlite_transient(&code));
+            }
+            #[cfg(feature = "postgres")]
+            if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                return sqlstate_transient(pg.code());
+            }
+            false
+        }
         _ => false,
     }
 }
 
-/// Whether a database error code is transient: a SQLite code (a number;
-/// extended codes keep the primary one in their low byte) or a Postgres
-/// SQLSTATE (five characters).
-fn transient_code(code: &str) -> bool {
-    if let Ok(n) = code.parse::<i64>() {
-        return matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED);
-    }
-    // 40001 serialization_failure, 40P01 deadlock_detected, class 08
-    // connection exceptions, 57P01..57P03 the server shutting down or starting.
+/// A SQLite result code (extended codes keep the primary one in their low
+/// byte) that is worth retrying: BUSY or LOCKED.
+fn sqlite_transient(code: &str) -> bool {
+    code.parse::<i64>()
+        .is_ok_and(|n| matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// A Postgres SQLSTATE worth retrying: 40001 serialization_failure, 40P01
+/// deadlock_detected, class 08 connection exceptions, 57P01..57P03 the
+/// server shutting down or starting.
+fn sqlstate_transient(code: &str) -> bool {
     matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
 }
 
@@ -598,17 +610,17 @@ mod tests {
     fn transient_codes_are_exact() {
         // SQLite: BUSY, LOCKED and their extended codes.
         for code in ["5", "6", "261", "517", "773", "262", "518"] {
-            assert!(transient_code(code), "{code}");
+            assert!(sqlite_transient(code), "{code}");
         }
         // FULL, IOERR, CONSTRAINT, CORRUPT are not.
         for code in ["13", "10", "19", "2067", "11", "1"] {
-            assert!(!transient_code(code), "{code}");
+            assert!(!sqlite_transient(code), "{code}");
         }
         for code in ["40001", "40P01", "08006", "08001", "57P01"] {
-            assert!(transient_code(code), "{code}");
+            assert!(sqlstate_transient(code), "{code}");
         }
         for code in ["23505", "42P01", "53100", "22P02"] {
-            assert!(!transient_code(code), "{code}");
+            assert!(!sqlstate_transient(code), "{code}");
         }
     }
 
