@@ -107,3 +107,29 @@ pub mod __private {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// [`WIT_VERSION`](super::WIT_VERSION) is the version `wit/` declares.
+    #[test]
+    fn the_wit_version_is_the_one_wit_declares() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut packages = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "wit") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                packages.extend(text.lines().filter_map(|l| {
+                    l.trim()
+                        .strip_prefix("package ")
+                        .map(|p| p.trim_end_matches(';').trim().to_string())
+                }));
+            }
+        }
+        assert_eq!(
+            packages,
+            [format!("outbox:relay@{}", super::WIT_VERSION)],
+            "{dir:?}"
+        );
+    }
+}

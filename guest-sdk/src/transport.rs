@@ -20,8 +20,8 @@ pub trait Transport: Sized + 'static {
     /// Delivers a batch. Return exactly one [`Outcome`] per envelope, in the
     /// batch's order.
     ///
-    /// Should the count be wrong anyway, the SDK logs an error, drops the extra
-    /// outcomes and answers [`Outcome::Retry`] for envelopes that got none.
+    /// Should the count be wrong anyway, the SDK only logs it: the host fails
+    /// the whole batch and the relay retries its envelopes one by one.
     fn deliver(&mut self, batch: Vec<Envelope>) -> Vec<Outcome>;
 }
 
@@ -51,24 +51,23 @@ pub fn deliver<T: Transport>(
         Some(transport) => transport.deliver(batch),
         None => vec![Outcome::reject(NOT_INITIALISED); expected],
     });
-    fit_outcomes(outcomes, expected)
+    log_miscount(&outcomes, expected);
+    outcomes
 }
 
 const NOT_INITIALISED: &str = "plugin not initialised";
 
-/// Keeps the host's contract (one outcome per envelope) even when a transport
-/// gets the count wrong, without hiding the bug.
-fn fit_outcomes(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {
+/// Logs a transport's wrong outcome count, and changes nothing: the host
+/// fails the whole batch and the relay retries its envelopes one by one, so
+/// no outcome is made up here for an envelope that may have been delivered.
+fn log_miscount(outcomes: &[Outcome], expected: usize) {
     if outcomes.len() != expected {
         crate::log::error(&format!(
-            "transport returned {} outcomes for a batch of {expected} envelopes",
+            "transport returned {} outcomes for a batch of {expected} envelopes; \
+             the host fails the batch and retries its envelopes one by one",
             outcomes.len()
         ));
-        outcomes.resize_with(expected, || {
-            Outcome::retry("transport returned no outcome for this envelope")
-        });
     }
-    outcomes
 }
 
 /// Exports a [`Transport`] implementation as the component's
@@ -181,10 +180,12 @@ mod tests {
     }
 
     #[test]
-    fn wrong_outcome_counts_are_fitted_to_the_batch() {
-        assert_eq!(fit_outcomes(vec![Outcome::Delivered; 3], 2).len(), 2);
-        let fitted = fit_outcomes(vec![Outcome::Delivered], 2);
-        assert_eq!(fitted[0], Outcome::Delivered);
-        assert!(matches!(fitted[1], Outcome::Retry { .. }));
+    fn wrong_outcome_counts_pass_through_unchanged_for_the_host_to_refuse() {
+        init(&CELL, "t".into(), r#"{"required": "x"}"#.into()).unwrap();
+        // One envelope in, the test transport answers one per envelope; a
+        // miscount is the host's to refuse, never padded or cut here.
+        let outcomes = vec![Outcome::Delivered; 3];
+        log_miscount(&outcomes, 2);
+        assert_eq!(outcomes.len(), 3);
     }
 }

@@ -40,6 +40,7 @@ pub mod producer;
 #[cfg(feature = "snapshot")]
 pub mod snapshot;
 pub mod storage;
+pub mod trace_context;
 
 #[cfg(feature = "relay")]
 pub mod admin;

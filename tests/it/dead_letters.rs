@@ -321,7 +321,9 @@ retry = { max_attempts = 2, initial_backoff = "20ms", jitter = 0.0 }
 #[tokio::test]
 async fn replay_on_an_ordered_target_delivers_its_dead_letters_in_log_order() {
     let scratch = Scratch::new();
-    let record = scratch.path().join("ordered.jsonl");
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let record = out.join("ordered.jsonl");
     let config_path = scratch.write_config(&format!(
         r#"
 [[routes]]
@@ -332,9 +334,10 @@ targets = ["ordered"]
 plugin = "flaky"
 ordered = true
 retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "10ms" }}
-config = {{ succeed_on_attempt = 3, path = "{}" }}
+config = {{ succeed_on_attempt = 3, path = "/out/ordered.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{}" }} }}
 "#,
-        record.display()
+        out.display()
     ));
     let config = outbox_relay::config::Config::load(&config_path).unwrap();
     let storage = scratch.storage().await;
@@ -616,7 +619,7 @@ plugin = "null"
     assert_eq!(
         err.trim(),
         format!(
-            "error: there is no dead letter of target \"nosuch\" with seq 1: \"nosuch\" is not a target in {} (targets: audit, hooks)",
+            "error: there is no dead letter of target \"nosuch\" with seq 1: unknown target \"nosuch\": not a target in {} (targets: audit, hooks)",
             config_path.display()
         )
     );
@@ -631,7 +634,8 @@ plugin = "null"
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("note: \"nosuch\" is not a target in"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("note: unknown target \"nosuch\": not a target in"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -137,7 +137,15 @@ pub(crate) async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
             seq,
             json,
         } => {
-            let (config, storage) = open(&config).await?;
+            let config = Config::load(&config.config)?;
+            let storage = match app::open_migrated_storage(&config).await {
+                Ok(storage) => storage,
+                // A typo in the target should not hide behind the database.
+                Err(e) => match note_unknown_target(&config, &target) {
+                    Some(unknown) => bail!("{unknown}; and {e}"),
+                    None => return Err(e.into()),
+                },
+            };
             show(&config, storage.as_ref(), &target, seq, json).await
         }
         DeadLettersCommand::Replay(args) => apply(Action::Replay, &args).await,
@@ -156,7 +164,7 @@ async fn open(arg: &ConfigArg) -> anyhow::Result<(Config, std::sync::Arc<dyn Sto
 fn note_unknown_target(config: &Config, target: &str) -> Option<String> {
     (!config.targets.contains_key(target)).then(|| {
         format!(
-            "{target:?} is not a target in {} (targets: {})",
+            "unknown target {target:?}: not a target in {} (targets: {})",
             config.source.display(),
             super::target_list(config)
         )

@@ -93,7 +93,8 @@ impl Transport for WasmTransport {
         };
         // On failure `live` is dropped: the instance's state is unknown.
         let outcomes = self.ctx.call(call).await?;
-        // A wrong count is the plugin's bug, not a broken instance: keep it.
+        // A wrong count (refused by the caller) is the plugin's bug, not a
+        // broken instance: keep it.
         self.live = Some(live);
         Ok(outcomes.into_iter().map(Outcome::from).collect())
     }

@@ -326,7 +326,7 @@ impl Storage for PgStorage {
     async fn save(&self, messages: &[NewMessage]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for message in messages {
-            crate::producer::postgres::enqueue(&mut tx, message).await?;
+            enqueue(&mut tx, &crate::trace_context::with_trace_context(message)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -961,4 +961,23 @@ impl Storage for PgStorage {
             tokio::time::sleep(Duration::from_millis(200u64 << failures.min(7))).await;
         }
     }
+}
+
+/// Inserts `message` on `conn` (the producer API's INSERT, and
+/// [`Storage::save`]'s). The partition is assigned by the table's trigger,
+/// and the relays are woken by `NOTIFY` when the transaction commits.
+/// [`crate::producer::postgres::enqueue`] adds the current trace context first.
+pub async fn enqueue(conn: &mut sqlx::PgConnection, message: &NewMessage) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, event_name, partition_key, payload, headers)
+             VALUES ($1, $2, $3, $4, $5::jsonb)",
+    )
+    .bind(message.id)
+    .bind(&message.event_name)
+    .bind(message.partition_key.as_deref())
+    .bind(message.payload.as_slice())
+    .bind(crate::message::encode_headers(&message.headers))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

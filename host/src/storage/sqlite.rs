@@ -190,6 +190,29 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// Inserts `message` on `conn` (the producer API's INSERT, and
+/// [`Storage::save`]'s): its partition from the stored partition count, its
+/// headers as JSON text. [`crate::producer::sqlite::enqueue`] adds the
+/// current trace context first.
+pub async fn enqueue(conn: &mut SqliteConnection, message: &NewMessage) -> Result<()> {
+    let partitions = stored_partitions(conn).await?;
+    let partition =
+        crate::message::partition_of(message.partition_key.as_deref(), &message.id, partitions);
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, event_name, partition_key, partition, payload, headers)
+             VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(message.id.to_string())
+    .bind(&message.event_name)
+    .bind(message.partition_key.as_deref())
+    .bind(i64::from(partition))
+    .bind(message.payload.as_slice())
+    .bind(crate::message::encode_headers(&message.headers))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Reads the partition count that the outbox was set up with (1 if never set).
 pub(crate) async fn stored_partitions(conn: &mut SqliteConnection) -> Result<u32> {
     let value: Option<String> =
@@ -285,7 +308,7 @@ impl Storage for SqliteStorage {
     async fn save(&self, messages: &[NewMessage]) -> Result<()> {
         let mut tx = self.begin_write().await?;
         for message in messages {
-            crate::producer::sqlite::enqueue(&mut tx, message).await?;
+            enqueue(&mut tx, &crate::trace_context::with_trace_context(message)).await?;
         }
         tx.commit().await?;
         Ok(())

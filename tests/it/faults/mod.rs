@@ -22,7 +22,7 @@
 //! Interfaces these tests assume that do not exist on `main` yet (the
 //! fixes must match them, or change the test with them):
 //! `outbox-relay targets forget NAME --yes --config ...` (it prints how many
-//! messages it lets go); `held_back_by: [{pid, database, age_ms}]` on each
+//! messages it lets go); `waiting_on: {pid, database, age_ms, prepared}` on each
 //! target of `status --json` (see `pg_horizon.rs`).
 //!
 //! Needs: root (the disk-full tests mount a tmpfs) and Debian's

@@ -1,7 +1,7 @@
 //! `miscount`: returns one outcome more than its batch has envelopes (config
 //! `{"extra": true}`) or one fewer (the default), breaking the batch
-//! contract. The SDK would pad or cut the list, so this plugin uses raw
-//! bindings of the repository's WIT, as a careless third party might.
+//! contract. It uses raw bindings of the repository's WIT, as a careless
+//! third party might (the SDK would log the miscount, and pass it on as is).
 
 wit_bindgen::generate!({
     path: "../../../wit",
