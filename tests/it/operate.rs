@@ -491,3 +491,84 @@ async fn enqueue_requires_a_payload_and_prints_every_id() {
         (piped, "order.piped".to_string(), b"from stdin".to_vec())
     );
 }
+
+/// A target whose plugin cannot start is named, with the reason, by
+/// `status --json` (the relay's heartbeat) and `/readyz`; the others run.
+#[tokio::test]
+async fn a_target_that_cannot_start_is_named_with_its_reason_by_status_and_readyz() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let port = free_port();
+    // `broken`'s init opens a file in a directory the sandbox does not map.
+    let config = scratch.write_config(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{port}"
+
+[[routes]]
+events = ["*"]
+targets = ["ok", "broken"]
+
+[targets.ok]
+plugin = "count"
+config = {{ path = "/out/ok.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
+
+[targets.broken]
+plugin = "flaky"
+config = {{ path = "/nowhere/flaky.jsonl" }}
+"#,
+        out = out.display()
+    ));
+    let storage = scratch.storage().await;
+    let mut relay = spawn_logged(&config, &scratch.path().join("relay.log"));
+    enqueue(&storage, "e", 3).await;
+    let (code, body) = eventually("/readyz naming the broken target", WAIT, || async {
+        http_get(port, "/readyz").filter(|(_, body)| body.contains("broken"))
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("cannot start"), "{body}");
+    assert!(body.contains("/nowhere/flaky.jsonl"), "the reason: {body}");
+    assert!(
+        !body.contains("\"ok\""),
+        "the working target is not listed: {body}"
+    );
+
+    let state = eventually("status --json with the state", WAIT, || async {
+        let out = Command::new(relay_binary())
+            .args(["status", "--json", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let broken = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["target"] == "broken")
+            .cloned()
+            .unwrap();
+        let state = broken["served_by"][0]["state"].clone();
+        (state["state"] == "cannot_start").then_some(state)
+    })
+    .await;
+    assert!(
+        state["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("init failed") && r.contains("/nowhere/flaky.jsonl")),
+        "{state}"
+    );
+    assert!(state["since_ms"].as_i64().is_some_and(|t| t > 0), "{state}");
+    assert_eq!(
+        read_jsonl(&out.join("ok.jsonl")).len(),
+        3,
+        "the other target ran"
+    );
+    assert!(terminate(&mut relay).success());
+}
