@@ -11,6 +11,7 @@
 mod dead_letters;
 mod enqueue;
 mod status;
+mod targets;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -89,7 +90,7 @@ enum Command {
     },
     /// Forget a target that no relay serves any more (the target registry).
     #[command(subcommand)]
-    Targets(crate::registry::TargetsCommand),
+    Targets(targets::TargetsCommand),
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
@@ -226,7 +227,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::DeadLetters(command) => dead_letters::run(command).await,
-        Command::Targets(command) => crate::registry::run(command).await,
+        Command::Targets(command) => targets::run(command).await,
         Command::Status {
             config,
             json,

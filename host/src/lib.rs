@@ -33,7 +33,6 @@
 //! - [`cli`]: the `outbox-relay` command line (parsing and printing only);
 //!   [`admin`]: the relay's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`),
 //!   fed by [`metrics`].
-//! - [`registry`]: the target registry for operators (`targets forget`, `status` notes).
 
 pub mod message;
 pub mod producer;
@@ -64,8 +63,6 @@ pub mod keys;
 pub mod metrics;
 #[cfg(feature = "relay")]
 pub mod plugin;
-#[cfg(feature = "relay")]
-pub mod registry;
 #[cfg(feature = "relay")]
 pub mod relay;
 #[cfg(feature = "relay")]

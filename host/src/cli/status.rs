@@ -12,7 +12,7 @@ use crate::storage::TargetStatus;
 /// Prints the status once, or every `watch` until SIGINT/SIGTERM.
 pub(crate) async fn run(config: Config, json: bool, watch: Option<Duration>) -> anyhow::Result<()> {
     let storage = app::open_migrated_storage(&config).await?;
-    let names = crate::registry::status_targets(&*storage, &config).await?;
+    let names = super::targets::status_targets(&*storage, &config).await?;
     let Some(every) = watch else {
         return print(storage.status(&names).await?, json);
     };
@@ -58,7 +58,7 @@ fn print(rows: Vec<TargetStatus>, json: bool) -> anyhow::Result<()> {
             r.target, r.lag, oldest, r.retries_pending, r.dead_letters, leases
         );
     }
-    for note in crate::registry::notes(&rows) {
+    for note in super::targets::notes(&rows) {
         println!("\n{note}");
     }
     Ok(())

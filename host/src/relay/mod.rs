@@ -30,6 +30,7 @@ mod backlog;
 mod classify;
 mod delivery;
 pub mod health;
+mod held;
 mod lease;
 mod ordered;
 mod pipeline;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::classify::{self, Entry, Limits};
 use super::delivery::{CannotStart, Delivery};
 use super::health::{Health, TargetHealth};
-use super::lease::Held;
+use super::held::Held;
 use super::ordered::{self, Ordered, Plan};
 use super::pipeline::AckWriter;
 use super::{TargetSpec, storage_backoff};

@@ -1,4 +1,4 @@
-//! The target registry as operators see it: `outbox-relay targets forget`,
+//! `outbox-relay targets forget`: the target registry as operators see it,
 //! and what `status` adds about it (registered targets that no live relay
 //! serves, each relay's reported state, the transaction delivery waits on).
 //!
@@ -10,7 +10,7 @@
 
 use anyhow::bail;
 
-use crate::cli::ConfigArg;
+use super::ConfigArg;
 use crate::config::Config;
 use crate::storage::{Storage, StorageError, TargetStatus};
 
