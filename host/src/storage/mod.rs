@@ -89,7 +89,9 @@ impl StorageError {
 }
 
 /// SQLite result codes (primary: the low byte of an extended code).
+#[cfg(feature = "sqlite")]
 const SQLITE_BUSY: i64 = 5;
+#[cfg(feature = "sqlite")]
 const SQLITE_LOCKED: i64 = 6;
 
 /// See [`StorageError::is_transient`].
@@ -116,6 +118,7 @@ fn sqlx_is_transient(e: &sqlx::Error) -> bool {
 
 /// A SQLite result code (extended codes keep the primary one in their low
 /// byte) that is worth retrying: BUSY or LOCKED.
+#[cfg(feature = "sqlite")]
 fn sqlite_transient(code: &str) -> bool {
     code.parse::<i64>()
         .is_ok_and(|n| matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
@@ -124,6 +127,7 @@ fn sqlite_transient(code: &str) -> bool {
 /// A Postgres SQLSTATE worth retrying: 40001 serialization_failure, 40P01
 /// deadlock_detected, class 08 connection exceptions, 57P01..57P03 the
 /// server shutting down or starting.
+#[cfg(feature = "postgres")]
 fn sqlstate_transient(code: &str) -> bool {
     matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
 }
