@@ -33,6 +33,7 @@ impl PartitionWorker {
         {
             if let Some(lease) = state.held.lease.take() {
                 tracing::info!(to = assigned, "handing the partition over");
+                self.health.leave(&self.target.name, self.partition);
                 state.held.written(state.acks.write_all(&lease).await)?;
                 self.storage.release_lease(&lease).await?;
             }
@@ -71,6 +72,7 @@ impl PartitionWorker {
             (None, Some(_)) => {
                 tracing::warn!("the lease moved to another relay; dropping what this worker held");
                 state.acks.discard();
+                self.health.leave(&self.target.name, self.partition);
             }
             (None, None) => {}
         }

@@ -249,3 +249,37 @@ async fn dead_letters_show_of_an_unknown_target_says_so() {
         "says the target is unknown: {said}"
     );
 }
+
+/// `status --watch` refuses an interval that would busy-loop, and `status`
+/// read by a pipe that closes (`status | head`) ends quietly, without a panic.
+#[tokio::test]
+async fn status_refuses_a_busy_watch_and_ends_quietly_on_a_closed_pipe() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config(&sink(&scratch));
+    let config = config.to_str().unwrap();
+    assert!(cli(&["migrate", "--config", config]).await.success);
+    let busy = cli(&["status", "--watch", "0s", "--config", config]).await;
+    assert!(!busy.success, "{}", busy.stdout);
+    assert!(busy.stderr.contains("too short"), "{}", busy.stderr);
+
+    // `head` reads a few bytes and goes; the next refresh writes to a closed pipe.
+    let relay = crate::relay_binary();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "set -o pipefail; {} status --watch 100ms --config {config} | head -c 10 >/dev/null",
+                    relay.display()
+                ),
+            ])
+            .output(),
+    )
+    .await
+    .expect("status kept running after its reader went away")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
