@@ -384,6 +384,27 @@ impl Env {
         ids.into_iter().collect()
     }
 
+    /// Copies the relays' logs and the target files of a failing cell to
+    /// `<target>/tmp/fault_matrix/<fault>-<backend>/`, and says where.
+    fn keep_logs(&self, cell: &Cell) {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("fault_matrix")
+            .join(format!("{}-{}", cell.fault.name(), cell.backend.name()).replace(' ', "-"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let logs = (1..=self.started).map(|n| self.scratch.path().join(format!("relay-{n}.log")));
+        let files = TARGETS.iter().map(|t| self.out.join(format!("{t}.jsonl")));
+        for from in logs.chain(files) {
+            let _ = std::fs::copy(&from, dir.join(from.file_name().unwrap()));
+        }
+        println!(
+            "{} on {}: logs and target files kept in {}",
+            cell.fault.name(),
+            cell.backend.name(),
+            dir.display()
+        );
+    }
+
     /// How many log lines of every relay this cell started contain `needle`.
     fn logged(&self, needle: &str) -> usize {
         (1..=self.started)
@@ -679,6 +700,9 @@ async fn run_cell(fault: Fault, backend: Backend) -> Cell {
         cell.error = Some(format!("a relay exited with {bad} on SIGTERM"));
     }
     cell.seconds = began.elapsed().as_secs_f64();
+    if !cell.failures().is_empty() {
+        env.keep_logs(&cell);
+    }
     drop(env);
     cell
 }
