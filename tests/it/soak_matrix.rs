@@ -219,6 +219,16 @@ impl Cell {
         })
     }
 
+    /// One fault that takes the database from each of `relays` at once:
+    /// the crash bound for each.
+    fn every_relay_loses_its_database(&mut self, relays: usize) {
+        self.events = 1;
+        self.bound = relays * CRASH_BATCHES * BATCH * PARTITIONS;
+        self.bound_rule = format!(
+            "each of the {relays} relays loses its database: 9 batches x {PARTITIONS} partitions x {BATCH}"
+        );
+    }
+
     /// What is wrong with this cell (empty when it held).
     fn failures(&self) -> Vec<String> {
         if self.not_applicable.is_some() {
@@ -572,12 +582,7 @@ async fn run_cell(fault: Fault, backend: Backend) -> Cell {
                 "pg_ctlcluster restart: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            cell.events = 1;
-            cell.bound = env.relays.len() * CRASH_BATCHES * per_relay;
-            cell.bound_rule = format!(
-                "each of the {} relays loses its connections: 9 batches x {PARTITIONS} partitions x {BATCH} each",
-                env.relays.len()
-            );
+            cell.every_relay_loses_its_database(env.relays.len());
             cell.note = format!(
                 "`pg_ctlcluster ... main restart` (took {:.1} s) while writing",
                 restarted.elapsed().as_secs_f64()
@@ -611,12 +616,7 @@ async fn run_cell(fault: Fault, backend: Backend) -> Cell {
             let noticed = filled.elapsed().as_secs_f64();
             tokio::time::sleep(Duration::from_secs(3)).await;
             std::fs::remove_file(&ballast).unwrap();
-            cell.events = 1;
-            cell.bound = env.relays.len() * CRASH_BATCHES * per_relay;
-            cell.bound_rule = format!(
-                "each of the {} relays: 9 batches x {PARTITIONS} partitions x {BATCH} (docs/operations.md)",
-                env.relays.len()
-            );
+            cell.every_relay_loses_its_database(env.relays.len());
             cell.note = format!(
                 "the database's 16 MiB tmpfs filled at 2 s (a relay logged it after {noticed:.1} s), freed 3 s later"
             );
