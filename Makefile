@@ -62,8 +62,18 @@ lint: plugins
 bench:
 	env -u OUTBOX_RELAY__RELAY__PLUGIN_DIR cargo run --release -p outbox-relay-tests --bin outbox-relay-bench -- $(BENCH_ARGS)
 
-# The recorded chaos soak of docs/reliability.md (100,000 messages, relays
-# SIGKILLed 24 times, Postgres backends terminated, NATS restarted); figures
-# to bench/results/chaos.json. The short variant runs in `make test`.
-soak: plugins
-	cargo test -p outbox-relay-tests --test it chaos::long_soak -- --ignored --nocapture
+# The recorded runs of docs/reliability.md, one after the other:
+# - the chaos soak (100,000 messages, relays SIGKILLed 24 times, Postgres
+#   backends terminated, NATS restarted), figures to bench/results/chaos.json
+#   (the short variant runs in `make test`);
+# - the fault matrix (SIGKILL, SIGSTOP, clock skew, a database restart, a
+#   rolling config change, disk full, transient locks; each on SQLite and
+#   Postgres, ordered and unordered), figures to bench/results/fault_matrix.json
+#   and .md. It restarts the local Postgres server once and mounts a tmpfs
+#   (root); needs `make setup` (faketime).
+#   Both always run (and record); `make soak` fails if either failed.
+soak: setup plugins
+	@status=0; \
+	cargo test --workspace --test it chaos::long_soak -- --ignored --nocapture || status=1; \
+	cargo test --workspace --test it soak_matrix::fault_matrix -- --ignored --nocapture || status=1; \
+	exit $$status

@@ -24,6 +24,7 @@ mod rabbitmq;
 mod redis_streams;
 mod registry;
 mod secrets;
+mod soak_matrix;
 mod startup;
 mod storage_faults;
 mod webhook;

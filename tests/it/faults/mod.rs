@@ -397,3 +397,15 @@ pub(crate) fn relay_lines(lease_ttl: &str, extra: &str) -> String {
         "poll_interval = \"50ms\"\nlease_ttl = \"{lease_ttl}\"\nclaim_timeout = \"{lease_ttl}\"\nshutdown_grace = \"5s\"\n{extra}"
     )
 }
+
+/// A plain connection to the SQLite database at `url` that waits up to 30 s
+/// for a lock (longer than the relay's 10 s busy timeout): another writer.
+pub(crate) async fn sqlite_connection(url: &str) -> sqlx::SqliteConnection {
+    use sqlx::Connection as _;
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
+        .unwrap()
+        .busy_timeout(Duration::from_secs(30));
+    sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap()
+}
