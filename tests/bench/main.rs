@@ -51,12 +51,13 @@ enum Scenario {
     Rss,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Drain,
     Scenario::SeedBaseline,
     Scenario::WasmOverhead,
     Scenario::Writers,
     Scenario::Latency,
+    Scenario::Ordered,
     Scenario::Transports,
     Scenario::Rss,
 ];
