@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::classify::Entry;
 use super::delivery::{CannotStart, Delivery};
 use super::pipeline::joined;
-use super::worker::{PartitionWorker, RETRY_CHECK_INTERVAL, State, Step, UNSETTLED_RECHECK};
+use super::worker::{PartitionWorker, RETRY_CHECK_INTERVAL, State, Step};
 use crate::message::{LogEntry, Position, entry_position};
 use crate::storage::{Ack, StorageError};
 
@@ -154,7 +154,7 @@ async fn tail_of(
         None => false,
     };
     Ok(if unsettled {
-        Step::Hold(UNSETTLED_RECHECK)
+        Step::Unsettled
     } else {
         Step::Idle
     })

@@ -61,9 +61,12 @@ pub(super) enum Step {
     Busy,
     /// Nothing (more) to do: wait for the poll interval or a wake-up.
     Idle,
-    /// Look again after this long (an ordered target holds at a message, or
-    /// rows are hidden by an open transaction); commits do not cut it short.
+    /// An ordered target holds at a failed message: look again after this
+    /// long; commits do not cut it short.
     Hold(Duration),
+    /// Rows are hidden by an open transaction: look again shortly, or as
+    /// soon as a commit is announced (the commit that reveals them).
+    Unsettled,
     /// The target's plugin cannot start: nothing was sent and no attempt was
     /// charged; try again after [`STALL_WAIT`].
     Stalled,
@@ -103,6 +106,7 @@ impl PartitionWorker {
                 Ok(Step::Busy) => continue,
                 Ok(Step::Idle) => (self.settings.poll_interval, true),
                 Ok(Step::Hold(d)) => (d.min(self.settings.poll_interval), false),
+                Ok(Step::Unsettled) => (UNSETTLED_RECHECK, true),
                 Ok(Step::Stalled) => (STALL_WAIT, false),
                 Err(e) => {
                     let wait = storage_backoff(errors);
@@ -113,8 +117,9 @@ impl PartitionWorker {
                     (wait, false)
                 }
             };
-            // Only an idle worker wakes on commits: a back-off is waited out
-            // in full, whatever the database (or this relay) writes meanwhile.
+            // Only a worker waiting for rows wakes on commits: a back-off is
+            // waited out in full, whatever the database (or this relay) writes
+            // meanwhile.
             // A closed channel never wakes; the poll interval still does.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -233,7 +238,7 @@ impl PartitionWorker {
     /// rows after `last`, otherwise wait for the poll interval or a wake-up.
     pub(super) async fn tail(&self, last: Position) -> Result<Step, StorageError> {
         Ok(if self.storage.has_unsettled(self.partition, last).await? {
-            Step::Hold(UNSETTLED_RECHECK)
+            Step::Unsettled
         } else {
             Step::Idle
         })
