@@ -203,6 +203,8 @@ pub(super) mod tests {
         pub script: Arc<Mutex<VecDeque<Answer>>>,
         /// Used when the script is empty.
         pub otherwise: Option<Answer>,
+        /// How long each call takes.
+        pub delay: Duration,
     }
 
     impl Fake {
@@ -230,6 +232,9 @@ pub(super) mod tests {
     impl Transport for Fake {
         async fn deliver(&mut self, batch: &[Envelope]) -> Result<Vec<Outcome>, TransportError> {
             let seqs: Vec<i64> = batch.iter().map(|e| e.message.seq).collect();
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             self.calls.lock().unwrap().push(seqs.clone());
             let answer = self
                 .script

@@ -60,7 +60,11 @@ impl PartitionWorker {
         match (&mut lease, &state.held.lease) {
             // Someone else moved the cursor while this worker was away (a
             // pause longer than the lease): what it read before is stale.
-            (Some(new), Some(old)) if new.position > old.position => {
+            // (Past what this worker acknowledged or is acknowledging: a
+            // write of its own may have committed and not yet been joined.)
+            (Some(new), Some(old))
+                if new.position > old.position.max(state.acks.furthest().unwrap_or_default()) =>
+            {
                 tracing::warn!(
                     "the cursor moved while this relay was away; dropping what this worker held"
                 );

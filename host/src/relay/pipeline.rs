@@ -50,6 +50,8 @@ pub(super) struct AckWriter {
 
 struct InFlight {
     batches: u32,
+    /// Where it moves the cursor.
+    position: Position,
     task: JoinHandle<(Ack, Result<(), StorageError>)>,
 }
 
@@ -74,6 +76,14 @@ impl AckWriter {
     /// True when acks are in flight or waiting.
     pub fn is_empty(&self) -> bool {
         self.writing.is_none() && self.pending.is_none()
+    }
+
+    /// The furthest position this writer is writing or holds: the database's
+    /// cursor may be there already (a write that committed, not yet joined).
+    pub fn furthest(&self) -> Option<Position> {
+        let writing = self.writing.as_ref().map(|w| w.position);
+        let pending = self.pending.as_ref().map(|a| a.position);
+        writing.max(pending)
     }
 
     /// Drops every ack, written or not: the lease moved, and its new holder
@@ -122,6 +132,7 @@ impl AckWriter {
             let patience = self.patience;
             self.writing = Some(InFlight {
                 batches: std::mem::take(&mut self.pending_batches),
+                position: ack.position,
                 task: tokio::spawn(async move {
                     let result = write_patiently(&*storage, &lease, &ack, patience).await;
                     (ack, result)

@@ -48,6 +48,8 @@ struct MemoryStorage {
     state: Arc<Mutex<Memory>>,
     /// When set, each ack write first takes a permit.
     gate: Option<Arc<Semaphore>>,
+    /// How long each ack write takes before it commits.
+    ack_delay: Duration,
 }
 
 impl MemoryStorage {
@@ -127,6 +129,9 @@ impl Storage for MemoryStorage {
     async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()> {
         if let Some(gate) = &self.gate {
             gate.acquire().await.expect("gate open").forget();
+        }
+        if !self.ack_delay.is_zero() {
+            tokio::time::sleep(self.ack_delay).await;
         }
         let mut m = self.memory();
         match m.ack_script.pop_front() {
@@ -264,12 +269,22 @@ struct Harness {
 }
 
 fn harness(storage: MemoryStorage, fake: Fake, ordered: bool, batch_size: u32) -> Harness {
+    harness_with_ttl(storage, fake, ordered, batch_size, Duration::from_secs(30))
+}
+
+fn harness_with_ttl(
+    storage: MemoryStorage,
+    fake: Fake,
+    ordered: bool,
+    batch_size: u32,
+    lease_ttl: Duration,
+) -> Harness {
     let (wake_tx, wake) = watch::channel(0);
     let (members_tx, members) = watch::channel(Arc::new(vec!["me".to_string()]));
     let mut target = spec(ordered);
     target.batch_size = batch_size;
     let settings = RelaySettings {
-        lease_ttl: Duration::from_secs(30),
+        lease_ttl,
         ..RelaySettings::default()
     };
     let worker = PartitionWorker {
@@ -465,6 +480,40 @@ async fn a_worker_whose_cursor_moved_while_it_was_away_starts_over_from_it() {
         after,
         (21..=30).collect::<Vec<_>>(),
         "from the moved cursor on"
+    );
+}
+
+/// Renewals in the middle of backlogs, with acks in flight across batches:
+/// each message once, in order, and the worker never stops short (a cursor
+/// its own unjoined write moved is not "moved while away").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_during_backlogs_delivers_each_once_and_never_stops_short() {
+    let mut storage = MemoryStorage::with_log(2_000, |_| None);
+    // Writes stay in flight across batches, and commit between two of them;
+    // the lease is due for renewal every 5 ms, so in the middle of backlogs.
+    storage.ack_delay = Duration::from_millis(3);
+    let fake = Fake {
+        delay: Duration::from_millis(1),
+        ..Fake::default()
+    };
+    let mut h = harness_with_ttl(storage, fake, false, 10, Duration::from_millis(20));
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        match h.worker.step(&mut h.state).await.unwrap() {
+            Step::Busy => {}
+            Step::Idle => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        h.delivered(),
+        (1..=2_000).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    assert!(
+        h.delivered().len() == 2_000 && h.storage.memory().cursor.seq == 2_000,
+        "drained before going idle ({steps} steps)"
     );
 }
 
