@@ -269,6 +269,24 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Routes and one `file` target, `audit`, writing `/out/audit.jsonl` in the
+/// host directory `out` (the tests' usual recording target).
+pub fn audit_file_target(out: &Path) -> String {
+    format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["audit"]
+
+[targets.audit]
+plugin = "file"
+config = {{ path = "/out/audit.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{}" }} }}
+"#,
+        out.display()
+    )
+}
+
 /// A relay config: `database`, a `[relay]` table of the built components,
 /// the tests' compile cache and the `relay` lines, then `body` (routes and
 /// targets).

@@ -111,19 +111,7 @@ async fn on_sqlite_a_commit_wakes_an_idle_relay_before_its_poll_interval() {
     let config = config(
         &scratch,
         r#"poll_interval = "1h""#,
-        &format!(
-            r#"
-[[routes]]
-events = ["*"]
-targets = ["audit"]
-
-[targets.audit]
-plugin = "file"
-config = {{ path = "/out/audit.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-            out.display()
-        ),
+        &outbox_relay_tests::audit_file_target(&out),
     );
     let storage = scratch.storage().await;
     let relay = RunningRelay::start(&config).await;

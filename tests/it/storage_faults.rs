@@ -11,27 +11,13 @@ use outbox_relay::NewMessage;
 use outbox_relay::message::Position;
 use outbox_relay::storage::sqlite::SqliteStorage;
 use outbox_relay::storage::{Storage, StorageError};
-use outbox_relay_tests::{RunningRelay, Scratch, dead_letters, enqueue, eventually, read_ids};
+use outbox_relay_tests::{
+    RunningRelay, Scratch, audit_file_target, dead_letters, enqueue, eventually, read_ids,
+};
 use serde_json::Value;
 use sqlx::Connection;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn file_target(out: &Path) -> String {
-    format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["audit"]
-
-[targets.audit]
-plugin = "file"
-config = {{ path = "/out/audit.jsonl" }}
-sandbox = {{ dirs = {{ "/out" = "{}" }} }}
-"#,
-        out.display()
-    )
-}
 
 /// A small tmpfs mounted over a directory, unmounted when dropped.
 struct Tmpfs(std::path::PathBuf);
@@ -179,7 +165,7 @@ async fn a_refused_postgres_port_fails_fast_and_names_the_address() {
         outbox_relay_tests::config_text(
             &format!("postgres://postgres@127.0.0.1:{port}/outbox"),
             "",
-            &file_target(scratch.path()),
+            &audit_file_target(scratch.path()),
         ),
     )
     .unwrap();
@@ -207,7 +193,7 @@ async fn sqlite_rows_outside_the_partitions_are_dead_lettered_with_the_reason() 
     let scratch = Scratch::new();
     let out = scratch.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let path = scratch.write_config_as("relay.toml", "partitions = 4", &file_target(&out));
+    let path = scratch.write_config_as("relay.toml", "partitions = 4", &audit_file_target(&out));
     let config = outbox_relay::config::Config::load(&path).unwrap();
     let storage = scratch.storage().await;
     storage.ensure_partitions(4).await.unwrap();
@@ -320,7 +306,7 @@ async fn a_relay_whose_clock_is_60s_ahead_takes_no_live_lease() {
     let scratch = Scratch::postgres().await;
     let out = scratch.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let config = scratch.write_config_as("relay.toml", "partitions = 8", &file_target(&out));
+    let config = scratch.write_config_as("relay.toml", "partitions = 8", &audit_file_target(&out));
     let storage = scratch.pg_storage().await;
     storage.ensure_partitions(8).await.unwrap();
     let mut honest = crate::spawn_relay(&config);
@@ -382,7 +368,7 @@ async fn only_this_databases_open_transactions_hold_delivery_back() {
     let elsewhere = Scratch::postgres().await;
     let out = scratch.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let config_path = scratch.write_config_as("relay.toml", "", &file_target(&out));
+    let config_path = scratch.write_config_as("relay.toml", "", &audit_file_target(&out));
     let config = outbox_relay::config::Config::load(&config_path).unwrap();
     let storage = scratch.pg_storage().await;
     assert!(storage.horizon_is_per_database());

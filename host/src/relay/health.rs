@@ -62,11 +62,14 @@ impl Health {
         let Ok(mut all) = self.partitions.lock() else {
             return;
         };
-        let slot = all
-            .entry(target.to_string())
-            .or_default()
-            .entry(partition)
-            .or_insert(TargetHealth::Running);
+        // Workers report after every batch: allocate only for a new target.
+        if !all.contains_key(target) {
+            all.insert(target.to_string(), BTreeMap::new());
+        }
+        let Some(parts) = all.get_mut(target) else {
+            return;
+        };
+        let slot = parts.entry(partition).or_insert(TargetHealth::Running);
         if !slot.same_kind(&state) {
             *slot = state;
         }
