@@ -29,6 +29,7 @@
 //! leaves the registry only through [`Storage::forget_target`].
 
 #[cfg(feature = "postgres")]
+mod observed;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

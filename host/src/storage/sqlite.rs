@@ -10,7 +10,10 @@
 //! connection is closed, not reused, so the pool stays healthy and the next
 //! write works as soon as the cause is gone.
 //!
-//! Times are the database's clock ([`now!`]), never the relay's. Rows whose
+//! Times are the database's clock ([`now!`]), never the relay's; but a SQLite
+//! "database's clock" is that of whichever process runs the statement, so
+//! another relay's lease and heartbeat are judged by watching them change
+//! ([`observed`](super::observed)), never by comparing clocks. Rows whose
 //! `partition` is outside the partition count are read with partition 0 and
 //! dead-lettered with the reason; a payload over the limit is measured with
 //! `octet_length` and never read. The conformance suite is
@@ -19,7 +22,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
@@ -29,6 +32,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection};
 
+use super::observed::{Observations, Sight};
 use super::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
     Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus, decode_history,
@@ -70,7 +74,19 @@ pub struct SqliteStorage {
     pool: SqlitePool,
     /// The stored partition count once known (0: not read yet).
     partitions: Arc<AtomicU32>,
+    /// Other relays' leases as this process saw them.
+    leases: Arc<Observations<(String, u32), SeenLease>>,
+    /// Relays' heartbeats as this process saw them: owner → `heartbeat_ms`.
+    heartbeats: Arc<Observations<String, i64>>,
 }
+
+/// A lease as another relay holds it: owner, `lease_expires_ms` (its
+/// clock), and the owner's TTL in ms (0: unknown).
+type SeenLease = (String, i64, i64);
+
+/// A relay's row is deleted once it has been seen unchanged for this many
+/// of its TTLs.
+const FORGET_RELAY_AFTER_TTLS: u32 = 10;
 
 impl SqliteStorage {
     /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite::memory:`).
@@ -102,6 +118,8 @@ impl SqliteStorage {
         Ok(Self {
             pool,
             partitions: Arc::new(AtomicU32::new(0)),
+            leases: Arc::default(),
+            heartbeats: Arc::default(),
         })
     }
 
@@ -122,19 +140,84 @@ impl SqliteStorage {
         }
     }
 
-    /// The live relays (heartbeat not expired by the database's clock).
-    async fn live_relays(&self, conn: &mut SqliteConnection) -> Result<Vec<LiveRelay>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(concat!(
-            "SELECT owner, targets FROM outbox_relays WHERE expires_ms >= ",
+    /// The live relays, and the owners of rows seen unchanged for
+    /// [`FORGET_RELAY_AFTER_TTLS`] TTLs. A row's TTL is its own
+    /// (`expires_ms - heartbeat_ms`, both its writer's clock). A row first
+    /// seen by this process is judged by this process's clock; after that,
+    /// by whether it changes ([`observed`](super::observed)).
+    async fn live_relays(
+        &self,
+        conn: &mut SqliteConnection,
+    ) -> Result<(Vec<LiveRelay>, Vec<String>)> {
+        let rows: Vec<(String, String, i64, i64, bool)> = sqlx::query_as(concat!(
+            "SELECT owner, targets, heartbeat_ms, expires_ms - heartbeat_ms, expires_ms >= ",
             now!(),
-            " ORDER BY owner"
+            " FROM outbox_relays ORDER BY owner"
         ))
         .fetch_all(&mut *conn)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(owner, targets)| live_relay(owner, &targets))
-            .collect())
+        let now = Instant::now();
+        self.heartbeats
+            .retain(|owner| rows.iter().any(|(o, ..)| o == owner));
+        let (mut live, mut gone) = (Vec::new(), Vec::new());
+        for (owner, targets, heartbeat, ttl_ms, fresh_by_clock) in rows {
+            let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+            let alive = match self.heartbeats.look(&owner, &heartbeat, now) {
+                Sight::First => fresh_by_clock,
+                Sight::Changed => true,
+                Sight::Unchanged(for_) => {
+                    if for_ >= ttl * FORGET_RELAY_AFTER_TTLS {
+                        gone.push(owner.clone());
+                    }
+                    for_ < ttl
+                }
+            };
+            if alive {
+                live.push(live_relay(owner, &targets));
+            }
+        }
+        Ok((live, gone))
+    }
+
+    /// The lease of `target`'s `partition` as another relay holds it, if
+    /// this process has watched it stay the same for the longer of `ttl`
+    /// and the holder's own TTL: the values to take it over with.
+    fn stale_lease(&self, target: &str, partition: u32, ttl: Duration) -> Option<(String, i64)> {
+        let key = (target.to_string(), partition);
+        self.leases
+            .unchanged_for(
+                &key,
+                |(_, _, holder_ttl)| {
+                    ttl.max(Duration::from_millis(
+                        u64::try_from(*holder_ttl).unwrap_or(0),
+                    ))
+                },
+                Instant::now(),
+            )
+            .map(|(owner, expires, _)| (owner, expires))
+    }
+
+    /// Looks at the lease of `target`'s `partition` that another relay
+    /// holds, so that [`Self::stale_lease`] can tell when it stops changing.
+    async fn watch_lease(&self, target: &str, partition: u32) -> Result<()> {
+        let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT c.lease_owner, c.lease_expires_ms, coalesce(r.expires_ms - r.heartbeat_ms, 0)
+             FROM outbox_cursors c LEFT JOIN outbox_relays r ON r.owner = c.lease_owner
+             WHERE c.target = ? AND c.partition = ?",
+        )
+        .bind(target)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.pool)
+        .await?;
+        let key = (target.to_string(), partition);
+        match row {
+            Some((Some(owner), expires, holder_ttl)) => {
+                self.leases
+                    .look(&key, &(owner, expires, holder_ttl), Instant::now());
+            }
+            _ => self.leases.forget(&key),
+        }
+        Ok(())
     }
 }
 
@@ -321,6 +404,9 @@ impl Storage for SqliteStorage {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
+        // Free, ours, or another relay's that this process has watched go
+        // unrenewed for its TTL (taken only if it is still that very row).
+        let stale = self.stale_lease(target, partition, ttl);
         let row = sqlx::query(concat!(
             "INSERT INTO outbox_cursors (target, partition, position, lease_owner, lease_expires_ms, updated_at_ms)
              VALUES (?1, ?2, 0, ?3, ",
@@ -333,15 +419,28 @@ impl Storage for SqliteStorage {
                     lease_expires_ms = excluded.lease_expires_ms
               WHERE outbox_cursors.lease_owner IS NULL
                  OR outbox_cursors.lease_owner = excluded.lease_owner
-                 OR outbox_cursors.lease_expires_ms < excluded.updated_at_ms
+                 OR (outbox_cursors.lease_owner = ?5 AND outbox_cursors.lease_expires_ms = ?6)
              RETURNING position"
         ))
         .bind(target)
         .bind(i64::from(partition))
         .bind(owner)
         .bind(duration_ms(ttl))
+        .bind(stale.as_ref().map(|(owner, _)| owner))
+        .bind(stale.as_ref().map(|(_, expires)| *expires))
         .fetch_optional(&self.pool)
         .await?;
+        if row.is_none() {
+            self.watch_lease(target, partition).await?;
+        } else {
+            self.leases.forget(&(target.to_string(), partition));
+            if let Some((from, _)) = &stale {
+                tracing::info!(
+                    target, partition, from = %from,
+                    "took over a lease its holder had not renewed for its TTL"
+                );
+            }
+        }
         Ok(match row {
             Some(row) => Some(Lease {
                 target: target.to_string(),
@@ -377,30 +476,62 @@ impl Storage for SqliteStorage {
         max_payload_bytes: usize,
     ) -> Result<Vec<LogEntry>> {
         let partitions = self.partitions().await?;
-        // Partition 0 also reads the rows outside 0..partitions (normally
-        // none; each branch is a range of the (partition, seq) index), so
-        // that they are dead-lettered instead of never read.
-        let columns = message_columns("?5");
-        let branch = |condition: &str| {
-            format!(
-                "SELECT * FROM (SELECT {columns} FROM outbox_messages m INDEXED BY outbox_messages_partition_seq
-                 WHERE {condition} AND m.seq > ?2 ORDER BY m.seq LIMIT ?3)"
-            )
+        let binds = |sql: String| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(i64::from(partition))
+                .bind(after.seq)
+                .bind(i64::from(limit))
+                .bind(i64::from(partitions))
+                .bind(i64::try_from(max_payload_bytes).unwrap_or(i64::MAX))
         };
-        let sql = format!(
-            "{} UNION ALL {} UNION ALL {} ORDER BY seq LIMIT ?3",
-            branch("m.partition = ?1"),
-            branch("?1 = 0 AND m.partition < 0"),
-            branch("?1 = 0 AND m.partition >= ?4"),
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(partition))
-            .bind(after.seq)
-            .bind(i64::from(limit))
-            .bind(i64::from(partitions))
-            .bind(i64::try_from(max_payload_bytes).unwrap_or(i64::MAX))
+        let columns = message_columns("?5");
+        // One partition's range of the (partition, seq) index. Partition 0
+        // also reads the rows outside 0..partitions (normally none), so that
+        // they are dead-lettered instead of never read: its read says where
+        // the first of those is, and only when one falls inside the batch
+        // (or nothing else is left) are the three ranges merged, which costs
+        // a sort (a read of a backlog about three times as long).
+        let first_outside = "(SELECT min(seq) FROM (
+                SELECT seq FROM outbox_messages WHERE partition < 0 AND seq > ?2
+                UNION ALL SELECT seq FROM outbox_messages WHERE partition >= ?4 AND seq > ?2))";
+        let rows = binds(format!(
+            "SELECT {columns}, {outside} AS first_outside FROM outbox_messages m
+             WHERE m.partition = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
+            outside = if partition == 0 {
+                first_outside
+            } else {
+                "NULL"
+            },
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let outside_in_batch = partition == 0
+            && match rows.last() {
+                None => true,
+                Some(last) => {
+                    let first: Option<i64> = last.try_get("first_outside")?;
+                    let seq: i64 = last.try_get("seq")?;
+                    first.is_some_and(|first| first < seq)
+                }
+            };
+        let rows = if outside_in_batch {
+            let branch = |condition: &str| {
+                format!(
+                    "SELECT * FROM (SELECT {columns} FROM outbox_messages m INDEXED BY outbox_messages_partition_seq
+                     WHERE {condition} AND m.seq > ?2 ORDER BY m.seq LIMIT ?3)"
+                )
+            };
+            binds(format!(
+                "{} UNION ALL {} UNION ALL {} ORDER BY seq LIMIT ?3",
+                branch("m.partition = ?1"),
+                branch("m.partition < 0"),
+                branch("m.partition >= ?4"),
+            ))
             .fetch_all(&self.pool)
-            .await?;
+            .await?
+        } else {
+            rows
+        };
         rows.iter()
             .map(|row| decode_entry(row, partitions, max_payload_bytes))
             .collect()
@@ -613,7 +744,7 @@ impl Storage for SqliteStorage {
         let now: i64 = sqlx::query_scalar(concat!("SELECT ", now!()))
             .fetch_one(&mut *conn)
             .await?;
-        let live = self.live_relays(&mut conn).await?;
+        let (live, _) = self.live_relays(&mut conn).await?;
         let mut out = Vec::with_capacity(targets.len());
         for target in targets {
             let cursors = sqlx::query(
@@ -854,15 +985,15 @@ impl Storage for SqliteStorage {
         .bind(&served)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(concat!(
-            "DELETE FROM outbox_relays WHERE heartbeat_ms < ",
-            now!(),
-            " - 10 * ?1"
-        ))
-        .bind(ttl)
-        .execute(&mut *tx)
-        .await?;
-        let live = self.live_relays(&mut tx).await?;
+        let (live, gone) = self.live_relays(&mut tx).await?;
+        if !gone.is_empty() {
+            sqlx::query(
+                "DELETE FROM outbox_relays WHERE owner IN (SELECT value FROM json_each(?))",
+            )
+            .bind(serde_json::to_string(&gone).unwrap_or_else(|_| "[]".into()))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(live)
     }
@@ -877,7 +1008,7 @@ impl Storage for SqliteStorage {
 
     async fn forget_target(&self, target: &str) -> Result<u64> {
         let mut tx = self.begin_write().await?;
-        let owners = super::serving(&self.live_relays(&mut tx).await?, target);
+        let owners = super::serving(&self.live_relays(&mut tx).await?.0, target);
         if !owners.is_empty() {
             tx.rollback().await?;
             return Err(StorageError::TargetServed {

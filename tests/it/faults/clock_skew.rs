@@ -2,11 +2,14 @@
 //! `faketime +60s` with `lease_ttl = 30s` took all 8 live leases at start;
 //! the other relay logged `lease lost during a batch` 8 times and sat idle.
 //!
-//! Here two relays share a Postgres outbox of 4 partitions while a producer
-//! writes; the second runs under libfaketime (Debian's `libfaketime`, see
-//! tests/setup.sh), 60 s ahead or behind. Lease and heartbeat times must
-//! come from the database's clock: neither relay may log a lost lease,
-//! both must hold partitions once they have settled, and nothing is lost.
+//! Here two relays share an outbox of 4 partitions while a producer writes;
+//! the second runs under libfaketime (Debian's `libfaketime`, see
+//! tests/setup.sh), 60 s ahead or behind. On Postgres lease and heartbeat
+//! times come from the server's clock; on SQLite, whose clock is each
+//! relay's own, another relay's lease is judged by watching it change
+//! (`host/src/storage/observed.rs`). Neither relay may log a lost lease,
+//! both must hold partitions once they have settled, nothing is lost and
+//! nothing is delivered twice.
 
 use std::time::Duration;
 
@@ -15,14 +18,13 @@ use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, eventually};
 
 use super::{
-    Received, RecordingTarget, RelayProcess, faketime_env, leases_held, produce, relay_lines,
-    route_all,
+    Outbox, Received, RecordingTarget, RelayProcess, faketime_env, leases_held, produce,
+    relay_lines, route_all,
 };
 
 const LOST_LEASE: &str = "lease lost during a batch";
 
-async fn skewed_relay_takes_no_live_lease(offset: &str) {
-    let scratch = Scratch::postgres().await;
+async fn skewed_relay_takes_no_live_lease(scratch: Scratch, offset: &str) {
     let out = scratch.path().join("out");
     let config = scratch.write_config_with_relay(
         "relay.toml",
@@ -35,13 +37,12 @@ async fn skewed_relay_takes_no_live_lease(offset: &str) {
             }],
         ),
     );
-    scratch
-        .pg_storage()
-        .await
-        .ensure_partitions(4)
-        .await
-        .unwrap();
-    let pool = scratch.pg_pool().await;
+    let pool = Outbox::open(&scratch).await;
+    match &pool {
+        Outbox::Postgres(_) => scratch.pg_storage().await.ensure_partitions(4).await,
+        Outbox::Sqlite(storage) => storage.ensure_partitions(4).await,
+    }
+    .unwrap();
 
     let true_clock = RelayProcess::start(&config, &scratch.path().join("true.log"));
     eventually(
@@ -57,9 +58,11 @@ async fn skewed_relay_takes_no_live_lease(offset: &str) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let skewed = RelayProcess::start_with_env(&config, &scratch.path().join("skewed.log"), &env);
 
-    // The hand-over takes up to a heartbeat (lease_ttl / 4) and a batch;
-    // after that each relay should hold its share, and keep it.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // A relay is seen alive at its first heartbeat, or (on SQLite, where a
+    // first look judges by the looker's clock) once its heartbeat is seen
+    // to change: up to two heartbeats (lease_ttl / 4 each), then a hand-over
+    // and a batch. After that each relay should hold its share, and keep it.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     let (mut true_min, mut skewed_min) = (i64::MAX, i64::MAX);
     for _ in 0..8 {
         true_min = true_min.min(leases_held(&pool, "sink", true_clock.pid()).await);
@@ -98,15 +101,79 @@ async fn skewed_relay_takes_no_live_lease(offset: &str) {
         "both relays hold partitions (fewest seen: true clock {true_min}, skewed {skewed_min})"
     );
     assert!(done.is_ok(), "{} messages lost", received.lost(&ids));
+    assert_eq!(received.duplicates(), 0, "messages delivered twice");
     assert_eq!(received.torn, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_60s_ahead_takes_no_live_lease() {
-    skewed_relay_takes_no_live_lease("+60s").await;
+    skewed_relay_takes_no_live_lease(Scratch::postgres().await, "+60s").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_60s_behind_takes_no_live_lease() {
-    skewed_relay_takes_no_live_lease("-60s").await;
+    skewed_relay_takes_no_live_lease(Scratch::postgres().await, "-60s").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_60s_ahead_takes_no_live_lease_on_sqlite() {
+    skewed_relay_takes_no_live_lease(Scratch::new(), "+60s").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_60s_behind_takes_no_live_lease_on_sqlite() {
+    skewed_relay_takes_no_live_lease(Scratch::new(), "-60s").await;
+}
+
+/// In one process, with SQLite: a holder whose rows carry times far in the
+/// past or the future (what a relay with a skewed clock writes) keeps its
+/// lease while it renews, and loses it only once it stops, a TTL later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_leases_are_judged_by_watching_them_not_by_clocks() {
+    let scratch = Scratch::new();
+    let storage = scratch.storage().await;
+    let ttl = Duration::from_millis(400);
+    let holder = storage
+        .acquire_lease("t", 0, "holder", ttl)
+        .await
+        .unwrap()
+        .expect("a free partition is taken");
+    // The holder renews every 100 ms (a quarter of its TTL), with times a
+    // minute behind and then a minute ahead of the other relay's clock.
+    for (round, offset) in (0..16).zip([-60_000_i64, 60_000].into_iter().cycle()) {
+        sqlx::query(
+            "UPDATE outbox_cursors SET lease_expires_ms =
+                CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?1 + ?2
+             WHERE target = 't' AND partition = 0",
+        )
+        .bind(offset)
+        .bind(round)
+        .execute(storage.pool())
+        .await
+        .unwrap();
+        assert!(
+            storage
+                .acquire_lease("t", 0, "other", ttl)
+                .await
+                .unwrap()
+                .is_none(),
+            "round {round}: a renewed lease (expiry {offset:+} ms by the other's clock) was taken"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // The holder stops: a TTL of watching later the lease is free.
+    let taken = eventually(
+        "the unrenewed lease to be taken",
+        Duration::from_secs(3),
+        || async { storage.acquire_lease("t", 0, "other", ttl).await.unwrap() },
+    )
+    .await;
+    assert_eq!(taken.position, holder.position);
+    assert!(
+        storage
+            .mark_published(&holder, &Default::default())
+            .await
+            .is_err(),
+        "the old holder's ack is refused once the lease moved"
+    );
 }

@@ -300,31 +300,76 @@ pub(crate) fn faketime_env(offset: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// A producer writing `total` messages made by `make(i)` to Postgres in
-/// transactions of `chunk`, one every `every`, through a plain pool (not
-/// named `outbox-relay`, so tests can tell the relays' backends from it).
+/// The outbox a fault test writes to and watches: a plain pool on the
+/// scratch's Postgres database, or the scratch's SQLite file opened as a
+/// producer would.
+#[derive(Clone)]
+pub(crate) enum Outbox {
+    Postgres(sqlx::PgPool),
+    Sqlite(outbox_relay::storage::sqlite::SqliteStorage),
+}
+
+impl From<sqlx::PgPool> for Outbox {
+    fn from(pool: sqlx::PgPool) -> Self {
+        Self::Postgres(pool)
+    }
+}
+
+impl From<&sqlx::PgPool> for Outbox {
+    fn from(pool: &sqlx::PgPool) -> Self {
+        Self::Postgres(pool.clone())
+    }
+}
+
+impl From<&Outbox> for Outbox {
+    fn from(outbox: &Outbox) -> Self {
+        outbox.clone()
+    }
+}
+
+impl Outbox {
+    /// The scratch's database, whichever backend it is.
+    pub(crate) async fn open(scratch: &outbox_relay_tests::Scratch) -> Self {
+        match scratch.pg_database() {
+            Some(_) => Self::Postgres(scratch.pg_pool().await),
+            None => Self::Sqlite(scratch.storage().await),
+        }
+    }
+}
+
+/// A producer writing `total` messages made by `make(i)` in transactions of
+/// `chunk`, one every `every`: on Postgres through a plain pool (not named
+/// `outbox-relay`, so tests can tell the relays' backends from it), on
+/// SQLite with `BEGIN IMMEDIATE` as producers.md says.
 /// The task returns the ids it committed.
 pub(crate) fn produce(
-    pool: sqlx::PgPool,
+    outbox: impl Into<Outbox>,
     total: usize,
     chunk: usize,
     every: Duration,
     make: impl Fn(usize) -> outbox_relay::NewMessage + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<String>> {
+    use outbox_relay::storage::Storage as _;
+    let outbox = outbox.into();
     tokio::spawn(async move {
         let mut ids = Vec::with_capacity(total);
         let mut i = 0;
         while i < total {
-            let mut tx = pool.begin().await.unwrap();
-            for _ in 0..chunk.min(total - i) {
-                let message = make(i);
-                outbox_relay::producer::postgres::enqueue(&mut tx, &message)
-                    .await
-                    .unwrap();
-                ids.push(message.id.to_string());
-                i += 1;
+            let messages: Vec<_> = (i..(i + chunk).min(total)).map(&make).collect();
+            match &outbox {
+                Outbox::Postgres(pool) => {
+                    let mut tx = pool.begin().await.unwrap();
+                    for message in &messages {
+                        outbox_relay::producer::postgres::enqueue(&mut tx, message)
+                            .await
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+                Outbox::Sqlite(storage) => storage.save(&messages).await.unwrap(),
             }
-            tx.commit().await.unwrap();
+            ids.extend(messages.iter().map(|m| m.id.to_string()));
+            i += messages.len();
             tokio::time::sleep(every).await;
         }
         ids
@@ -333,16 +378,24 @@ pub(crate) fn produce(
 
 /// Partitions of `target` whose lease names `pid`'s relay as its owner
 /// (owner ids are `<host>-<pid>-<suffix>`; a released lease names nobody).
-pub(crate) async fn leases_held(pool: &sqlx::PgPool, target: &str, pid: u32) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox_cursors
-         WHERE target = $1 AND lease_owner LIKE $2",
-    )
-    .bind(target)
-    .bind(format!("%-{pid}-%"))
-    .fetch_one(pool)
-    .await
-    .unwrap()
+pub(crate) async fn leases_held(outbox: impl Into<Outbox>, target: &str, pid: u32) -> i64 {
+    const SQL: &str =
+        "SELECT count(*) FROM outbox_cursors WHERE target = $1 AND lease_owner LIKE $2";
+    let owner = format!("%-{pid}-%");
+    match outbox.into() {
+        Outbox::Postgres(pool) => sqlx::query_scalar(SQL)
+            .bind(target)
+            .bind(owner)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        Outbox::Sqlite(storage) => sqlx::query_scalar(SQL)
+            .bind(target)
+            .bind(owner)
+            .fetch_one(storage.pool())
+            .await
+            .unwrap(),
+    }
 }
 
 /// One target of a test config whose plugin (`file`, or the `count` test
