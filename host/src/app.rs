@@ -29,6 +29,14 @@ pub enum AppError {
     Storage(#[from] StorageError),
     #[error("target {target:?}: {cause}")]
     Plugin { target: String, cause: PluginError },
+    /// A plugin named by the config could not be loaded: the file and the
+    /// field that name it.
+    #[error("config file {file}: field `{field}`: {cause}")]
+    PluginFile {
+        file: String,
+        field: String,
+        cause: PluginError,
+    },
     #[error("config file {file}: {cause}")]
     Key { file: String, cause: KeyError },
     #[error("target {target:?} cannot start: {cause}")]
@@ -168,9 +176,12 @@ pub fn load_plugins(
     let mut injectors = HashMap::new();
     let mut targets = HashMap::new();
     for (name, target) in &config.targets {
-        let plugin_error = |cause| AppError::Plugin {
-            target: name.clone(),
-            cause,
+        let plugin_error = |field: String| {
+            move |cause| AppError::PluginFile {
+                file: config.source.display().to_string(),
+                field,
+                cause,
+            }
         };
         let path = config.plugin_path(target);
         let transport = match transports.get(&path) {
@@ -178,26 +189,27 @@ pub fn load_plugins(
             None => {
                 let p = runtime
                     .load_transport(&target.plugin, &path)
-                    .map_err(plugin_error)?;
+                    .map_err(plugin_error(format!("targets.{name}.plugin")))?;
                 tracing::info!(target = %name, plugin = %p.info.path, cached = p.info.cached, "plugin loaded");
                 transports.insert(path, p.clone());
                 p
             }
         };
         let mut chain = Vec::new();
-        for injector in &target.injectors {
+        for (i, injector) in target.injectors.iter().enumerate() {
             let path = config.resolve_plugin(&injector.plugin);
-            let loaded = match injectors.get(&path) {
-                Some(p) => Clone::clone(p),
-                None => {
-                    let p = runtime
-                        .load_injector(&injector.plugin, &path)
-                        .map_err(plugin_error)?;
-                    tracing::info!(target = %name, plugin = %p.info.path, "injector loaded");
-                    injectors.insert(path, p.clone());
-                    p
-                }
-            };
+            let loaded =
+                match injectors.get(&path) {
+                    Some(p) => Clone::clone(p),
+                    None => {
+                        let p = runtime.load_injector(&injector.plugin, &path).map_err(
+                            plugin_error(format!("targets.{name}.injectors[{i}].plugin")),
+                        )?;
+                        tracing::info!(target = %name, plugin = %p.info.path, "injector loaded");
+                        injectors.insert(path, p.clone());
+                        p
+                    }
+                };
             chain.push(PluginSpec {
                 plugin: loaded,
                 sandbox: injector.sandbox.clone(),

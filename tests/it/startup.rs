@@ -195,7 +195,7 @@ plugin = "null"
 }
 
 #[test]
-fn a_missing_plugin_file_is_reported_with_its_target() {
+fn a_missing_plugin_file_is_reported_with_its_file_and_field() {
     let scratch = Scratch::new();
     let path = scratch.write_config(
         r#"
@@ -210,7 +210,31 @@ plugin = "no-such-plugin"
     let (ok, _, stderr) = run_cli(&["run", "--config", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(
-        stderr.contains("target \"t\"") && stderr.contains("no-such-plugin.wasm"),
+        stderr.contains(&format!("config file {}", path.display()))
+            && stderr.contains("field `targets.t.plugin`")
+            && stderr.contains("no-such-plugin.wasm")
+            && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    // An injector's file likewise, by its place in the list.
+    let path = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["t"]
+
+[targets.t]
+plugin = "null"
+
+[[targets.t.injectors]]
+plugin = "no-such-injector"
+"#,
+    );
+    let (ok, _, stderr) = run_cli(&["run", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("field `targets.t.injectors[0].plugin`")
+            && stderr.contains("no-such-injector.wasm"),
         "{stderr}"
     );
 }
