@@ -125,7 +125,9 @@ impl PartitionWorker {
             ..Ack::default()
         };
         let mut envelopes = Vec::new();
-        for entry in self.classify(entries) {
+        let entries = self.classify(entries);
+        super::classify::note_dead_letters(&self.target.name, &entries);
+        for entry in entries {
             match entry {
                 Entry::Deliver(e) => envelopes.push(e),
                 Entry::Dead(_, f) => ack.failures.push(f),

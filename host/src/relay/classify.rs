@@ -76,9 +76,23 @@ pub(super) fn malformed_failure(bad: MalformedMessage, attempts: u32) -> Failure
     }
 }
 
+/// Logs and counts the malformed entries among `entries` that are about to
+/// be dead-lettered at `target`: call it with what a step will acknowledge,
+/// not with all it read (an ordered step reads a batch and may send one
+/// message of it, so the same row would be counted once per step).
+pub(super) fn note_dead_letters(target: &str, entries: &[Entry]) {
+    for entry in entries {
+        if let Entry::Dead(_, failure) = entry {
+            tracing::warn!(seq = failure.seq, id = %failure.message_id, reason = %failure.error, "malformed message dead-lettered");
+            crate::metrics::delivery(target, crate::metrics::Counted::Dead);
+        }
+    }
+}
+
 /// Sorts `entries` for `target`, keeping log order. A malformed entry is
 /// dead-lettered at every target its event name is routed to, and at every
-/// target when it has no event name to route by.
+/// target when it has no event name to route by ([`note_dead_letters`]
+/// reports them).
 pub(super) fn classify(
     entries: Vec<LogEntry>,
     target: &str,
@@ -98,8 +112,6 @@ pub(super) fn classify(
             Err(bad) => {
                 let position = entry_position(&Err(bad.clone()));
                 if bad.event_name.trim().is_empty() || routes.matches(target, &bad.event_name) {
-                    tracing::warn!(seq = bad.seq, id = %bad.id, reason = %bad.reason, "malformed message dead-lettered");
-                    crate::metrics::delivery(target, crate::metrics::Counted::Dead);
                     Entry::Dead(position, malformed_failure(bad, 0))
                 } else {
                     Entry::Skip(position)

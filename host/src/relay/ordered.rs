@@ -153,6 +153,7 @@ pub(super) async fn plan(
     } else {
         more = cut_before_repeat(&mut entries);
     }
+    super::classify::note_dead_letters(target, &entries);
     let mut envelopes: Vec<Envelope> = entries
         .iter()
         .filter_map(|e| match e {

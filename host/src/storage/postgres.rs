@@ -161,7 +161,7 @@ impl PgStorage {
             })?
             .map_err(connect_error)?;
         let privileged: bool = sqlx::query_scalar(
-            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
                  OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)",
         )
         .fetch_one(&mut first)

@@ -59,7 +59,8 @@ macro_rules! now {
 fn message_columns(max_payload: &str) -> String {
     format!(
         "m.seq, CAST(m.id AS BLOB) AS id, CAST(m.event_name AS BLOB) AS event_name, \
-         CAST(m.partition_key AS BLOB) AS partition_key, CAST(m.partition AS TEXT) AS partition, \
+         CAST(m.partition_key AS BLOB) AS partition_key, CASE WHEN typeof(m.partition) = 'blob' THEN 'x''' || hex(m.partition) || '''' \
+         ELSE CAST(m.partition AS TEXT) END AS partition, \
          octet_length(m.payload) AS payload_len, \
          CASE WHEN octet_length(m.payload) > {max_payload} THEN NULL ELSE CAST(m.payload AS BLOB) END AS payload, \
          CAST(m.headers AS BLOB) AS headers, CAST(m.created_at_ms AS INTEGER) AS created_at_ms"
@@ -216,6 +217,38 @@ impl SqliteStorage {
                     .look(&key, &(owner, expires, holder_ttl), Instant::now());
             }
             _ => self.leases.forget(&key),
+        }
+        Ok(())
+    }
+
+    /// Looks at every lease other relays hold on the targets in `served`
+    /// (with each heartbeat), so that a dead relay's leases have been
+    /// watched for as long as its heartbeat by the time this relay is
+    /// assigned its partitions: the take-over then waits one TTL, not two.
+    async fn watch_leases(
+        &self,
+        conn: &mut SqliteConnection,
+        owner: &str,
+        served: &str,
+    ) -> Result<()> {
+        let rows: Vec<(String, i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT c.target, c.partition, c.lease_owner, c.lease_expires_ms,
+                    coalesce(r.expires_ms - r.heartbeat_ms, 0)
+             FROM outbox_cursors c LEFT JOIN outbox_relays r ON r.owner = c.lease_owner
+             WHERE c.lease_owner IS NOT NULL AND c.lease_owner <> ?1
+               AND c.target IN (SELECT json_extract(value, '$.name') FROM json_each(?2))",
+        )
+        .bind(owner)
+        .bind(served)
+        .fetch_all(&mut *conn)
+        .await?;
+        let now = Instant::now();
+        for (target, partition, holder, expires, holder_ttl) in rows {
+            let Ok(partition) = u32::try_from(partition) else {
+                continue;
+            };
+            self.leases
+                .look(&(target, partition), &(holder, expires, holder_ttl), now);
         }
         Ok(())
     }
@@ -416,7 +449,9 @@ impl Storage for SqliteStorage {
             ")
              ON CONFLICT (target, partition) DO UPDATE
                 SET lease_owner = excluded.lease_owner,
-                    lease_expires_ms = excluded.lease_expires_ms
+                    lease_expires_ms = CASE WHEN outbox_cursors.lease_owner = excluded.lease_owner
+                        THEN max(excluded.lease_expires_ms, outbox_cursors.lease_expires_ms + 1)
+                        ELSE excluded.lease_expires_ms END
               WHERE outbox_cursors.lease_owner IS NULL
                  OR outbox_cursors.lease_owner = excluded.lease_owner
                  OR (outbox_cursors.lease_owner = ?5 AND outbox_cursors.lease_expires_ms = ?6)
@@ -968,8 +1003,10 @@ impl Storage for SqliteStorage {
             ", ",
             now!(),
             " + ?2, ?3)
-             ON CONFLICT (owner) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
-                expires_ms = excluded.expires_ms, targets = excluded.targets"
+             ON CONFLICT (owner) DO UPDATE SET
+                heartbeat_ms = max(excluded.heartbeat_ms, outbox_relays.heartbeat_ms + 1),
+                expires_ms = max(excluded.heartbeat_ms, outbox_relays.heartbeat_ms + 1) + ?2,
+                targets = excluded.targets"
         ))
         .bind(owner)
         .bind(ttl)
@@ -986,6 +1023,7 @@ impl Storage for SqliteStorage {
         .execute(&mut *tx)
         .await?;
         let (live, gone) = self.live_relays(&mut tx).await?;
+        self.watch_leases(&mut tx, owner, &served).await?;
         if !gone.is_empty() {
             sqlx::query(
                 "DELETE FROM outbox_relays WHERE owner IN (SELECT value FROM json_each(?))",

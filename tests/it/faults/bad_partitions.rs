@@ -97,3 +97,107 @@ async fn out_of_range_partitions_are_dead_lettered_and_counted() {
     assert_eq!(sink["dead_letters"], 3, "{sink}");
     assert_eq!(sink["lag"], 0, "{sink}");
 }
+
+/// Inserts a row whose `partition` is the SQL literal `partition`, on key `k`.
+async fn insert_literal(
+    pool: &sqlx::SqlitePool,
+    partition: &str,
+    n: usize,
+) -> Result<String, String> {
+    let id = uuid::Uuid::now_v7().to_string();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO outbox_messages (id, event_name, partition_key, partition, payload, headers)
+         VALUES (?, 'order.created', 'k', {partition}, ?, '{{}}')"
+    )))
+    .bind(&id)
+    .bind(format!("{{\"n\":{n}}}").into_bytes())
+    .execute(pool)
+    .await
+    .map(|_| id)
+    .map_err(|e| e.to_string())
+}
+
+/// Found by the attack on the fixes: a REAL partition (1.5) lay in no
+/// partition's range and was skipped for good; a blob's reason named no
+/// partition; and on an ordered target every bad row in a one-key backlog
+/// was logged and counted as dead-lettered about once per message delivered
+/// before it (each ordered step reads a batch and sends one message of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_partitions_in_an_ordered_backlog_are_refused_or_dead_lettered_once() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    let config = scratch.write_config_as(
+        "relay.toml",
+        "partitions = 4",
+        &route_all(
+            &out,
+            &[RecordingTarget {
+                lines: "ordered = true",
+                ..RecordingTarget::file("sink")
+            }],
+        ),
+    );
+    let migrated = cli(&["migrate", "--config", config.to_str().unwrap()]).await;
+    assert!(migrated.success, "migrate: {}", migrated.stderr);
+    let storage = scratch.storage().await;
+    let pool = storage.pool();
+
+    let refused = insert_literal(pool, "1.5", 0).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("outbox_messages.partition must be a whole number")),
+        "a partition of 1.5 is refused when written: {refused:?}"
+    );
+    // One key, all in partition 0 (the key's own partition does not matter
+    // to the relay: it reads the column), with text and a blob among them.
+    let mut good = Vec::new();
+    let mut bad = HashMap::new();
+    for n in 0..300 {
+        match n {
+            100 => bad.insert(insert_literal(pool, "'abc'", n).await.unwrap(), "abc"),
+            200 => bad.insert(insert_literal(pool, "x'01'", n).await.unwrap(), "x'01'"),
+            _ => {
+                good.push(insert_literal(pool, "0", n).await.unwrap());
+                None
+            }
+        };
+    }
+    let file = out.join("sink.jsonl");
+    let relay = RelayProcess::start(&config, &scratch.path().join("relay.log"));
+    eventually("the 298 good rows", Duration::from_secs(60), || async {
+        (Received::read(&file).lost(&good) == 0).then_some(())
+    })
+    .await;
+    let letters = eventually(
+        "the 2 odd rows dead-lettered",
+        Duration::from_secs(20),
+        || async {
+            let letters = dead_letters(&storage, "sink").await;
+            (letters.len() >= 2).then_some(letters)
+        },
+    )
+    .await;
+    let logged = relay.log_count("malformed message dead-lettered");
+    assert!(relay.stop().success());
+
+    for letter in &letters {
+        let shown = bad
+            .get(&letter.message_id)
+            .unwrap_or_else(|| panic!("a good row was dead-lettered: {letter:?}"));
+        assert!(
+            letter.last_error.contains(&format!("partition {shown}")),
+            "the reason names partition {shown}: {:?}",
+            letter.last_error
+        );
+    }
+    assert_eq!(logged, 2, "each odd row is logged once as dead-lettered");
+    let received = Received::read(&file);
+    assert_eq!(received.duplicates(), 0);
+    let order: Vec<String> = received
+        .lines
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, good, "the key's messages in log order");
+}

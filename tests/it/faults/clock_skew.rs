@@ -37,12 +37,7 @@ async fn skewed_relay_takes_no_live_lease(scratch: Scratch, offset: &str) {
             }],
         ),
     );
-    let pool = Outbox::open(&scratch).await;
-    match &pool {
-        Outbox::Postgres(_) => scratch.pg_storage().await.ensure_partitions(4).await,
-        Outbox::Sqlite(storage) => storage.ensure_partitions(4).await,
-    }
-    .unwrap();
+    let pool = Outbox::partitioned(&scratch, 4).await;
 
     let true_clock = RelayProcess::start(&config, &scratch.path().join("true.log"));
     eventually(

@@ -18,6 +18,7 @@
 //! | `pg_horizon::a_writer_in_another_database_does_not_hold_delivery_back`, `pg_horizon::a_writer_in_the_outbox_database_holds_later_commits_and_status_names_it` | 10: a transaction open in another database of the server does not stall delivery; one in the outbox's own database still holds later commits back, and `status --json` names it |
 //! | `disk_full::the_file_target_names_a_full_disk` | 11: the `file` target's error on a full disk names ENOSPC |
 //! | `cli_small::*` | 11: the smaller CLI items (see that file) |
+//! | `failover::*` | found by the attack on the SQLite clock fix: a SIGKILLed relay's partitions are taken within one TTL (and two heartbeats), not two |
 //!
 //! Interfaces these tests assume that do not exist on `main` yet (the
 //! fixes must match them, or change the test with them):
@@ -35,6 +36,7 @@ mod bad_partitions;
 mod cli_small;
 mod clock_skew;
 mod disk_full;
+mod failover;
 mod ordered_drain;
 mod ordered_switch;
 mod pg_horizon;
@@ -334,6 +336,27 @@ impl Outbox {
             Some(_) => Self::Postgres(scratch.pg_pool().await),
             None => Self::Sqlite(scratch.storage().await),
         }
+    }
+
+    /// The scratch's database, migrated, with `partitions` partitions.
+    pub(crate) async fn partitioned(
+        scratch: &outbox_relay_tests::Scratch,
+        partitions: u32,
+    ) -> Self {
+        use outbox_relay::storage::Storage as _;
+        let outbox = Self::open(scratch).await;
+        match &outbox {
+            Self::Postgres(_) => {
+                scratch
+                    .pg_storage()
+                    .await
+                    .ensure_partitions(partitions)
+                    .await
+            }
+            Self::Sqlite(storage) => storage.ensure_partitions(partitions).await,
+        }
+        .unwrap();
+        outbox
     }
 }
 

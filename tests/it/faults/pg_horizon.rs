@@ -177,3 +177,49 @@ async fn a_writer_in_the_outbox_database_holds_later_commits_and_status_names_it
     );
     assert!(relay.stop().success());
 }
+
+/// Found by the attack on the fixes: a row written with its own `xact_id`
+/// far in the future was never below the horizon, so it was never
+/// delivered and held retention back for good. The insert trigger now sets
+/// the inserting transaction's id whatever the producer wrote, and an
+/// `UPDATE` cannot move a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_xact_id_is_replaced_and_the_row_delivered() {
+    let scratch = Scratch::postgres().await;
+    let (relay, _config) = running_relay(&scratch).await;
+    let pool = scratch.pg_pool().await;
+    let forged = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, event_name, payload, xact_id)
+         VALUES ($1::uuid, 'forged', '{}'::bytea, '999999999999'::xid8)",
+    )
+    .bind(&forged)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let after = enqueue_one(&scratch, "after").await;
+    let file = scratch.path().join("out/sink.jsonl");
+    eventually("both rows delivered", Duration::from_secs(20), || async {
+        (Received::read(&file).lost(&[forged.clone(), after.clone()]) == 0).then_some(())
+    })
+    .await;
+    let moved = sqlx::query(
+        "UPDATE outbox_messages SET xact_id = '999999999999'::xid8, partition = 3 WHERE id = $1::uuid",
+    )
+    .bind(&forged)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
+    let (xid, partition): (String, i32) =
+        sqlx::query_as("SELECT xact_id::text, partition FROM outbox_messages WHERE id = $1::uuid")
+            .bind(&forged)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        xid.parse::<u64>().unwrap() < 999_999_999_999 && partition == 0,
+        "an UPDATE kept the row where it was: xact_id {xid}, partition {partition}"
+    );
+    assert!(relay.stop().success());
+}
