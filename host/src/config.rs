@@ -259,6 +259,11 @@ pub struct SandboxConfig {
     pub allow_http: Vec<AllowedHost>,
     /// Guest stderr kept per call for error reports, in KiB.
     pub stderr_kb: u32,
+    /// Sockets one plugin instance may hold open at once.
+    pub max_sockets: u32,
+    /// Files and directories one plugin instance may hold open at once,
+    /// besides its mapped directories.
+    pub max_files: u32,
 }
 
 impl Default for SandboxConfig {
@@ -270,6 +275,8 @@ impl Default for SandboxConfig {
             allow_tcp: Vec::new(),
             allow_http: Vec::new(),
             stderr_kb: 64,
+            max_sockets: 16,
+            max_files: 64,
         }
     }
 }
@@ -510,6 +517,12 @@ impl Config {
     fn validate_sandbox(&self, prefix: &str, sandbox: &SandboxConfig) -> Result<(), ConfigError> {
         let field = |f: &str| format!("{prefix}.{f}");
         {
+            if sandbox.max_sockets > 1024 {
+                return Err(self.invalid(field("max_sockets"), "must be at most 1024"));
+            }
+            if sandbox.max_files > 1024 {
+                return Err(self.invalid(field("max_files"), "must be at most 1024"));
+            }
             if sandbox.memory_mb == 0 || sandbox.memory_mb > 4096 {
                 return Err(self.invalid(field("memory_mb"), "must be between 1 and 4096"));
             }

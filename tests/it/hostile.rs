@@ -54,6 +54,7 @@ retry = {{ max_attempts = 2, initial_backoff = "50ms", jitter = 0.0 }}
     ));
     let storage = scratch.storage().await;
     let first = enqueue(&storage, "thing.happened", 1).await;
+    let descriptors = open_descriptors();
     let relay = RunningRelay::start(&config).await;
     let dead = eventually(
         &format!("the {plugin} plugin's message to be dead-lettered"),
@@ -75,9 +76,21 @@ retry = {{ max_attempts = 2, initial_backoff = "50ms", jitter = 0.0 }}
         (read_jsonl(&file).len() >= 2).then_some(())
     })
     .await;
+    // Whatever the plugin did, the relay (this process) holds few more
+    // descriptors than before it started (tests running beside it included).
+    let grown = open_descriptors().saturating_sub(descriptors);
+    assert!(
+        grown < MAX_GROWN_DESCRIPTORS,
+        "the relay holds {grown} more descriptors while the {plugin} plugin runs"
+    );
     relay.stop().await;
     dead[0].last_error.clone()
 }
+
+/// How many more descriptors a relay running one hostile plugin may hold
+/// than before it started (its database connections, the healthy target's
+/// file, a capped plugin's sockets, and tests running beside it).
+const MAX_GROWN_DESCRIPTORS: usize = 256;
 
 /// Runs the `sneaky` plugin with `attempt`; returns the dead letter's reason.
 async fn sneak(attempt: &str, config: &str, sandbox: &str, extra: &str) -> String {
@@ -132,6 +145,117 @@ async fn a_plugin_cannot_send_http_to_a_host_it_was_not_allowed() {
         error.contains("the sandbox does not allow HTTP to 127.0.0.1"),
         "{error}"
     );
+}
+
+/// Issue 19, finding 1: one `deliver` held 19,973 connections to an
+/// allowed address, until the relay ran out of descriptors. The instance
+/// may hold `sandbox.max_sockets` (16 by default) at once; the next is an
+/// error the plugin sees, and the relay's descriptors stay within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_hold_more_sockets_than_its_cap() {
+    let error = sneak(
+        "sockets",
+        ", address = \"127.0.0.1:4222\", count = 25000",
+        "{ allow_tcp = [\"127.0.0.1:4222\"] }",
+        "",
+    )
+    .await;
+    assert!(error.contains("holding 16 sockets, then:"), "{error}");
+}
+
+/// Issue 19, finding 2: name lookups were open to any name once
+/// `allow_tcp` was not empty (a channel out through the host's resolver).
+/// Only the host names of `allow_tcp` may be looked up; `localhost` would
+/// resolve, so its refusal is the sandbox's, before any resolver.
+#[tokio::test]
+async fn a_plugin_cannot_look_up_a_name_it_was_not_allowed() {
+    let error = sneak(
+        "lookup",
+        ", name = \"localhost\"",
+        "{ allow_tcp = [\"nats.invalid:4222\"] }",
+        "",
+    )
+    .await;
+    assert!(error.contains("looking up localhost failed"), "{error}");
+    // The allowed name itself goes to the resolver (and fails there: .invalid).
+    let error = sneak(
+        "lookup",
+        ", name = \"nats.invalid\"",
+        "{ allow_tcp = [\"nats.invalid:4222\"] }",
+        "",
+    )
+    .await;
+    assert!(error.contains("looking up nats.invalid failed"), "{error}");
+}
+
+/// Issue 19: at most `sandbox.max_files` files open at once.
+#[tokio::test]
+async fn a_plugin_cannot_hold_more_files_than_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = sneak(
+        "files",
+        ", count = 100000",
+        &format!(
+            "{{ dirs = {{ \"/data\" = \"{}\" }}, max_files = 8 }}",
+            dir.path().display()
+        ),
+        "",
+    )
+    .await;
+    assert!(
+        error.contains("holding 8 files, then: Quota exceeded"),
+        "{error}"
+    );
+}
+
+/// Issue 19, finding 3: a guest could leave links in its mapped directory
+/// pointing outside it. Creating symlinks and hard links is refused.
+#[tokio::test]
+async fn a_plugin_cannot_create_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = sneak(
+        "link",
+        "",
+        &format!(
+            "{{ dirs = {{ \"/data\" = \"{}\" }} }}",
+            dir.path().display()
+        ),
+        "",
+    )
+    .await;
+    assert!(
+        error.contains("symlink failed") && error.contains("hard link failed"),
+        "{error}"
+    );
+    for name in ["out_link", "hard_link"] {
+        assert!(
+            std::fs::symlink_metadata(dir.path().join(name)).is_err(),
+            "{name} exists in the mapped directory"
+        );
+    }
+}
+
+/// Issue 19, finding 5: a request with both `transfer-encoding: chunked`
+/// and `content-length` reached the allowed server as `content-length: 5`
+/// with no body. Headers that frame the request are the host's.
+#[tokio::test]
+async fn a_plugin_cannot_set_the_framing_headers_of_a_request() {
+    let error = sneak(
+        "framing",
+        ", url = \"http://127.0.0.1:9/hook\"",
+        "{ allow_http = [\"127.0.0.1\"] }",
+        "",
+    )
+    .await;
+    assert!(
+        error.contains("header \"Transfer-Encoding\" is the host's to set"),
+        "{error}"
+    );
+}
+
+/// The descriptors this process has open.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 #[tokio::test]

@@ -16,6 +16,22 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a response body a plugin gets.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// Headers the host's client sets from the request itself: a plugin's value
+/// could contradict the body's framing (`transfer-encoding` with
+/// `content-length`), the connection's handling, or the server the URL names
+/// (`host`, checked against `sandbox.allow_http`). Such a request is refused.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "proxy-connection",
+    "host",
+];
+
 /// What one instance may do over HTTP.
 #[derive(Clone)]
 pub struct HttpGate {
@@ -85,6 +101,15 @@ impl HttpGate {
         request: wit::Request,
     ) -> Result<wit::Response, wit::Error> {
         let url = self.check(plugin, target, &request.url)?;
+        if let Some((name, _)) = request
+            .headers
+            .iter()
+            .find(|(name, _)| HOST_OWNED_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
+        {
+            return Err(wit::Error::Invalid(format!(
+                "header {name:?} is the host's to set (it frames the request or names the server), not the plugin's"
+            )));
+        }
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| wit::Error::Invalid(format!("method {:?}", request.method)))?;
         let mut builder = self

@@ -24,6 +24,7 @@ mod factory;
 mod http;
 mod instance;
 mod sandbox;
+mod wasi_guard;
 mod wasm_injector;
 mod wasm_transport;
 
@@ -70,6 +71,34 @@ pub enum PluginError {
     },
     #[error("plugin {path}: {message}")]
     Engine { path: String, message: String },
+}
+
+/// The most linear memories and tables a plugin's component may declare in
+/// all its core instances (the store refuses more at instantiation; this
+/// says so at load, with the counts). Rust guests have one memory.
+const MAX_MEMORIES: usize = 4;
+const MAX_TABLES: usize = 16;
+
+/// Refuses a component that declares more memories or tables than the
+/// sandbox allows, or whose needs cannot be known before it runs (it
+/// instantiates modules or components it imports).
+fn check_resources(path: &str, component: &Component) -> Result<(), PluginError> {
+    let invalid = |message: String| PluginError::Invalid {
+        path: path.to_string(),
+        message,
+    };
+    let Some(needs) = component.resources_required() else {
+        return Err(invalid(
+            "instantiates modules or components it imports, so its memories cannot be bounded before it runs".into(),
+        ));
+    };
+    if needs.num_memories as usize > MAX_MEMORIES || needs.num_tables as usize > MAX_TABLES {
+        return Err(invalid(format!(
+            "declares {} linear memories and {} tables; a plugin may have at most {MAX_MEMORIES} and {MAX_TABLES}",
+            needs.num_memories, needs.num_tables
+        )));
+    }
+    Ok(())
 }
 
 /// What `plugins check` prints about a component.
@@ -135,6 +164,7 @@ impl PluginRuntime {
         spawn_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+        wasi_guard::shadow(&mut linker).map_err(engine_error)?;
         TransportPlugin::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(
             &mut linker,
             |state| state,
@@ -196,6 +226,7 @@ impl PluginRuntime {
             cached,
         };
         check_version(&shown, kind, &info)?;
+        check_resources(&shown, &component)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)

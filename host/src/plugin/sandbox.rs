@@ -14,11 +14,12 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::outbox::relay::{http, log, signing, types};
 use super::http::HttpGate;
+use super::wasi_guard::{Guard, GuardedSockets};
 use crate::config::SandboxConfig;
 use crate::keys::SigningGrant;
 use crate::sandbox_address::HostPort;
@@ -36,6 +37,8 @@ pub struct PluginState {
     signing: SigningGrant,
     /// The hosts this instance may reach over HTTP.
     http: HttpGate,
+    /// Its caps on sockets and files, and the names it may look up.
+    pub(super) guard: Guard,
 }
 
 impl PluginState {
@@ -60,12 +63,19 @@ impl PluginState {
         // operator can see what a plugin tried. TCP stays on even when
         // nothing is allowed, so that every connection attempt reaches the
         // check below and is logged (WASI's own switch refuses silently).
-        // Name lookups stay off then: they would be a channel out, and no
-        // hook sees them.
+        // Name lookups are on only for the host names in `allow_tcp`, and
+        // checked name by name ([`super::wasi_guard`]): any other lookup
+        // would be a channel out through the host's resolver.
         let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
+        let guard = Guard::new(
+            sandbox.max_sockets,
+            sandbox.max_files,
+            sandbox.dirs.len(),
+            sandbox.allow_tcp.iter().map(|e| e.host().to_string()),
+        );
         wasi.allow_udp(false)
             .allow_tcp(true)
-            .allow_ip_name_lookup(!sandbox.allow_tcp.is_empty());
+            .allow_ip_name_lookup(!guard.lookup_names.is_empty());
         let (who, whom) = (plugin.clone(), target.clone());
         wasi.socket_addr_check(move |addr, usage| {
             let ok = match usage {
@@ -84,11 +94,12 @@ impl PluginState {
         });
         let limits = SandboxLimits {
             memory_bytes: sandbox.memory_mb as usize * 1024 * 1024,
+            memory_total: 0,
             others: StoreLimitsBuilder::new()
                 .instances(16)
-                .tables(16)
+                .tables(super::MAX_TABLES)
                 .table_elements(100_000)
-                .memories(4)
+                .memories(super::MAX_MEMORIES)
                 .trap_on_grow_failure(true)
                 .build(),
         };
@@ -101,21 +112,44 @@ impl PluginState {
             deadline: Instant::now(),
             signing,
             http,
+            guard,
         })
+    }
+
+    /// The sockets view of this instance, with its guard.
+    pub(super) fn guarded_sockets(&mut self) -> GuardedSockets<'_> {
+        GuardedSockets::new(
+            WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            &mut self.guard,
+            (&self.plugin, &self.target),
+        )
+    }
+
+    pub(super) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
 /// An instance's memory cap, and wasmtime's [`StoreLimits`] for the rest
-/// (instances, tables). Growing memory past the cap fails the call with a
-/// [`MemoryLimitExceeded`], which the host recognises by its type.
+/// (instances, tables). The cap is for all the instance's linear memories
+/// together (wasmtime asks per memory, without saying which): growing past
+/// it fails the call with a [`MemoryLimitExceeded`], which the host
+/// recognises by its type.
 pub(super) struct SandboxLimits {
     memory_bytes: usize,
+    /// What the instance's memories have grown to, together. Never given
+    /// back on a failed grow (wasmtime reports some that never asked):
+    /// counting too much is the safe side, and a failed grow traps anyway.
+    memory_total: usize,
     others: StoreLimits,
 }
 
 /// The guest asked for more linear memory than its sandbox's `memory_mb`.
 #[derive(Debug, thiserror::Error)]
-#[error("growing memory to {desired} bytes, past the limit of {limit} bytes")]
+#[error("growing memory to {desired} bytes in all, past the limit of {limit} bytes")]
 pub(super) struct MemoryLimitExceeded {
     pub desired: usize,
     pub limit: usize,
@@ -128,13 +162,20 @@ impl ResourceLimiter for SandboxLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        let total = self
+            .memory_total
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.memory_bytes {
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                desired,
+                desired: total,
                 limit: self.memory_bytes,
             }));
         }
-        self.others.memory_growing(current, desired, maximum)
+        let grown = self.others.memory_growing(current, desired, maximum)?;
+        if grown {
+            self.memory_total = total;
+        }
+        Ok(grown)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -332,6 +373,27 @@ impl tokio::io::AsyncWrite for GuestStderr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_cap_is_for_all_memories_together() {
+        const MIB: usize = 1024 * 1024;
+        let mut limits = SandboxLimits {
+            memory_bytes: 64 * MIB,
+            memory_total: 0,
+            others: StoreLimitsBuilder::new().memories(4).build(),
+        };
+        // Two memories created at 1 MiB, each grown to 30 MiB: 60 MiB in all.
+        for _ in 0..2 {
+            assert!(limits.memory_growing(0, MIB, None).unwrap());
+            assert!(limits.memory_growing(MIB, 30 * MIB, None).unwrap());
+        }
+        // A third memory of 8 MiB would pass a cap per memory; not this one.
+        let error = limits.memory_growing(0, 8 * MIB, None).unwrap_err();
+        let exceeded = error.downcast_ref::<MemoryLimitExceeded>().unwrap();
+        assert_eq!((exceeded.desired, exceeded.limit), (68 * MIB, 64 * MIB));
+        // A grow within the rest still works.
+        assert!(limits.memory_growing(0, 4 * MIB, None).unwrap());
+    }
 
     #[test]
     fn stderr_is_bounded_and_cleared() {

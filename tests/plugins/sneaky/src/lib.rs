@@ -14,10 +14,19 @@
 //! | `recurse` | recurse without bound |
 //! | `stderr` | write 100 MB to stderr, then panic |
 //! | `sign` | sign with config `key` (not granted to its target) |
+//! | `sockets` | connect config `count` times to config `address` (allowed), keeping every socket |
+//! | `lookup` | look up the host name config `name` (not in `allow_tcp`) |
+//! | `files` | create config `count` files in `/data`, keeping every one open |
+//! | `link` | create a symlink and a hard link in `/data` pointing outside it |
+//! | `framing` | HTTP to config `url` (allowed) with both `transfer-encoding: chunked` and `content-length` |
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use outbox_relay_guest::{Config, Envelope, Outcome, Result, Transport, http, net, signing};
+
+/// Sockets or files this instance opened and never closed, across calls.
+static HELD: AtomicU64 = AtomicU64::new(0);
 
 struct Sneaky {
     attempt: String,
@@ -51,6 +60,10 @@ impl Transport for Sneaky {
 }
 
 impl Sneaky {
+    fn count(&self) -> std::result::Result<u64, String> {
+        self.config.get_u64("count").map_err(|e| e.to_string())
+    }
+
     /// `Ok(what leaked)` if the sandbox let it through, `Err(what stopped it)`.
     fn try_it(&self) -> std::result::Result<String, String> {
         match self.attempt.as_str() {
@@ -80,6 +93,17 @@ impl Sneaky {
                     None => Err("HTTP returned nothing".into()),
                 }
             }
+            "framing" => {
+                let url = self.config.get_str("url").map_err(|e| e.to_string())?;
+                let request = http::Request::post(url, b"hello".to_vec())
+                    .header("Transfer-Encoding", "chunked")
+                    .header("Content-Length", "5");
+                match http::send(vec![request]).pop() {
+                    Some(Ok(r)) => Ok(format!("an HTTP {} with contradictory framing", r.status)),
+                    Some(Err(e)) => Err(format!("HTTP failed: {e}")),
+                    None => Err("HTTP returned nothing".into()),
+                }
+            }
             "alloc" => {
                 let mut block = vec![0u8; 1 << 30];
                 for i in (0..block.len()).step_by(4096) {
@@ -104,6 +128,58 @@ impl Sneaky {
                 signing::sign(key, b"forged")
                     .map(|sig| format!("a {}-byte signature with {key}", sig.len()))
                     .map_err(|e| format!("signing failed: {e}"))
+            }
+            "sockets" => {
+                let address = self.config.get_str("address").map_err(|e| e.to_string())?;
+                let count = self.count()?;
+                for _ in 0..count {
+                    match net::connect(address, std::time::Duration::from_secs(2)) {
+                        Ok(stream) => {
+                            std::mem::forget(stream);
+                            HELD.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "holding {} sockets, then: {e}",
+                                HELD.load(Ordering::Relaxed)
+                            ));
+                        }
+                    }
+                }
+                Ok(format!("{count} sockets to {address}"))
+            }
+            "lookup" => {
+                use std::net::ToSocketAddrs as _;
+                let name = self.config.get_str("name").map_err(|e| e.to_string())?;
+                (name, 80)
+                    .to_socket_addrs()
+                    .map(|addrs| format!("a lookup of {name}: {:?}", addrs.collect::<Vec<_>>()))
+                    .map_err(|e| format!("looking up {name} failed: {e}"))
+            }
+            "files" => {
+                let count = self.count()?;
+                for _ in 0..count {
+                    let n = HELD.load(Ordering::Relaxed);
+                    match std::fs::File::create(format!("/data/f{n}")) {
+                        Ok(file) => {
+                            std::mem::forget(file);
+                            HELD.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(format!("holding {n} files, then: {e}")),
+                    }
+                }
+                Ok(format!("{count} open files"))
+            }
+            "link" => {
+                // `soft_link` is the one stable way to make a symlink on WASI.
+                #[allow(deprecated)]
+                let symlink = std::fs::soft_link("../outside.txt", "/data/out_link");
+                std::fs::write("/data/inside.txt", b"x").map_err(|e| e.to_string())?;
+                let hard = std::fs::hard_link("/data/inside.txt", "/data/hard_link");
+                match (symlink, hard) {
+                    (Err(s), Err(h)) => Err(format!("symlink failed: {s}; hard link failed: {h}")),
+                    (s, h) => Ok(format!("links made: symlink {s:?}, hard link {h:?}")),
+                }
             }
             other => Err(format!("unknown attempt {other:?}")),
         }

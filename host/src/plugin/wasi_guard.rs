@@ -1,0 +1,352 @@
+//! WASI calls the sandbox checks before wasmtime-wasi runs them: the
+//! functions below replace (shadow) wasmtime-wasi's own in the linker, check
+//! the instance's [`Guard`], and then call the original.
+//!
+//! - `create-tcp-socket`, `create-udp-socket`: at most `sandbox.max_sockets`
+//!   sockets open at once (a socket is a host descriptor; one `deliver` once
+//!   held 19,973 of them).
+//! - `resolve-addresses`: only the host names in `sandbox.allow_tcp` (any
+//!   other lookup is a channel out through the host's resolver).
+//! - `descriptor.open-at`: at most `sandbox.max_files` files and directories
+//!   open at once, besides the mapped directories.
+//! - `descriptor.symlink-at`, `descriptor.link-at`: refused (a link left in a
+//!   mapped directory pointing outside it would be followed by the
+//!   operator's log shippers and backups, if not by the sandbox).
+//!
+//! A refusal is an error the guest sees (`new-socket-limit`, `quota`,
+//! `permanent-resolver-failure`, `not-permitted`), logged once per instance
+//! and kind. Live sockets and files are counted in the instance's resource
+//! table, so a dropped handle frees its place at once.
+
+use std::collections::HashSet;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem::types as fs;
+use wasmtime_wasi::p2::bindings::sockets::{
+    ip_name_lookup, network, tcp_create_socket, udp_create_socket,
+};
+use wasmtime_wasi::p2::{SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
+
+use super::sandbox::PluginState;
+
+/// The `wasi:filesystem/types` version of wasmtime-wasi 48's WIT, under
+/// which the shadowing functions are defined (guests importing an older
+/// 0.2.x match it). A test checks that the shadows take effect.
+pub(super) const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// What one instance may hold and look up.
+#[derive(Debug, Default)]
+pub struct Guard {
+    pub max_sockets: usize,
+    pub max_files: usize,
+    /// Directories mapped into the guest (each a descriptor in the table
+    /// that `max_files` does not count).
+    pub mapped_dirs: usize,
+    /// Host names the guest may look up: lower case, no trailing dot.
+    pub lookup_names: HashSet<String>,
+    /// Kinds of refusal already logged by this instance.
+    logged: HashSet<&'static str>,
+}
+
+impl Guard {
+    /// The names of `allow_tcp` entries that are not IP addresses.
+    pub fn new(
+        max_sockets: u32,
+        max_files: u32,
+        mapped_dirs: usize,
+        hosts: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            max_sockets: max_sockets as usize,
+            max_files: max_files as usize,
+            mapped_dirs,
+            lookup_names: hosts
+                .into_iter()
+                .filter(|h| {
+                    h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                })
+                .map(|h| normalised(&h))
+                .collect(),
+            logged: HashSet::new(),
+        }
+    }
+
+    /// Whether `name` may be looked up.
+    pub fn may_look_up(&self, name: &str) -> bool {
+        self.lookup_names.contains(&normalised(name))
+    }
+
+    /// Logs a refusal, once per instance and kind.
+    fn refused(&mut self, state: (&str, &str), kind: &'static str, detail: &str) {
+        if self.logged.insert(kind) {
+            let (plugin, target) = state;
+            tracing::warn!(
+                plugin,
+                target,
+                detail,
+                "{kind} refused by the sandbox (logged once per instance)"
+            );
+        }
+    }
+}
+
+fn normalised(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Live entries of type `T` in `table`.
+fn live<T: 'static>(table: &mut ResourceTable) -> usize {
+    table.iter_mut().filter(|e| e.is::<T>()).count()
+}
+
+/// Replaces wasmtime-wasi's functions listed in the module docs in `linker`
+/// (which already has them) with the guarded ones.
+pub(super) fn shadow(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    tcp_create_socket::add_to_linker::<PluginState, Guarded>(linker, guarded)?;
+    udp_create_socket::add_to_linker::<PluginState, Guarded>(linker, guarded)?;
+    ip_name_lookup::add_to_linker::<PluginState, Guarded>(linker, guarded)?;
+    shadow_filesystem(linker)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The sockets view of an instance with its guard.
+pub(super) struct GuardedSockets<'a> {
+    inner: WasiSocketsCtxView<'a>,
+    guard: &'a mut Guard,
+    who: (&'a str, &'a str),
+}
+
+struct Guarded;
+
+impl HasData for Guarded {
+    type Data<'a> = GuardedSockets<'a>;
+}
+
+fn guarded(state: &mut PluginState) -> GuardedSockets<'_> {
+    state.guarded_sockets()
+}
+
+impl<'a> GuardedSockets<'a> {
+    pub(super) fn new(
+        inner: WasiSocketsCtxView<'a>,
+        guard: &'a mut Guard,
+        who: (&'a str, &'a str),
+    ) -> Self {
+        Self { inner, guard, who }
+    }
+
+    /// Whether another socket may be opened (logs the refusal).
+    fn may_open_socket(&mut self) -> bool {
+        let table = &mut *self.inner.table;
+        let open = live::<TcpSocket>(table) + live::<UdpSocket>(table);
+        if open < self.guard.max_sockets {
+            return true;
+        }
+        let detail = format!(
+            "{open} sockets open, sandbox.max_sockets = {}",
+            self.guard.max_sockets
+        );
+        self.guard.refused(self.who, "a new socket", &detail);
+        false
+    }
+}
+
+impl network::Host for GuardedSockets<'_> {
+    fn convert_error_code(
+        &mut self,
+        e: wasmtime_wasi::p2::SocketError,
+    ) -> wasmtime::Result<network::ErrorCode> {
+        network::Host::convert_error_code(&mut self.inner, e)
+    }
+
+    fn network_error_code(
+        &mut self,
+        e: Resource<network::Error>,
+    ) -> wasmtime::Result<Option<network::ErrorCode>> {
+        network::Host::network_error_code(&mut self.inner, e)
+    }
+}
+
+impl network::HostNetwork for GuardedSockets<'_> {
+    fn drop(&mut self, n: Resource<network::Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.inner, n)
+    }
+}
+
+impl tcp_create_socket::Host for GuardedSockets<'_> {
+    fn create_tcp_socket(
+        &mut self,
+        family: network::IpAddressFamily,
+    ) -> SocketResult<Resource<TcpSocket>> {
+        if !self.may_open_socket() {
+            return Err(network::ErrorCode::NewSocketLimit.into());
+        }
+        tcp_create_socket::Host::create_tcp_socket(&mut self.inner, family)
+    }
+}
+
+impl udp_create_socket::Host for GuardedSockets<'_> {
+    async fn create_udp_socket(
+        &mut self,
+        family: network::IpAddressFamily,
+    ) -> SocketResult<Resource<UdpSocket>> {
+        if !self.may_open_socket() {
+            return Err(network::ErrorCode::NewSocketLimit.into());
+        }
+        udp_create_socket::Host::create_udp_socket(&mut self.inner, family).await
+    }
+}
+
+impl ip_name_lookup::Host for GuardedSockets<'_> {
+    fn resolve_addresses(
+        &mut self,
+        network: Resource<network::Network>,
+        name: String,
+    ) -> SocketResult<Resource<ip_name_lookup::ResolveAddressStream>> {
+        if !self.guard.may_look_up(&name) {
+            let detail = format!("{name:?} is not a host name in sandbox.allow_tcp");
+            self.guard.refused(self.who, "a name lookup", &detail);
+            return Err(network::ErrorCode::PermanentResolverFailure.into());
+        }
+        ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name)
+    }
+}
+
+impl ip_name_lookup::HostResolveAddressStream for GuardedSockets<'_> {
+    fn resolve_next_address(
+        &mut self,
+        stream: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> SocketResult<Option<network::IpAddress>> {
+        ip_name_lookup::HostResolveAddressStream::resolve_next_address(&mut self.inner, stream)
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<wasmtime_wasi::p2::DynPollable>> {
+        ip_name_lookup::HostResolveAddressStream::subscribe(&mut self.inner, stream)
+    }
+
+    fn drop(
+        &mut self,
+        stream: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> wasmtime::Result<()> {
+        ip_name_lookup::HostResolveAddressStream::drop(&mut self.inner, stream)
+    }
+}
+
+/// An `FsResult` as the component function's result: a filesystem error
+/// goes to the guest, a trap stays a trap.
+fn to_guest<T>(r: wasmtime_wasi::p2::FsResult<T>) -> wasmtime::Result<Result<T, fs::ErrorCode>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) => Ok(Err(e.downcast()?)),
+    }
+}
+
+fn shadow_filesystem(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    let mut types = linker.instance(FILESYSTEM_TYPES)?;
+    types.func_wrap(
+        "[method]descriptor.symlink-at",
+        |mut store, (_dir, _old, new): (Resource<Descriptor>, String, String)| {
+            let state = store.data_mut();
+            state.refuse_link(&new);
+            Ok((Err::<(), _>(fs::ErrorCode::NotPermitted),))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.link-at",
+        |mut store,
+         (_dir, _flags, _old, _new_dir, new): (
+            Resource<Descriptor>,
+            fs::PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            let state = store.data_mut();
+            state.refuse_link(&new);
+            Ok((Err::<(), _>(fs::ErrorCode::NotPermitted),))
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store,
+         (dir, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            fs::PathFlags,
+            String,
+            fs::OpenFlags,
+            fs::DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if !state.may_open_file(&path) {
+                    return Ok((Err(fs::ErrorCode::Quota),));
+                }
+                let mut view = state.filesystem();
+                let opened = fs::HostDescriptor::open_at(
+                    &mut view, dir, path_flags, path, open_flags, flags,
+                )
+                .await;
+                Ok((to_guest(opened)?,))
+            })
+        },
+    )?;
+    Ok(())
+}
+
+impl PluginState {
+    /// Whether another file may be opened (logs the refusal).
+    fn may_open_file(&mut self, path: &str) -> bool {
+        let open = live::<Descriptor>(self.table_mut()).saturating_sub(self.guard.mapped_dirs);
+        if open < self.guard.max_files {
+            return true;
+        }
+        let detail = format!(
+            "opening {path:?} with {open} open, sandbox.max_files = {}",
+            self.guard.max_files
+        );
+        let (plugin, target) = (self.plugin.clone(), self.target.clone());
+        self.guard
+            .refused((&plugin, &target), "opening a file", &detail);
+        false
+    }
+
+    fn refuse_link(&mut self, path: &str) {
+        let (plugin, target) = (self.plugin.clone(), self.target.clone());
+        self.guard
+            .refused((&plugin, &target), "creating a link", &format!("{path:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_names_of_allow_tcp_may_be_looked_up() {
+        let guard = Guard::new(
+            16,
+            64,
+            0,
+            [
+                "Broker.Internal".to_string(),
+                "10.0.0.7".into(),
+                "[::1]".into(),
+            ],
+        );
+        assert!(guard.may_look_up("broker.internal"));
+        assert!(guard.may_look_up("BROKER.internal."));
+        assert!(!guard.may_look_up("leak-4f2a.broker.internal"));
+        assert!(!guard.may_look_up("internal"));
+        assert!(!guard.may_look_up("10.0.0.7"));
+        assert_eq!(guard.lookup_names.len(), 1, "IP addresses need no lookup");
+    }
+}
