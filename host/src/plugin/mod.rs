@@ -23,6 +23,8 @@ mod cache;
 mod factory;
 mod http;
 mod instance;
+#[cfg(test)]
+mod memory_tests;
 mod sandbox;
 mod wasi_guard;
 mod wasm_injector;
