@@ -1,6 +1,9 @@
 //! Unit tests of the worker's duties, with an in-memory storage and a native
 //! fake transport: no database, no wasm, a few milliseconds each. The
 //! integration tests (`tests/it/`) cover the same paths on real databases.
+//! It is the relay's one file over 500 lines, on purpose: the fakes and one
+//! test per duty of the worker, kept together so a change to a duty shows
+//! its test beside the others.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
