@@ -322,5 +322,11 @@ pub fn read_ids(path: &Path) -> Vec<String> {
 
 /// Dead letters of one target.
 pub async fn dead_letters(storage: &dyn Storage, target: &str) -> Vec<DeadLetter> {
-    storage.dead_letters(Some(target), 10_000).await.unwrap()
+    storage
+        .list_dead_letters(&outbox_relay::storage::DeadLetterFilter {
+            target: Some(target.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
 }

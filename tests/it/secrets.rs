@@ -140,7 +140,10 @@ sandbox = {{ allow_http = ["{hook_addr}"] }}
         .spawn()
         .unwrap();
     eventually("both messages dead-lettered", WAIT, || async {
-        let dead = storage.dead_letters(None, 10).await.unwrap();
+        let dead = storage
+            .list_dead_letters(&Default::default())
+            .await
+            .unwrap();
         (dead.len() == 2).then_some(())
     })
     .await;
@@ -155,7 +158,10 @@ sandbox = {{ allow_http = ["{hook_addr}"] }}
     );
     assert_no_secret("the relay's debug log", &logs);
     assert_no_secret("/metrics", &metrics);
-    let dead = storage.dead_letters(None, 10).await.unwrap();
+    let dead = storage
+        .list_dead_letters(&Default::default())
+        .await
+        .unwrap();
     assert_no_secret("the dead letters' reasons", &format!("{dead:?}"));
     for args in [
         vec!["status", "--config", config],

@@ -212,9 +212,6 @@ impl Storage for MemoryStorage {
     async fn status(&self, _: &[String]) -> Result<Vec<TargetStatus>> {
         unused()
     }
-    async fn dead_letters(&self, _: Option<&str>, _: u32) -> Result<Vec<DeadLetter>> {
-        unused()
-    }
     async fn list_dead_letters(&self, _: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
         unused()
     }

@@ -420,9 +420,6 @@ pub trait Storage: Send + Sync + 'static {
     /// Status figures for each named target.
     async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>>;
 
-    /// Dead letters, newest first; all targets when `target` is `None`.
-    async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>>;
-
     /// Dead letters matching `filter`, newest first (by the time they were
     /// dead-lettered), at most `filter.limit`.
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>>;
@@ -543,6 +540,27 @@ pub(crate) fn live_relay(owner: String, targets: &str) -> LiveRelay {
         owner,
         targets: serde_json::from_str(targets).unwrap_or_default(),
     }
+}
+
+/// A row of a dead-letter listing, on any backend: the columns `target`,
+/// `seq`, `message_id`, `event_name` (NULL once the message is pruned),
+/// `attempts` (a bigint), `last_error` and `updated_at_ms`.
+pub(crate) fn dead_letter_row<R>(r: &R) -> Result<DeadLetter>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(DeadLetter {
+        target: r.try_get("target")?,
+        seq: r.try_get("seq")?,
+        message_id: r.try_get("message_id")?,
+        event_name: r.try_get("event_name")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        last_error: r.try_get("last_error")?,
+        dead_at_ms: r.try_get("updated_at_ms")?,
+    })
 }
 
 /// Who among `live` serves `target`, with the state each reports.

@@ -44,8 +44,8 @@ use sqlx::{Connection, PgConnection, Row};
 use super::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
     OpenTransaction, Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus,
-    decode_history, disposition_columns, due_in, duration_ms, encode_served, glob_to_like,
-    live_relay, served_by,
+    dead_letter_row, decode_history, disposition_columns, due_in, duration_ms, encode_served,
+    glob_to_like, live_relay, served_by,
 };
 use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
@@ -335,19 +335,6 @@ pub(crate) async fn stored_partitions(conn: &mut PgConnection) -> Result<u32> {
 
 fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
-}
-
-/// A row of a dead-letter listing.
-fn dead_letter_row(r: &PgRow) -> Result<DeadLetter> {
-    Ok(DeadLetter {
-        target: r.try_get("target")?,
-        seq: r.try_get("seq")?,
-        message_id: r.try_get("message_id")?,
-        event_name: r.try_get("event_name")?,
-        attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
-        last_error: r.try_get("last_error")?,
-        dead_at_ms: r.try_get("updated_at_ms")?,
-    })
 }
 
 /// One entry of a failure record's history, built in SQL with the
@@ -759,23 +746,9 @@ impl Storage for PgStorage {
         Ok(out)
     }
 
-    async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            "SELECT d.target, d.seq, d.message_id, m.event_name, d.attempts, d.last_error, d.updated_at_ms
-             FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.state = 'dead' AND ($1::text IS NULL OR d.target = $1)
-             ORDER BY d.updated_at_ms DESC, d.seq DESC LIMIT $2",
-        )
-        .bind(target)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(dead_letter_row).collect()
-    }
-
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
         let rows = sqlx::query(
-            r"SELECT d.target, d.seq, d.message_id, m.event_name, d.attempts, d.last_error, d.updated_at_ms
+            r"SELECT d.target, d.seq, d.message_id, m.event_name, d.attempts::bigint AS attempts, d.last_error, d.updated_at_ms
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
              WHERE d.state = 'dead' AND ($1::text IS NULL OR d.target = $1)
                AND ($2::text IS NULL OR m.event_name LIKE $2 ESCAPE '\')

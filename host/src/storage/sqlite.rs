@@ -35,9 +35,9 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use super::observed::{Observations, Sight};
 use super::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
-    Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus, decode_history,
-    disposition_columns, due_in, duration_ms, encode_served, glob_to_sqlite_glob, live_relay,
-    served_by,
+    Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus, dead_letter_row,
+    decode_history, disposition_columns, due_in, duration_ms, encode_served, glob_to_sqlite_glob,
+    live_relay, served_by,
 };
 use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
@@ -368,19 +368,6 @@ fn decode_entry(row: &SqliteRow, partitions: u32, max_payload_bytes: usize) -> R
         headers: text(row, "headers")?,
         created_at_ms: row.try_get::<Option<i64>, _>("created_at_ms")?.unwrap_or(0),
     }))
-}
-
-/// A row of a dead-letter listing.
-fn dead_letter_row(r: &SqliteRow) -> Result<DeadLetter> {
-    Ok(DeadLetter {
-        target: r.try_get("target")?,
-        seq: r.try_get("seq")?,
-        message_id: r.try_get("message_id")?,
-        event_name: r.try_get("event_name")?,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        last_error: r.try_get("last_error")?,
-        dead_at_ms: r.try_get("updated_at_ms")?,
-    })
 }
 
 /// One entry of a failure record's history, built in SQL with the
@@ -842,21 +829,6 @@ impl Storage for SqliteStorage {
             });
         }
         Ok(out)
-    }
-
-    async fn dead_letters(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            "SELECT d.target, d.seq, d.message_id, CAST(m.event_name AS TEXT) AS event_name, d.attempts,
-                    d.last_error, d.updated_at_ms
-             FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.state = 'dead' AND (?1 IS NULL OR d.target = ?1)
-             ORDER BY d.updated_at_ms DESC, d.seq DESC LIMIT ?2",
-        )
-        .bind(target)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(dead_letter_row).collect()
     }
 
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
