@@ -275,7 +275,7 @@ impl Default for SandboxConfig {
             allow_tcp: Vec::new(),
             allow_http: Vec::new(),
             stderr_kb: 64,
-            max_sockets: 16,
+            max_sockets: 32,
             max_files: 64,
         }
     }

@@ -120,7 +120,11 @@ impl InstanceCtx {
             &self.sandbox,
             self.stderr.clone(),
             self.signing.clone(),
-            super::http::HttpGate::new(self.runtime.http_client(), &self.sandbox.allow_http),
+            super::http::HttpGate::new(
+                self.runtime.http_client(),
+                &self.sandbox.allow_http,
+                self.sandbox.max_sockets,
+            ),
         )
         .map_err(|e| self.error(TransportErrorKind::Instantiate(e)))?;
         Ok(self.runtime.new_store(state))

@@ -263,6 +263,9 @@ impl http::Host for PluginState {
 impl log::Host for PluginState {
     fn log(&mut self, level: log::Level, message: String) {
         let (plugin, target) = (&*self.plugin, &*self.target);
+        // One record per call: a line break (or any control character) is
+        // escaped, so a plugin cannot print lines that look like the host's.
+        let message = one_line(&message);
         match level {
             log::Level::Trace => tracing::trace!(plugin, target, "{message}"),
             log::Level::Debug => tracing::debug!(plugin, target, "{message}"),
@@ -271,6 +274,24 @@ impl log::Host for PluginState {
             log::Level::Error => tracing::error!(plugin, target, "{message}"),
         }
     }
+}
+
+/// `text` with its control characters (line breaks, escape sequences)
+/// escaped, tabs kept.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// A bounded buffer for a guest's stderr. It keeps the first `capacity` bytes
@@ -393,6 +414,15 @@ mod tests {
         assert_eq!((exceeded.desired, exceeded.limit), (68 * MIB, 64 * MIB));
         // A grow within the rest still works.
         assert!(limits.memory_growing(0, 4 * MIB, None).unwrap());
+    }
+
+    #[test]
+    fn a_plugin_log_message_stays_on_one_line() {
+        assert_eq!(one_line("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            one_line("ok\n2026-12-01T00:00:00Z INFO delivered target=other\r\x1b[2K"),
+            "ok\\n2026-12-01T00:00:00Z INFO delivered target=other\\r\\u{1b}[2K"
+        );
     }
 
     #[test]

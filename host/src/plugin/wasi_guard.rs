@@ -8,7 +8,8 @@
 //! - `resolve-addresses`: only the host names in `sandbox.allow_tcp` (any
 //!   other lookup is a channel out through the host's resolver).
 //! - `descriptor.open-at`: at most `sandbox.max_files` files and directories
-//!   open at once, besides the mapped directories.
+//!   open at once, besides the mapped directories (a file stays open while a
+//!   stream of it lives, so streams count too: [`open_files`]).
 //! - `descriptor.symlink-at`, `descriptor.link-at`: refused (a link left in a
 //!   mapped directory pointing outside it would be followed by the
 //!   operator's log shippers and backups, if not by the sandbox).
@@ -26,7 +27,7 @@ use wasmtime_wasi::p2::bindings::filesystem::types as fs;
 use wasmtime_wasi::p2::bindings::sockets::{
     ip_name_lookup, network, tcp_create_socket, udp_create_socket,
 };
-use wasmtime_wasi::p2::{SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
 use super::sandbox::PluginState;
@@ -101,6 +102,16 @@ fn normalised(name: &str) -> String {
 /// Live entries of type `T` in `table`.
 fn live<T: 'static>(table: &mut ResourceTable) -> usize {
     table.iter_mut().filter(|e| e.is::<T>()).count()
+}
+
+/// Files (and directories) the instance holds: its descriptors, and its
+/// streams beyond the two of each TCP connection. A stream keeps its file
+/// open after the descriptor it came from is dropped, so a guest that
+/// opened files, took a stream of each and dropped the descriptors once
+/// held 20,000 host files under a cap that counted descriptors only.
+fn open_files(table: &mut ResourceTable) -> usize {
+    let streams = live::<DynInputStream>(table) + live::<DynOutputStream>(table);
+    live::<Descriptor>(table) + streams.saturating_sub(2 * live::<TcpSocket>(table))
 }
 
 /// Replaces wasmtime-wasi's functions listed in the module docs in `linker`
@@ -305,7 +316,7 @@ fn shadow_filesystem(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 impl PluginState {
     /// Whether another file may be opened (logs the refusal).
     fn may_open_file(&mut self, path: &str) -> bool {
-        let open = live::<Descriptor>(self.table_mut()).saturating_sub(self.guard.mapped_dirs);
+        let open = open_files(self.table_mut()).saturating_sub(self.guard.mapped_dirs);
         if open < self.guard.max_files {
             return true;
         }

@@ -18,12 +18,18 @@
 //! | `lookup` | look up the host name config `name` (not in `allow_tcp`) |
 //! | `files` | create config `count` files in `/data`, keeping every one open |
 //! | `link` | create a symlink and a hard link in `/data` pointing outside it |
+//! | `stream-files` | open config `count` files in `/data`, keep a stream of each and drop the descriptor |
+//! | `http-flood` | send config `count` HTTP requests to config `url` (allowed) in one call |
 //! | `framing` | HTTP to config `url` (allowed) with both `transfer-encoding: chunked` and `content-length` |
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use outbox_relay_guest::{Config, Envelope, Outcome, Result, Transport, http, net, signing};
+
+mod raw {
+    wit_bindgen::generate!({ path: "wasi", world: "sneaky:raw/raw", generate_all });
+}
 
 /// Sockets or files this instance opened and never closed, across calls.
 static HELD: AtomicU64 = AtomicU64::new(0);
@@ -92,6 +98,46 @@ impl Sneaky {
                     Some(Err(e)) => Err(format!("HTTP failed: {e}")),
                     None => Err("HTTP returned nothing".into()),
                 }
+            }
+            "stream-files" => {
+                use raw::wasi::filesystem::{preopens, types as fs};
+                let dirs = preopens::get_directories();
+                let (dir, _) = dirs
+                    .iter()
+                    .find(|(_, path)| path == "/data")
+                    .ok_or("no /data mapped")?;
+                for _ in 0..self.count()? {
+                    let n = HELD.load(Ordering::Relaxed);
+                    let file = dir
+                        .open_at(
+                            fs::PathFlags::empty(),
+                            &format!("s{n}"),
+                            fs::OpenFlags::CREATE,
+                            fs::DescriptorFlags::READ | fs::DescriptorFlags::WRITE,
+                        )
+                        .map_err(|e| format!("holding {n} file streams, then: {e:?}"))?;
+                    let stream = file
+                        .read_via_stream(0)
+                        .map_err(|e| format!("a stream of file {n}: {e:?}"))?;
+                    std::mem::forget(stream);
+                    drop(file);
+                    HELD.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(format!(
+                    "{} file streams held, their descriptors dropped",
+                    HELD.load(Ordering::Relaxed)
+                ))
+            }
+            "http-flood" => {
+                let url = self.config.get_str("url").map_err(|e| e.to_string())?;
+                let count = self.count()?;
+                let requests = (0..count)
+                    .map(|_| http::Request::post(url, Vec::new()))
+                    .collect();
+                let answered = http::send(requests).iter().filter(|r| r.is_ok()).count();
+                // Not a leak either way: the test counts the connections the
+                // server saw at once.
+                Err(format!("{answered} of {count} requests answered"))
             }
             "framing" => {
                 let url = self.config.get_str("url").map_err(|e| e.to_string())?;
