@@ -28,8 +28,9 @@
 //! keeps a message until every registered target has passed it. A target
 //! leaves the registry only through [`Storage::forget_target`].
 
-#[cfg(feature = "postgres")]
+#[cfg(feature = "sqlite")]
 mod observed;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
