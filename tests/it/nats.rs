@@ -98,6 +98,39 @@ fn msg_ids(messages: &[jetstream::message::StreamMessage]) -> Vec<String> {
         .collect()
 }
 
+/// A broker named by a host name: the plugin's own lookup of `localhost`
+/// is answered by the sandbox from what the name resolved to when the
+/// instance started (issue 19: no guest lookup reaches the resolver).
+#[tokio::test]
+async fn a_broker_named_by_host_name_is_reached() {
+    let js = TestStream::new().await;
+    let scratch = Scratch::new();
+    let config = scratch.load_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["bus"]
+
+[targets.bus]
+plugin = "nats"
+config = {{ url = "nats://localhost:4222", subject = "{prefix}.{{event}}" }}
+sandbox = {{ allow_tcp = ["localhost:4222"] }}
+"#,
+        prefix = js.prefix
+    ));
+    let storage = scratch.storage().await;
+    storage
+        .save(&[NewMessage::new("named", b"{}".to_vec())])
+        .await
+        .unwrap();
+    let relay = RunningRelay::start(&config).await;
+    eventually("the message in the stream", WAIT, || async {
+        (js.count().await >= 1).then_some(())
+    })
+    .await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn delivers_messages_that_async_nats_reads_back_byte_for_byte() {
     let js = TestStream::new().await;

@@ -64,14 +64,26 @@ impl PluginState {
         // nothing is allowed, so that every connection attempt reaches the
         // check below and is logged (WASI's own switch refuses silently).
         // Name lookups are on only for the host names in `allow_tcp`, and
-        // checked name by name ([`super::wasi_guard`]): any other lookup
-        // would be a channel out through the host's resolver.
-        let allowed = Arc::new(resolve_allowed(&sandbox.allow_tcp));
+        // answered from the addresses resolved here ([`super::wasi_guard`]):
+        // a guest's lookup never reaches the host's resolver, which would be
+        // a channel out and, flooded, would hold the host's blocking threads.
+        let resolved = resolve_allowed(&sandbox.allow_tcp);
+        let allowed: Arc<HashSet<SocketAddr>> = Arc::new(
+            resolved
+                .iter()
+                .flat_map(|(_, addrs)| addrs.iter().copied())
+                .collect(),
+        );
         let guard = Guard::new(
             sandbox.max_sockets,
             sandbox.max_files,
             sandbox.dirs.len(),
-            sandbox.allow_tcp.iter().map(|e| e.host().to_string()),
+            resolved.iter().map(|(entry, addrs)| {
+                (
+                    entry.host().to_string(),
+                    addrs.iter().map(SocketAddr::ip).collect(),
+                )
+            }),
         );
         wasi.allow_udp(false)
             .allow_tcp(true)
@@ -208,16 +220,22 @@ impl ResourceLimiter for SandboxLimits {
     }
 }
 
-/// Resolves the allowed `host:port` pairs to socket addresses once, at instance creation.
-fn resolve_allowed(entries: &[HostPort]) -> HashSet<SocketAddr> {
-    let mut out = HashSet::new();
-    for entry in entries {
-        match (entry.host(), entry.port()).to_socket_addrs() {
-            Ok(addrs) => out.extend(addrs),
-            Err(e) => tracing::warn!(%entry, error = %e, "cannot resolve an allowed address"),
-        }
-    }
-    out
+/// Resolves the allowed `host:port` pairs to socket addresses once, at
+/// instance creation: the addresses a connect may go to, and the answers
+/// the instance's own name lookups get.
+fn resolve_allowed(entries: &[HostPort]) -> Vec<(&HostPort, Vec<SocketAddr>)> {
+    entries
+        .iter()
+        .map(
+            |entry| match (entry.host(), entry.port()).to_socket_addrs() {
+                Ok(addrs) => (entry, addrs.collect()),
+                Err(e) => {
+                    tracing::warn!(%entry, error = %e, "cannot resolve an allowed address");
+                    (entry, Vec::new())
+                }
+            },
+        )
+        .collect()
 }
 
 impl WasiView for PluginState {

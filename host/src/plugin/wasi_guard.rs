@@ -5,8 +5,11 @@
 //! - `create-tcp-socket`, `create-udp-socket`: at most `sandbox.max_sockets`
 //!   sockets open at once (a socket is a host descriptor; one `deliver` once
 //!   held 19,973 of them).
-//! - `resolve-addresses`: only the host names in `sandbox.allow_tcp` (any
-//!   other lookup is a channel out through the host's resolver).
+//! - `resolve-addresses`: only the host names in `sandbox.allow_tcp`, and
+//!   answered from the addresses they resolved to when the instance started
+//!   (one address, IPv4 first), so a lookup never reaches the host's resolver:
+//!   that would be a channel out, and a flood of lookups on a slow resolver
+//!   once held the host's blocking threads and stalled other targets.
 //! - `descriptor.open-at`: at most `sandbox.max_files` files and directories
 //!   open at once, besides the mapped directories (a file stays open while a
 //!   stream of it lives, so streams count too: [`open_files`]).
@@ -19,7 +22,8 @@
 //! and kind. Live sockets and files are counted in the instance's resource
 //! table, so a dropped handle frees its place at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
@@ -45,40 +49,52 @@ pub struct Guard {
     /// Directories mapped into the guest (each a descriptor in the table
     /// that `max_files` does not count).
     pub mapped_dirs: usize,
-    /// Host names the guest may look up: lower case, no trailing dot.
-    pub lookup_names: HashSet<String>,
+    /// Host names the guest may look up (lower case, no trailing dot), with
+    /// the addresses they resolved to when the instance started.
+    pub lookup_names: HashMap<String, Vec<IpAddr>>,
     /// Kinds of refusal already logged by this instance.
     logged: HashSet<&'static str>,
 }
 
 impl Guard {
-    /// The names of `allow_tcp` entries that are not IP addresses.
+    /// `hosts`: each `allow_tcp` host with its addresses; those that are
+    /// IP addresses need no lookup and are left out.
     pub fn new(
         max_sockets: u32,
         max_files: u32,
         mapped_dirs: usize,
-        hosts: impl IntoIterator<Item = String>,
+        hosts: impl IntoIterator<Item = (String, Vec<IpAddr>)>,
     ) -> Self {
+        let mut lookup_names: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (host, addrs) in hosts {
+            if host.trim_matches(['[', ']']).parse::<IpAddr>().is_err() {
+                let known = lookup_names.entry(normalised(&host)).or_default();
+                for addr in addrs {
+                    if !known.contains(&addr) {
+                        known.push(addr);
+                    }
+                }
+            }
+        }
+        // One address answers a lookup (an address literal is the one
+        // answer wasmtime-wasi makes without a resolver): IPv4 first, as most
+        // brokers listen there.
+        for addrs in lookup_names.values_mut() {
+            addrs.sort_by_key(|a| a.is_ipv6());
+        }
         Self {
             max_sockets: max_sockets as usize,
             max_files: max_files as usize,
             mapped_dirs,
-            lookup_names: hosts
-                .into_iter()
-                .filter(|h| {
-                    h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_err()
-                })
-                .map(|h| normalised(&h))
-                .collect(),
+            lookup_names,
             logged: HashSet::new(),
         }
     }
 
-    /// Whether `name` may be looked up.
-    pub fn may_look_up(&self, name: &str) -> bool {
-        self.lookup_names.contains(&normalised(name))
+    /// What a lookup of `name` is answered with: `None` if the name may not
+    /// be looked up, else its addresses (empty if it did not resolve).
+    pub fn look_up(&self, name: &str) -> Option<&[IpAddr]> {
+        self.lookup_names.get(&normalised(name)).map(Vec::as_slice)
     }
 
     /// Logs a refusal, once per instance and kind.
@@ -220,12 +236,18 @@ impl ip_name_lookup::Host for GuardedSockets<'_> {
         network: Resource<network::Network>,
         name: String,
     ) -> SocketResult<Resource<ip_name_lookup::ResolveAddressStream>> {
-        if !self.guard.may_look_up(&name) {
-            let detail = format!("{name:?} is not a host name in sandbox.allow_tcp");
-            self.guard.refused(self.who, "a name lookup", &detail);
-            return Err(network::ErrorCode::PermanentResolverFailure.into());
-        }
-        ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name)
+        let answer = match self.guard.look_up(&name) {
+            Some([first, ..]) => first.to_string(),
+            Some([]) => return Err(network::ErrorCode::NameUnresolvable.into()),
+            None => {
+                let detail = format!("{name:?} is not a host name in sandbox.allow_tcp");
+                self.guard.refused(self.who, "a name lookup", &detail);
+                return Err(network::ErrorCode::PermanentResolverFailure.into());
+            }
+        };
+        // An address literal: wasmtime-wasi answers it at once, with no
+        // resolver and no task.
+        ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, answer)
     }
 }
 
@@ -342,22 +364,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_host_names_of_allow_tcp_may_be_looked_up() {
+    fn only_the_host_names_of_allow_tcp_are_looked_up_and_from_what_they_resolved_to() {
+        let broker: IpAddr = "10.1.2.3".parse().unwrap();
         let guard = Guard::new(
             16,
             64,
             0,
             [
-                "Broker.Internal".to_string(),
-                "10.0.0.7".into(),
-                "[::1]".into(),
+                ("Broker.Internal".to_string(), vec![broker]),
+                ("10.0.0.7".into(), vec!["10.0.0.7".parse().unwrap()]),
+                ("[::1]".into(), vec!["::1".parse().unwrap()]),
+                (
+                    "dual.internal".into(),
+                    vec!["::2".parse().unwrap(), "10.9.9.9".parse().unwrap()],
+                ),
+                ("gone.invalid".into(), vec![]),
             ],
         );
-        assert!(guard.may_look_up("broker.internal"));
-        assert!(guard.may_look_up("BROKER.internal."));
-        assert!(!guard.may_look_up("leak-4f2a.broker.internal"));
-        assert!(!guard.may_look_up("internal"));
-        assert!(!guard.may_look_up("10.0.0.7"));
-        assert_eq!(guard.lookup_names.len(), 1, "IP addresses need no lookup");
+        assert_eq!(guard.look_up("broker.internal"), Some(&[broker][..]));
+        assert_eq!(guard.look_up("BROKER.internal."), Some(&[broker][..]));
+        assert_eq!(guard.look_up("gone.invalid"), Some(&[][..]));
+        assert_eq!(guard.look_up("leak-4f2a.broker.internal"), None);
+        assert_eq!(guard.look_up("internal"), None);
+        assert_eq!(guard.look_up("10.0.0.7"), None);
+        assert_eq!(
+            guard.look_up("dual.internal").unwrap()[0],
+            "10.9.9.9".parse::<IpAddr>().unwrap(),
+            "IPv4 first"
+        );
+        assert_eq!(guard.lookup_names.len(), 3, "IP addresses need no lookup");
     }
 }
