@@ -264,6 +264,20 @@ pub struct SandboxConfig {
     /// Files and directories one plugin instance may hold open at once,
     /// besides its mapped directories.
     pub max_files: u32,
+    /// Whether the plugin's stdout is the relay's standard output; unset:
+    /// only for the bundled `stdout` plugin ([`SandboxConfig::stdout_for`]).
+    pub stdout: Option<bool>,
+}
+
+impl SandboxConfig {
+    /// Whether a plugin named `plugin` (a name or a path) writes to the
+    /// relay's stdout: `stdout` if set, else only the `stdout` plugin.
+    /// Everyone else's stdout is discarded: it is neither tagged nor bounded.
+    pub fn stdout_for(&self, plugin: &str) -> bool {
+        self.stdout.unwrap_or_else(|| {
+            Path::new(plugin).file_stem().and_then(|s| s.to_str()) == Some("stdout")
+        })
+    }
 }
 
 impl Default for SandboxConfig {
@@ -277,6 +291,7 @@ impl Default for SandboxConfig {
             stderr_kb: 64,
             max_sockets: 32,
             max_files: 64,
+            stdout: None,
         }
     }
 }
@@ -725,6 +740,18 @@ pub use crate::storage::redact_url;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_stdout_plugin_gets_stdout_unless_the_sandbox_says() {
+        let mut sandbox = SandboxConfig::default();
+        assert!(sandbox.stdout_for("stdout"));
+        assert!(sandbox.stdout_for("/opt/plugins/stdout.wasm"));
+        assert!(!sandbox.stdout_for("webhook"));
+        sandbox.stdout = Some(false);
+        assert!(!sandbox.stdout_for("stdout"));
+        sandbox.stdout = Some(true);
+        assert!(sandbox.stdout_for("webhook"));
+    }
 
     const MINIMAL: &str = r#"
         database = "sqlite://outbox.db"

@@ -330,6 +330,50 @@ async fn a_plugin_cannot_set_the_framing_headers_of_a_request() {
     );
 }
 
+/// Found by the attack on the caps: every plugin wrote to the relay's own
+/// stdout, untagged and unbounded. Only the `stdout` plugin does now, unless
+/// `sandbox.stdout` says otherwise.
+#[tokio::test]
+async fn only_the_stdout_plugin_writes_to_the_relays_stdout() {
+    for (sandbox, shown) in [("{}", false), ("{ stdout = true }", true)] {
+        let scratch = Scratch::new();
+        let config = scratch.write_config(&format!(
+            r#"
+[[routes]]
+events = ["*"]
+targets = ["hostile"]
+
+[targets.hostile]
+plugin = "sneaky"
+config = {{ attempt = "print" }}
+retry = {{ max_attempts = 1 }}
+sandbox = {sandbox}
+"#
+        ));
+        let storage = scratch.storage().await;
+        enqueue(&storage, "thing.happened", 1).await;
+        let out = scratch.path().join("stdout.txt");
+        let mut relay = std::process::Command::new(crate::relay_binary())
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the print attempt dead-lettered", WAIT, || async {
+            (!dead_letters(&storage, "hostile").await.is_empty()).then_some(())
+        })
+        .await;
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(
+            text.contains("SNEAKY-STDOUT-MARKER"),
+            shown,
+            "sandbox {sandbox}: the relay's stdout was {text:?}"
+        );
+    }
+}
+
 /// The descriptors this process has open.
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())

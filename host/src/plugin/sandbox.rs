@@ -51,7 +51,10 @@ impl PluginState {
         http: HttpGate,
     ) -> Result<Self, String> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stderr(stderr).stdout(tokio::io::stdout());
+        wasi.stderr(stderr);
+        if sandbox.stdout_for(&plugin) {
+            wasi.stdout(tokio::io::stdout());
+        }
         for (guest, host) in &sandbox.dirs {
             std::fs::create_dir_all(host)
                 .map_err(|e| format!("cannot create sandbox directory {}: {e}", host.display()))?;

@@ -20,6 +20,7 @@
 //! | `link` | create a symlink and a hard link in `/data` pointing outside it |
 //! | `stream-files` | open config `count` files in `/data`, keep a stream of each and drop the descriptor |
 //! | `http-flood` | send config `count` HTTP requests to config `url` (allowed) in one call |
+//! | `print` | print a marker line to stdout |
 //! | `framing` | HTTP to config `url` (allowed) with both `transfer-encoding: chunked` and `content-length` |
 
 use std::io::Write as _;
@@ -138,6 +139,10 @@ impl Sneaky {
                 // Not a leak either way: the test counts the connections the
                 // server saw at once.
                 Err(format!("{answered} of {count} requests answered"))
+            }
+            "print" => {
+                println!("SNEAKY-STDOUT-MARKER");
+                Err("printed a marker to stdout".into())
             }
             "framing" => {
                 let url = self.config.get_str("url").map_err(|e| e.to_string())?;
