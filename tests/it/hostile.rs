@@ -330,6 +330,76 @@ async fn a_plugin_cannot_set_the_framing_headers_of_a_request() {
     );
 }
 
+/// Found by the second attack on the caps: each directory listing is a copy
+/// of the directory held by the host, and listings were not counted (3,000
+/// held listings took 2.3 GB). They count against `max_files`.
+#[tokio::test]
+async fn a_plugin_cannot_hold_more_directory_listings_than_its_file_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = sneak(
+        "listings",
+        ", count = 100000",
+        &format!(
+            "{{ dirs = {{ \"/data\" = \"{}\" }}, max_files = 8 }}",
+            dir.path().display()
+        ),
+        "",
+    )
+    .await;
+    assert!(
+        error.contains("listings, then:") && error.contains("quota"),
+        "{error}"
+    );
+}
+
+/// Found by the second attack on the caps: one `http::send` of 20,000
+/// requests held every response (64 KiB bodies) in the host until all were
+/// in: 2.6 GB under `memory_mb = 64`. A call's responses may total half
+/// the instance's memory cap; the rest are errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http_call_gets_back_no_more_than_the_plugins_memory() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut response = b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n".to_vec();
+        response.resize(response.len() + 65536, b'x');
+        let response = std::sync::Arc::new(response);
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || conn.write_all(&response).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let error = sneak(
+        "http-flood",
+        &format!(", url = \"http://127.0.0.1:{port}/big\", count = 2000"),
+        "{ allow_http = [\"127.0.0.1\"], memory_mb = 16 }",
+        "",
+    )
+    .await;
+    // Half of 16 MiB in 64 KiB bodies: about 128 responses, the rest refused.
+    let answered: usize = error
+        .split(" of 2000 requests answered")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(
+        (1..=128).contains(&answered),
+        "{answered} of 2000 responses of 64 KiB handed back under memory_mb = 16"
+    );
+}
+
 /// Found by the attack on the caps: every plugin wrote to the relay's own
 /// stdout, untagged and unbounded. Only the `stdout` plugin does now, unless
 /// `sandbox.stdout` says otherwise.

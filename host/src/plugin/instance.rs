@@ -124,6 +124,8 @@ impl InstanceCtx {
                 self.runtime.http_client(),
                 &self.sandbox.allow_http,
                 self.sandbox.max_sockets,
+                // Half the memory cap: the guest must still hold them.
+                self.sandbox.memory_mb as usize * 512 * 1024,
             ),
         )
         .map_err(|e| self.error(TransportErrorKind::Instantiate(e)))?;

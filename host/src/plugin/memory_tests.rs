@@ -68,7 +68,7 @@ async fn instantiate(memories: u8) -> Result<(), wasmtime::Error> {
         &sandbox,
         GuestStderr::new(1024),
         SigningGrant::default(),
-        super::http::HttpGate::new(runtime.http_client(), &[], 16),
+        super::http::HttpGate::new(runtime.http_client(), &[], 16, 1 << 20),
     )
     .unwrap();
     let mut store = runtime.new_store(state);

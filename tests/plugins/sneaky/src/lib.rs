@@ -20,6 +20,7 @@
 //! | `link` | create a symlink and a hard link in `/data` pointing outside it |
 //! | `stream-files` | open config `count` files in `/data`, keep a stream of each and drop the descriptor |
 //! | `http-flood` | send config `count` HTTP requests to config `url` (allowed) in one call |
+//! | `listings` | list `/data` config `count` times, keeping every listing |
 //! | `print` | print a marker line to stdout |
 //! | `framing` | HTTP to config `url` (allowed) with both `transfer-encoding: chunked` and `content-length` |
 
@@ -139,6 +140,23 @@ impl Sneaky {
                 // Not a leak either way: the test counts the connections the
                 // server saw at once.
                 Err(format!("{answered} of {count} requests answered"))
+            }
+            "listings" => {
+                use raw::wasi::filesystem::preopens;
+                let dirs = preopens::get_directories();
+                let (dir, _) = dirs
+                    .iter()
+                    .find(|(_, path)| path == "/data")
+                    .ok_or("no /data mapped")?;
+                for _ in 0..self.count()? {
+                    let n = HELD.load(Ordering::Relaxed);
+                    let listing = dir
+                        .read_directory()
+                        .map_err(|e| format!("holding {n} listings, then: {e:?}"))?;
+                    std::mem::forget(listing);
+                    HELD.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(format!("{} listings held", HELD.load(Ordering::Relaxed)))
             }
             "print" => {
                 println!("SNEAKY-STDOUT-MARKER");
