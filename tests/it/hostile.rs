@@ -236,40 +236,13 @@ async fn a_plugin_cannot_hold_files_through_streams_past_the_cap() {
 /// `max_sockets`. A call's requests go at most `max_sockets` at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_http_call_opens_at_most_max_sockets_connections() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (o, p) = (open.clone(), peak.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let (open, peak) = (o.clone(), p.clone());
-            tokio::spawn(async move {
-                peak.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                let mut buf = vec![0u8; 4096];
-                // One request at a time on this connection, answered slowly.
-                while let Ok(n) = conn.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    if conn
-                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
+    use std::sync::atomic::Ordering;
+    let server = slow_http_server(
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        std::time::Duration::from_millis(20),
+    )
+    .await;
+    let port = server.port;
     let error = sneak(
         "http-flood",
         &format!(", url = \"http://127.0.0.1:{port}/hook\", count = 400"),
@@ -278,7 +251,7 @@ async fn one_http_call_opens_at_most_max_sockets_connections() {
     )
     .await;
     assert!(error.contains("400 of 400 requests answered"), "{error}");
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = server.peak.load(Ordering::SeqCst);
     assert!(
         peak <= 8,
         "the server saw {peak} connections at once from one call (max_sockets = 8)"
@@ -358,28 +331,11 @@ async fn a_plugin_cannot_hold_more_directory_listings_than_its_file_cap() {
 /// the instance's memory cap; the rest are errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_http_call_gets_back_no_more_than_the_plugins_memory() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut response = b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n".to_vec();
-        response.resize(response.len() + 65536, b'x');
-        let response = std::sync::Arc::new(response);
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let response = response.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf).await {
-                    if n == 0 || conn.write_all(&response).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let mut response = b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n".to_vec();
+    response.resize(response.len() + 65536, b'x');
+    let port = slow_http_server(response, std::time::Duration::ZERO)
+        .await
+        .port;
     let error = sneak(
         "http-flood",
         &format!(", url = \"http://127.0.0.1:{port}/big\", count = 2000"),
@@ -442,6 +398,41 @@ sandbox = {sandbox}
             "sandbox {sandbox}: the relay's stdout was {text:?}"
         );
     }
+}
+
+/// A local HTTP/1.1 server answering every request with `response` after
+/// `delay`, counting the connections open at once.
+struct TestServer {
+    port: u16,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn slow_http_server(response: Vec<u8>, delay: std::time::Duration) -> TestServer {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (response, seen) = (Arc::new(response), peak.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (open, peak, response) = (open.clone(), seen.clone(), response.clone());
+            tokio::spawn(async move {
+                peak.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 4096];
+                // One request at a time on this connection.
+                while let Ok(n) = conn.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if n == 0 || conn.write_all(&response).await.is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    TestServer { port, peak }
 }
 
 /// The descriptors this process has open.

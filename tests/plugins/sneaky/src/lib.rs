@@ -33,6 +33,15 @@ mod raw {
     wit_bindgen::generate!({ path: "wasi", world: "sneaky:raw/raw", generate_all });
 }
 
+/// The mapped `/data` directory, as WASI's own descriptor.
+fn data_dir() -> std::result::Result<raw::wasi::filesystem::types::Descriptor, String> {
+    raw::wasi::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, path)| path == "/data")
+        .map(|(dir, _)| dir)
+        .ok_or_else(|| "no /data mapped".to_string())
+}
+
 /// Sockets or files this instance opened and never closed, across calls.
 static HELD: AtomicU64 = AtomicU64::new(0);
 
@@ -102,12 +111,8 @@ impl Sneaky {
                 }
             }
             "stream-files" => {
-                use raw::wasi::filesystem::{preopens, types as fs};
-                let dirs = preopens::get_directories();
-                let (dir, _) = dirs
-                    .iter()
-                    .find(|(_, path)| path == "/data")
-                    .ok_or("no /data mapped")?;
+                use raw::wasi::filesystem::types as fs;
+                let dir = data_dir()?;
                 for _ in 0..self.count()? {
                     let n = HELD.load(Ordering::Relaxed);
                     let file = dir
@@ -142,12 +147,7 @@ impl Sneaky {
                 Err(format!("{answered} of {count} requests answered"))
             }
             "listings" => {
-                use raw::wasi::filesystem::preopens;
-                let dirs = preopens::get_directories();
-                let (dir, _) = dirs
-                    .iter()
-                    .find(|(_, path)| path == "/data")
-                    .ok_or("no /data mapped")?;
+                let dir = data_dir()?;
                 for _ in 0..self.count()? {
                     let n = HELD.load(Ordering::Relaxed);
                     let listing = dir
