@@ -4,6 +4,7 @@
 //! Redirects are never followed: one could lead anywhere.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -83,7 +84,7 @@ impl HttpGate {
         // In order, at most `in_flight` at once: a call with 15,000 requests
         // once opened 15,000 host sockets. Responses past the call's budget
         // are errors, and the requests after them are not sent.
-        let left = std::sync::atomic::AtomicUsize::new(self.response_budget);
+        let left = AtomicUsize::new(self.response_budget);
         let over = || {
             wit::Error::Transport(format!(
                 "the responses of this call exceed {} bytes (half of sandbox.memory_mb); send fewer requests per call",
@@ -93,7 +94,7 @@ impl HttpGate {
         futures::stream::iter(requests.into_iter().map(|r| {
             let (left, over) = (&left, &over);
             async move {
-                if left.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                if left.load(Ordering::Relaxed) == 0 {
                     return Err(over());
                 }
                 let response = self.send_one(plugin, target, r).await?;
@@ -103,15 +104,14 @@ impl HttpGate {
                         .iter()
                         .map(|(n, v)| n.len() + v.len())
                         .sum::<usize>();
-                let taken = left.fetch_update(
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                    |l| l.checked_sub(size),
-                );
+                // Past the budget, this response and every later one is refused.
+                let taken = left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                    l.checked_sub(size)
+                });
                 match taken {
                     Ok(_) => Ok(response),
                     Err(_) => {
-                        left.store(0, std::sync::atomic::Ordering::Relaxed);
+                        left.store(0, Ordering::Relaxed);
                         Err(over())
                     }
                 }

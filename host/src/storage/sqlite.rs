@@ -995,7 +995,6 @@ impl Storage for SqliteStorage {
         .execute(&mut *tx)
         .await?;
         let (live, gone) = self.live_relays(&mut tx).await?;
-        self.watch_leases(&mut tx, owner, &served).await?;
         if !gone.is_empty() {
             sqlx::query(
                 "DELETE FROM outbox_relays WHERE owner IN (SELECT value FROM json_each(?))",
@@ -1005,6 +1004,9 @@ impl Storage for SqliteStorage {
             .await?;
         }
         tx.commit().await?;
+        // A read: after the commit, so the write lock is not held for it.
+        self.watch_leases(&mut *self.pool.acquire().await?, owner, &served)
+            .await?;
         Ok(live)
     }
 
