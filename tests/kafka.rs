@@ -178,7 +178,8 @@ impl Broker {
     }
 
     /// Reads every partition of `topic` from the start until `count`
-    /// records came or `timeout` passed, with librdkafka.
+    /// records came or `timeout` passed, with librdkafka. It blocks its
+    /// thread: call it from a multi-thread runtime while a relay runs.
     pub fn read(&self, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
         let out = self
             .client(&[
@@ -230,6 +231,48 @@ impl Broker {
                 v["partition"].as_i64().unwrap() as i32
             })
             .collect()
+    }
+
+    /// The peer benchmark: librdkafka sends `count` messages of `size`
+    /// bytes to `topic` (`acks=all`, idempotent, after one untimed warm-up
+    /// message); returns messages/s and a note.
+    pub fn produce_bench(
+        &self,
+        topic: &str,
+        count: u64,
+        size: usize,
+    ) -> anyhow::Result<(f64, String)> {
+        let out = self
+            .client(&[
+                "produce-bench",
+                "--topic",
+                topic,
+                "--count",
+                &count.to_string(),
+                "--size",
+                &size.to_string(),
+                "--warmup",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "client.py produce-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let seconds = v["seconds"].as_f64().unwrap_or(f64::NAN);
+        let delivered = v["delivered"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            delivered == count,
+            "the peer delivered {delivered} of {count}"
+        );
+        Ok((
+            count as f64 / seconds,
+            format!(
+                "peer: librdkafka {} (confluent-kafka), acks=all, idempotent, linger.ms=5, {delivered} messages in {seconds:.2} s after a warm-up message",
+                "2.16"
+            ),
+        ))
     }
 
     /// Kills the broker (its in-memory data goes with it).

@@ -213,7 +213,11 @@ pub fn load_plugins(
             chain.push(PluginSpec {
                 plugin: loaded,
                 sandbox: injector.sandbox.clone(),
-                config_json: config_json(&injector.config),
+                config_json: config_json(
+                    config,
+                    &format!("targets.{name}.injectors[{i}].config"),
+                    &injector.config,
+                )?,
             });
         }
         targets.insert(
@@ -222,7 +226,11 @@ pub fn load_plugins(
                 transport: PluginSpec {
                     plugin: transport,
                     sandbox: target.sandbox.clone(),
-                    config_json: config_json(&target.config),
+                    config_json: config_json(
+                        config,
+                        &format!("targets.{name}.config"),
+                        &target.config,
+                    )?,
                 },
                 injectors: chain,
                 signing: SigningGrant {
@@ -235,8 +243,16 @@ pub fn load_plugins(
     Ok(targets)
 }
 
-fn config_json(table: &toml::Table) -> String {
-    serde_json::to_string(table).unwrap_or_else(|_| "{}".into())
+/// A plugin's config as JSON, its `{ env = ... }` / `{ file = ... }` values
+/// read (crate::plugin_config); an error names the file and the field.
+fn config_json(config: &Config, field: &str, table: &toml::Table) -> Result<String, AppError> {
+    crate::plugin_config::to_json(table).map_err(|(key, message)| {
+        AppError::Config(ConfigError::Invalid {
+            file: config.source.display().to_string(),
+            field: format!("{field}.{key}"),
+            message,
+        })
+    })
 }
 
 /// Starts each named target's plugins exactly as a relay worker would

@@ -375,10 +375,12 @@ impl Config {
             for host in target.sandbox.dirs.values_mut() {
                 *host = rebase(host);
             }
+            crate::plugin_config::rebase_files(&mut target.config, base);
             for injector in &mut target.injectors {
                 for host in injector.sandbox.dirs.values_mut() {
                     *host = rebase(host);
                 }
+                crate::plugin_config::rebase_files(&mut injector.config, base);
             }
         }
         for key in self.keys.values_mut() {

@@ -64,6 +64,8 @@ pub mod metrics;
 #[cfg(feature = "relay")]
 pub mod plugin;
 #[cfg(feature = "relay")]
+pub mod plugin_config;
+#[cfg(feature = "relay")]
 pub mod relay;
 #[cfg(feature = "relay")]
 pub mod routes;

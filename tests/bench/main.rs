@@ -627,6 +627,55 @@ async fn transports_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
         });
         runs.push(run.json());
     }
+    // Kafka, with librdkafka as the peer in the same run.
+    let goal = 0.8;
+    let figure = "kafka → tansu (memory), acks=all, idempotent, Postgres";
+    match transports::kafka(n, args.payload, args.batch_size).await {
+        Ok(k) => {
+            let row = match (&k.run, k.peer) {
+                (transports::TransportRun::Measured { rate, check, .. }, Some(peer)) => {
+                    let ratio = rate / peer;
+                    Row::new("transports", figure, format!("{} msg/s", thousands(*rate)))
+                        .ratio(format!("{ratio:.2}× peer"))
+                        .target(format!("≥ {goal}× librdkafka"), ratio >= goal)
+                        .note(format!(
+                            "{check}; {} ({} msg/s); the relay's ceiling in this run (the same drain to the `null` component): {} msg/s, kafka at {:.2}× of it",
+                            k.peer_note,
+                            thousands(peer),
+                            thousands(k.null_rate),
+                            rate / k.null_rate
+                        ))
+                }
+                (transports::TransportRun::Measured { rate, check, .. }, None) => {
+                    let mut row =
+                        Row::new("transports", figure, format!("{} msg/s", thousands(*rate)))
+                            .note(format!("{check}; {}", k.peer_note));
+                    row.target = format!("≥ {goal}× librdkafka");
+                    row
+                }
+                (transports::TransportRun::NotMeasured { reason, .. }, _) => {
+                    let mut row = Row::new("transports", figure, "not measured")
+                        .note(format!("not measured: {reason}"));
+                    row.target = format!("≥ {goal}× librdkafka");
+                    row
+                }
+            };
+            rows.push(row);
+            let mut json = k.run.json();
+            json["peer_messages_per_s"] = json!(k.peer.map(f64::round));
+            json["peer"] = json!(k.peer_note);
+            json["null_component_messages_per_s"] = json!(k.null_rate.round());
+            runs.push(json);
+        }
+        Err(e) => {
+            eprintln!("  kafka: not measured: {e:#}");
+            let mut row = Row::new("transports", figure, "not measured")
+                .note(format!("not measured: failed: {e:#}"));
+            row.target = format!("≥ {goal}× librdkafka");
+            rows.push(row);
+            runs.push(json!({ "transport": "kafka", "not_measured": format!("{e:#}") }));
+        }
+    }
     Ok(ScenarioResult {
         name: "transports",
         params: json!({ "messages": n, "payload_bytes": args.payload, "batch_size": args.batch_size.unwrap_or(100), "nats": args.nats }),

@@ -324,3 +324,78 @@ impl Nats {
         }
     }
 }
+
+/// The `kafka` component and, in the same run, the same number of messages
+/// of the same size sent to the same broker by librdkafka (confluent-kafka,
+/// `acks=all`, idempotent, `linger.ms=5`: tests/kafka/client.py
+/// `produce-bench`), the peer.
+pub struct KafkaRun {
+    pub run: TransportRun,
+    /// The peer's messages/s, when it ran.
+    pub peer: Option<f64>,
+    pub peer_note: String,
+    /// The relay's own ceiling in the same run: the same drain to the
+    /// `null` component.
+    pub null_rate: f64,
+}
+
+pub async fn kafka(n: u64, size: usize, batch_size: Option<u32>) -> anyhow::Result<KafkaRun> {
+    use outbox_relay_tests::kafka::Broker;
+    let broker = Broker::start();
+    let addr = broker.listen.clone();
+    broker.create_topic("bench", 4);
+    broker.create_topic("peer", 4);
+    let db = BenchDb::new(DbKind::Postgres).await?;
+    let body = format!(
+        r#"
+[[routes]]
+events = ["bench.*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+config = {{ bootstrap = ["{addr}"], topic = "bench", acks = "all" }}
+sandbox = {{ allow_tcp = ["{addr}"] }}
+"#
+    );
+    let (elapsed, rate) = drain_through(&db, "events", &body, n, size, batch_size).await?;
+    let null_db = BenchDb::new(DbKind::Postgres).await?;
+    let null_body = r#"
+[[routes]]
+events = ["bench.*"]
+targets = ["ceiling"]
+
+[targets.ceiling]
+plugin = "null"
+"#;
+    let (_, null_rate) = drain_through(&null_db, "ceiling", null_body, n, size, batch_size).await?;
+    let stored = tokio::task::block_in_place(|| {
+        broker
+            .read("bench", n as usize, Duration::from_secs(120))
+            .len()
+    });
+    if (stored as u64) < n {
+        bail!("the broker holds {stored} records for {n} messages");
+    }
+    eprintln!(
+        "  kafka peer: librdkafka, {} messages of {size} bytes ...",
+        thousands(n as f64)
+    );
+    let peer = tokio::task::block_in_place(|| broker.produce_bench("peer", n, size));
+    let (peer, peer_note) = match peer {
+        Ok((rate, note)) => (Some(rate), note),
+        Err(e) => (None, format!("the peer did not run: {e:#}")),
+    };
+    Ok(KafkaRun {
+        run: TransportRun::Measured {
+            transport: "kafka",
+            messages: n,
+            elapsed,
+            rate,
+            check: format!("the broker holds {stored} records (read back with librdkafka)"),
+        },
+        peer,
+        peer_note,
+        null_rate,
+    })
+}

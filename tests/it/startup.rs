@@ -1,8 +1,10 @@
 //! Startup checks: plugin files and config, through the library and the CLI.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::relay_binary;
+use outbox_relay::storage::Storage as _;
 use outbox_relay_tests::{Scratch, component};
 
 /// A config body with one target, `t`, on the `null` plugin.
@@ -120,6 +122,35 @@ fn plugins_check_explains_bad_files() {
         stderr.contains("missing.wasm") && stderr.contains("cannot read"),
         "{stderr}"
     );
+}
+
+/// Every bundled transport is a component `plugins check` accepts.
+#[test]
+fn plugins_check_accepts_every_bundled_transport() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    for name in [
+        "webhook",
+        "nats",
+        "redis_streams",
+        "rabbitmq",
+        "mqtt",
+        "kafka",
+        "file",
+    ] {
+        let (ok, stdout, stderr) = run_cli(&[
+            "plugins",
+            "check",
+            component(name).to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(ok, "{name}: {stderr}");
+        assert!(
+            stdout.contains("OK, a transport for outbox:relay@0.1.0"),
+            "{name}: {stdout}"
+        );
+    }
 }
 
 #[test]
@@ -241,9 +272,11 @@ plugin = "no-such-injector"
 
 /// `examples/fan-out.toml` is valid, and each of its targets starts against
 /// the services on this machine (each transport connects in `init`).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fan_out_example_starts_every_target() {
     let scratch = Scratch::new();
+    // The Kafka target's broker: a tansu of this test's own.
+    let kafka = outbox_relay_tests::kafka::Broker::start();
     let example = include_str!("../../examples/fan-out.toml");
     let body = &example[example.find("[[routes]]").unwrap()..];
     let secret = scratch.path().join("hooks.secret");
@@ -256,9 +289,10 @@ async fn the_fan_out_example_starts_every_target() {
         .replace(
             "../target/fan-out/out",
             &scratch.path().join("out").display().to_string(),
-        );
+        )
+        .replace("127.0.0.1:9092", &kafka.listen);
     let config = scratch.load_config(&body);
-    assert_eq!(config.targets.len(), 6);
+    assert_eq!(config.targets.len(), 7);
     let names: Vec<String> = config.targets.keys().cloned().collect();
     let results = outbox_relay::app::check_targets(&config, &names)
         .await
@@ -268,6 +302,18 @@ async fn the_fan_out_example_starts_every_target() {
             panic!("target {name} of examples/fan-out.toml cannot start: {e}");
         }
     }
+
+    // And it delivers: an order reaches Kafka (and the audit file).
+    let storage = scratch.storage().await;
+    let order = outbox_relay::NewMessage::new("order.created", br#"{"order":1}"#.to_vec())
+        .with_key("order-1");
+    storage.save(std::slice::from_ref(&order)).await.unwrap();
+    let relay = outbox_relay_tests::RunningRelay::start(&config).await;
+    let records = kafka.read("orders", 1, Duration::from_secs(60));
+    relay.stop().await;
+    assert_eq!(records.len(), 1, "the order reached Kafka");
+    assert_eq!(records[0].value.as_deref(), Some(&order.payload[..]));
+    assert_eq!(records[0].key.as_deref(), Some(&b"order-1"[..]));
 }
 
 /// `outbox-relay check` starts each target once and names the one that cannot start.

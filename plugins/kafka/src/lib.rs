@@ -123,7 +123,7 @@ impl Transport for Kafka {
         let sasl = credentials(config)?;
         let request_timeout = config.get_millis_or("request_timeout_ms", 10_000, 1..=600_000)?;
         let delivery_timeout =
-            config.get_millis_or("delivery_timeout_ms", 20_000, 1..=3_600_000)?;
+            config.get_millis_or("delivery_timeout_ms", 15_000, 1..=3_600_000)?;
         let connect_timeout = config.get_millis_or("connect_timeout_ms", 5_000, 1..=600_000)?;
         let max_batch_bytes = config.get_opt_u64("max_batch_bytes")?.unwrap_or(1_000_000);
         if !(1024..=100 << 20).contains(&max_batch_bytes) {
