@@ -86,6 +86,10 @@ pub struct Login {
     pub mechanism: &'static str,
     pub username: String,
     pub password: String,
+    /// Topics (name, partitions) to make while the broker is still open:
+    /// `tansu topic create` cannot log in, and tansu's file storage does
+    /// not create topics on a metadata request.
+    pub topics: Vec<(String, u32)>,
 }
 
 /// Where a broker keeps its records.
@@ -154,6 +158,9 @@ impl Broker {
                 "--mechanism",
                 mechanism,
             ]);
+            for (topic, partitions) in &login.topics {
+                broker.create_topic(topic, *partitions);
+            }
             broker.kill();
             broker.login = Some(login);
         }
@@ -177,12 +184,23 @@ impl Broker {
     }
 
     fn spawn(&mut self, authenticate: bool) {
-        let engine = match &self.storage {
-            Storage::Memory => "memory://tansu/".to_string(),
-            Storage::File(path) => format!("sqlite://{}", path.display()),
-        };
         let binary = self.binary();
         let mut command = Command::new(&binary);
+        let engine = match &self.storage {
+            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::File(path) => {
+                // tansu reads `sqlite://` paths against its working directory.
+                let dir = path.parent().expect("a storage file has a directory");
+                command.current_dir(dir);
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("tansu.log"))
+                    .unwrap();
+                command.stderr(log);
+                format!("sqlite://{}", path.file_name().unwrap().to_str().unwrap())
+            }
+        };
         command
             .arg("broker")
             .args(["--listener-url", &format!("tcp://{}", self.listen)])
@@ -191,8 +209,10 @@ impl Broker {
                 &format!("tcp://{}", self.advertised),
             ])
             .args(["--storage-engine", &engine])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        if matches!(self.storage, Storage::Memory) {
+            command.stderr(Stdio::null());
+        }
         if authenticate {
             command.arg("--authentication");
         }
@@ -227,6 +247,11 @@ impl Broker {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Deletes `topic`.
+    pub fn delete_topic(&self, topic: &str) {
+        self.tansu(&["topic", "delete", topic]);
     }
 
     /// Creates `topic` with `partitions` partitions.

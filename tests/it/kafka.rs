@@ -370,11 +370,11 @@ async fn sasl_scram_delivers_with_the_right_password_and_names_a_refused_login()
             mechanism,
             username: "relay".into(),
             password: "s3cret-pass".into(),
+            topics: vec![("secured".into(), 2)],
         };
         let storage_file = scratch.path().join("tansu.db");
         let broker =
             Broker::start_with(&addr, &addr, BrokerStorage::File(storage_file), Some(login));
-        broker.create_topic("secured", 2);
         let wrong_file = scratch.path().join("wrong.secret");
         std::fs::write(&wrong_file, "not-the-password\n").unwrap();
         let right_file = scratch.path().join("right.secret");
@@ -535,5 +535,140 @@ sandbox = {{ allow_tcp = ["{addr}"] }}
             .contains("has 2 partitions; `partition` 5 does not exist"),
         "{}",
         dead[0].last_error
+    );
+}
+
+/// A topic deleted and made again with more partitions while the relay
+/// runs: within `metadata_max_age_ms`, keyed records land where the Java
+/// client puts them among the new partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_gains_partitions_is_seen_within_the_metadata_age() {
+    let broker = Broker::start();
+    let addr = broker.listen.clone();
+    broker.create_topic("grow", 2);
+    let scratch = Scratch::new();
+    let config = scratch.load_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+config = {{ bootstrap = ["{addr}"], topic = "grow", metadata_max_age_ms = 500 }}
+sandbox = {{ allow_tcp = ["{addr}"] }}
+"#
+    ));
+    let storage = scratch.storage().await;
+    let keyed = |round: usize| -> Vec<NewMessage> {
+        JAVA_VECTORS
+            .iter()
+            .map(|(key, _)| NewMessage::new("k", format!("{round}").into_bytes()).with_key(*key))
+            .collect()
+    };
+    storage.save(&keyed(1)).await.unwrap();
+    let relay = RunningRelay::start(&config).await;
+    read_all(&broker, "grow", JAVA_VECTORS.len());
+    broker.delete_topic("grow");
+    broker.create_topic("grow", 6);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    storage.save(&keyed(2)).await.unwrap();
+    let records = read_all(&broker, "grow", JAVA_VECTORS.len());
+    relay.stop().await;
+    for (key, hash) in JAVA_VECTORS {
+        let want = ((*hash as u32 & 0x7fff_ffff) % 6) as i32;
+        let r = records
+            .iter()
+            .find(|r| r.key.as_deref() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("no record for {key}"));
+        assert_eq!(r.partition, want, "key {key:?} among 6 partitions");
+    }
+    assert!(dead_letters(&storage, "events").await.is_empty());
+}
+
+/// A "broker" that answers one byte every 300 ms is cut off by the
+/// transport's own time-outs, with its own error, before the host's call
+/// limit would have to discard the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_dribbles_its_answer_is_cut_off_by_the_transports_time_outs() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 256];
+                let _ = stream.read(&mut request);
+                // A frame of 64 bytes, sent one byte at a time.
+                let mut answer = vec![0, 0, 0, 64];
+                answer.extend([0u8; 64]);
+                for byte in answer {
+                    if stream.write_all(&[byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            });
+        }
+    });
+    let scratch = Scratch::new();
+    let config = scratch.load_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+config = {{ bootstrap = ["{addr}"], request_timeout_ms = 1000, delivery_timeout_ms = 2000 }}
+sandbox = {{ allow_tcp = ["{addr}"], call_timeout = "10s" }}
+"#
+    ));
+    let err = outbox_relay::app::check_target(&config, "events")
+        .await
+        .expect_err("a broker that never finishes an answer must not start")
+        .to_string();
+    assert!(
+        err.contains("no answer within the request time-out"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("time limit"),
+        "the transport's own time-out, not the host's: {err}"
+    );
+}
+
+/// The bootstrap address is allowed but the broker the metadata names (its
+/// advertised listener) is not: the target does not start, naming it,
+/// rather than charging every batch a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertised_broker_outside_allow_tcp_stops_the_start() {
+    let listen = format!("127.0.0.1:{}", crate::free_port());
+    let proxy = Proxy::start(&listen).await;
+    let advertised = proxy.addr();
+    let _broker = Broker::start_with(&listen, &advertised, BrokerStorage::Memory, None);
+    let scratch = Scratch::new();
+    let config = scratch.load_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+config = {{ bootstrap = ["{listen}"] }}
+sandbox = {{ allow_tcp = ["{listen}"] }}
+"#
+    ));
+    let err = outbox_relay::app::check_target(&config, "events")
+        .await
+        .expect_err("a broker the sandbox does not allow must stop the start")
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "the sandbox does not allow connecting to {advertised}"
+        )),
+        "{err}"
     );
 }

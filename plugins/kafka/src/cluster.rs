@@ -4,6 +4,7 @@
 //! ([`Cluster::mark_stale`]); a broker that moved is reconnected.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
@@ -40,10 +41,22 @@ pub struct Cluster {
     seed: Option<Connection>,
     topics: HashMap<String, TopicState>,
     stale: bool,
+    /// Metadata older than this is asked for again (a topic may have
+    /// gained partitions, a leader may have moved without an error yet).
+    max_age: Duration,
+    /// When each topic's metadata was last read.
+    fetched: HashMap<String, Instant>,
+    /// No connect, read or write goes past it (the batch's end).
+    deadline: Option<Instant>,
 }
 
 impl Cluster {
-    pub fn new(bootstrap: Vec<String>, dial: Dial, allow_auto_create: bool) -> Cluster {
+    pub fn new(
+        bootstrap: Vec<String>,
+        dial: Dial,
+        allow_auto_create: bool,
+        max_age: Duration,
+    ) -> Cluster {
         Cluster {
             bootstrap,
             dial,
@@ -53,7 +66,37 @@ impl Cluster {
             seed: None,
             topics: HashMap::new(),
             stale: true,
+            max_age,
+            fetched: HashMap::new(),
+            deadline: None,
         }
+    }
+
+    /// Bounds every connect, read and write from now on (`None`: each
+    /// request's own time-out only).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        for conn in self.conns.values_mut().chain(self.seed.as_mut()) {
+            conn.set_deadline(deadline);
+        }
+    }
+
+    /// Connects to every broker the metadata names. An address the sandbox
+    /// does not allow is an error (the target cannot work without it); a
+    /// broker that is down is not (its partitions wait for it).
+    pub fn connect_all(&mut self) -> Result<(), ConnError> {
+        let mut nodes: Vec<i32> = self.brokers.keys().copied().collect();
+        nodes.sort_unstable();
+        for node in nodes {
+            match self.conn(node) {
+                Ok(_) => {}
+                Err(e @ ConnError::Denied(_)) => return Err(e),
+                Err(e) => outbox_relay_guest::log::warn(&format!(
+                    "Kafka broker {node} is not reachable at start-up: {e}"
+                )),
+            }
+        }
+        Ok(())
     }
 
     /// Asks for the brokers (and no topic): at start-up, this proves the
@@ -67,19 +110,27 @@ impl Cluster {
         self.stale = true;
     }
 
-    /// The state of each of `names`, asking the cluster for those not known
-    /// yet (or all, when stale).
+    /// The state of each of `names`, asking the cluster again for those not
+    /// known yet or read longer than `metadata_max_age_ms` ago (or all of
+    /// them, when stale).
     pub fn topics(&mut self, names: &[&str]) -> Result<Vec<TopicState>, ConnError> {
-        let unknown: Vec<&str> = names
+        let max_age = self.max_age;
+        let mut due: Vec<&str> = names
             .iter()
             .copied()
-            .filter(|n| !matches!(self.topics.get(*n), Some(TopicState::Ready(_))))
+            .filter(|n| {
+                self.stale
+                    || !matches!(self.topics.get(*n), Some(TopicState::Ready(_)))
+                    || self
+                        .fetched
+                        .get(*n)
+                        .is_none_or(|at| at.elapsed() >= max_age)
+            })
             .collect();
-        if self.stale || !unknown.is_empty() {
-            let mut asked: Vec<&str> = if self.stale { names.to_vec() } else { unknown };
-            asked.sort_unstable();
-            asked.dedup();
-            self.refresh(&asked)?;
+        if self.stale || !due.is_empty() {
+            due.sort_unstable();
+            due.dedup();
+            self.refresh(&due)?;
         }
         Ok(names
             .iter()
@@ -104,7 +155,7 @@ impl Cluster {
             self.conns.remove(&node); // the broker moved
         }
         if !self.conns.contains_key(&node) {
-            let conn = Connection::open(&addr, &self.dial)?;
+            let conn = Connection::open(&addr, &self.dial, self.deadline)?;
             self.conns.insert(node, conn);
         }
         Ok(self.conns.get_mut(&node).expect("inserted above"))
@@ -158,7 +209,7 @@ impl Cluster {
     fn open_seed(&self, last: Option<ConnError>) -> Result<Connection, ConnError> {
         let mut last = last;
         for addr in &self.bootstrap {
-            match Connection::open(addr, &self.dial) {
+            match Connection::open(addr, &self.dial, self.deadline) {
                 Ok(conn) => return Ok(conn),
                 Err(e) => last = Some(e),
             }
@@ -222,6 +273,7 @@ impl Cluster {
                 code @ (3 | 17 | 29) => TopicState::Missing(code_name(code)),
                 code => TopicState::Unavailable(code_name(code)),
             };
+            self.fetched.insert(name.clone(), Instant::now());
             self.topics.insert(name, state);
         }
     }

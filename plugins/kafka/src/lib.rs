@@ -61,6 +61,7 @@ const KEYS: &[&str] = &[
     "connect_timeout_ms",
     "max_batch_bytes",
     "allow_auto_create_topics",
+    "metadata_max_age_ms",
 ];
 
 /// Headers the transport sets itself; an envelope header of the same name is
@@ -142,7 +143,8 @@ impl Transport for Kafka {
             sasl,
         };
         let allow_auto_create = config.get_bool_or("allow_auto_create_topics", true)?;
-        let mut cluster = Cluster::new(bootstrap.clone(), dial, allow_auto_create);
+        let max_age = config.get_millis_or("metadata_max_age_ms", 60_000, 100..=3_600_000)?;
+        let mut cluster = Cluster::new(bootstrap.clone(), dial, allow_auto_create, max_age);
         let mut producer = Producer::new(Settings {
             acks,
             idempotent,
@@ -153,13 +155,19 @@ impl Transport for Kafka {
         });
         // Connecting now makes a wrong address, login or sandbox permission a
         // start-up error rather than a retry on every batch.
+        // Every broker is dialled too: one the sandbox does not allow is a
+        // start-up error, not a retry charged to every batch. All of it
+        // within one batch's time.
         let at = bootstrap.join(", ");
+        cluster.set_deadline(Some(std::time::Instant::now() + delivery_timeout));
         cluster
             .discover()
+            .and_then(|()| cluster.connect_all())
             .map_err(|e| Error::new(format!("Kafka at {at}: {e}")))?;
         producer
             .start_session(&mut cluster)
             .map_err(|e| Error::new(format!("Kafka at {at}: {e}")))?;
+        cluster.set_deadline(None);
         Ok(Kafka {
             topic,
             key,
@@ -305,10 +313,20 @@ fn credentials(config: &Config) -> Result<Option<Credentials>> {
     }
     let mechanism = Mechanism::parse(config.get_opt_str("sasl_mechanism")?.unwrap_or("PLAIN"))
         .map_err(|e| Error::new(format!("config: key `sasl_mechanism`: {e}")))?;
+    let text = |key: &str| -> Result<String> {
+        let value = config.get_str(key)?;
+        // PLAIN separates its fields with NUL: one inside would forge them.
+        if value.contains('\0') {
+            return Err(Error::new(format!(
+                "config: key `{key}` contains a NUL character"
+            )));
+        }
+        Ok(value.to_owned())
+    };
     Ok(Some(Credentials {
         mechanism,
-        username: config.get_str("sasl_username")?.to_owned(),
-        password: config.get_str("sasl_password")?.to_owned(),
+        username: text("sasl_username")?,
+        password: text("sasl_password")?,
     }))
 }
 
@@ -349,6 +367,15 @@ mod tests {
                 .contains("`sasl_mechanism`")
         );
         assert!(init_error(&format!(r#"{{{b}, "topik": "x"}}"#)).contains("unknown key `topik`"));
+        let sasl = r#""security_protocol": "SASL_PLAINTEXT", "sasl_username": "u""#;
+        assert!(
+            init_error(&format!(r#"{{{b}, {sasl}, "sasl_password": "a\u0000b"}}"#))
+                .contains("`sasl_password` contains a NUL")
+        );
+        assert!(
+            init_error(&format!(r#"{{{b}, "metadata_max_age_ms": 5}}"#))
+                .contains("`metadata_max_age_ms`")
+        );
         // Nothing listens on port 1: the error names the address.
         assert!(init_error(&format!(r#"{{{b}}}"#)).contains("127.0.0.1:1"));
     }

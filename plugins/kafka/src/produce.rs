@@ -117,6 +117,8 @@ impl Producer {
     /// Sends `messages` and returns an outcome for each, by `index`.
     pub fn send(&mut self, cluster: &mut Cluster, messages: Vec<Message>) -> Vec<(usize, Outcome)> {
         let deadline = Instant::now() + self.settings.delivery_timeout;
+        // Every connect, read and write of this batch ends by then.
+        cluster.set_deadline(Some(deadline));
         let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(messages.len());
         let mut reason: HashMap<usize, String> = HashMap::new();
 
@@ -182,6 +184,7 @@ impl Producer {
             }
         }
 
+        cluster.set_deadline(None);
         // What is left goes back to the host as retries.
         let left: Vec<usize> = queues.values().flatten().copied().chain(unplaced).collect();
         if !left.is_empty() && !perhaps_written.is_empty() {
@@ -323,7 +326,16 @@ impl Producer {
     ) -> bool {
         // Chunks by leader.
         let names: Vec<&str> = queues.keys().map(|(t, _)| t.as_str()).collect();
-        let states = cluster.topics(&names).unwrap_or_default();
+        let states = match cluster.topics(&names) {
+            Ok(states) => states,
+            Err(e) => {
+                let why = format!("cannot read metadata: {e}");
+                for &m in queues.values().flatten() {
+                    reason.insert(m, why.clone());
+                }
+                return false;
+            }
+        };
         let leaders: HashMap<&str, &TopicState> =
             names.iter().copied().zip(states.iter()).collect();
         let mut by_leader: BTreeMap<i32, Vec<Chunk>> = BTreeMap::new();

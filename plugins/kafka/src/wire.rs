@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -68,9 +68,11 @@ pub enum ConnError {
     /// The broker answered something this client cannot use; the connection
     /// is dropped.
     Protocol(String),
-    /// Connecting failed before anything was sent (refused, not allowed by
-    /// the sandbox, a wrong password): the message says which.
+    /// Connecting failed before anything was sent (refused, a wrong
+    /// password): the message says which.
     Connect(String),
+    /// The sandbox does not allow this address (`sandbox.allow_tcp`).
+    Denied(String),
 }
 
 impl ConnError {
@@ -91,7 +93,7 @@ impl fmt::Display for ConnError {
             }
             ConnError::Io(e) if net::is_closed(e) => write!(f, "the connection was closed ({e})"),
             ConnError::Io(e) => write!(f, "I/O error: {e}"),
-            ConnError::Protocol(m) | ConnError::Connect(m) => f.write_str(m),
+            ConnError::Protocol(m) | ConnError::Connect(m) | ConnError::Denied(m) => f.write_str(m),
         }
     }
 }
@@ -118,24 +120,49 @@ pub struct Connection {
     client_id: StrBytes,
     next_correlation: i32,
     versions: HashMap<i16, i16>,
+    request_timeout: Duration,
+    /// No read or write on this connection goes past it.
+    deadline: Option<Instant>,
+}
+
+/// What is left until `deadline`, at most `cap`; a time-out once it passed.
+fn left(cap: Duration, deadline: Option<Instant>) -> io::Result<Duration> {
+    let Some(deadline) = deadline else {
+        return Ok(cap);
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(cap.min(left))
+    }
 }
 
 impl Connection {
-    /// Connects to `addr`, agrees on API versions and logs in.
-    pub fn open(addr: &str, dial: &Dial) -> Result<Connection, ConnError> {
-        let timeouts = Timeouts {
-            connect: dial.connect_timeout,
-            read: Some(dial.request_timeout),
-            write: Some(dial.request_timeout),
-        };
-        let stream =
-            net::connect(addr, timeouts).map_err(|e| ConnError::Connect(e.into_message()))?;
+    /// Connects to `addr`, agrees on API versions and logs in, all before
+    /// `deadline`.
+    pub fn open(
+        addr: &str,
+        dial: &Dial,
+        deadline: Option<Instant>,
+    ) -> Result<Connection, ConnError> {
+        let connect = left(dial.connect_timeout, deadline)?;
+        let stream = net::connect(addr, Timeouts::connect_only(connect)).map_err(|e| {
+            let message = e.into_message();
+            if message.contains("sandbox does not allow") {
+                ConnError::Denied(message)
+            } else {
+                ConnError::Connect(message)
+            }
+        })?;
         let mut conn = Connection {
             stream,
             addr: addr.to_owned(),
             client_id: StrBytes::from_string(dial.client_id.clone()),
             next_correlation: 1,
             versions: HashMap::new(),
+            request_timeout: dial.request_timeout,
+            deadline,
         };
         conn.agree_versions()?;
         if let Some(credentials) = &dial.sasl {
@@ -146,6 +173,43 @@ impl Connection {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Bounds every later read and write (`None`: the request time-out only).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Writes all of `bytes` within the request time-out and the deadline.
+    fn write_full(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let until = Instant::now() + left(self.request_timeout, self.deadline)?;
+        let mut done = 0;
+        while done < bytes.len() {
+            self.stream.set_write_timeout(Some(remaining(until)?))?;
+            match self.stream.write(&bytes[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` within the request time-out and the deadline: a broker
+    /// that answers a byte at a time is cut off like one that is silent.
+    fn read_full(&mut self, buf: &mut [u8], until: Instant) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            self.stream.set_read_timeout(Some(remaining(until)?))?;
+            match self.stream.read(&mut buf[done..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The version of `key` to use on this connection.
@@ -199,7 +263,7 @@ impl Connection {
         if let Some(code) = nonzero(answer.error_code) {
             let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
             return Err(ConnError::Connect(format!(
-                "SASL: the broker does not accept {} ({}; it offers {offered:?})",
+                "SASL: the broker refused the {} handshake with {} (it lists {offered:?}; is SASL enabled on this listener?)",
                 c.mechanism.name(),
                 code_name(code)
             )));
@@ -273,7 +337,7 @@ impl Connection {
         let size = i32::try_from(frame.len() - 4)
             .map_err(|_| ConnError::Protocol("request larger than 2 GiB".into()))?;
         frame[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream.write_all(&frame)?;
+        self.write_full(&frame)?;
         Ok(correlation)
     }
 
@@ -283,15 +347,16 @@ impl Connection {
         correlation: i32,
         version: i16,
     ) -> Result<R::Response, ConnError> {
+        let until = Instant::now() + left(self.request_timeout, self.deadline)?;
         let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size)?;
+        self.read_full(&mut size, until)?;
         let size = i32::from_be_bytes(size);
         let size = usize::try_from(size)
             .ok()
             .filter(|&s| (4..=MAX_FRAME).contains(&s))
             .ok_or_else(|| ConnError::Protocol(format!("a response frame of {size} bytes")))?;
         let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body)?;
+        self.read_full(&mut body, until)?;
         let mut body = Bytes::from(body);
         let protocol = |e: String| {
             ConnError::Protocol(format!(
@@ -308,6 +373,16 @@ impl Connection {
             )));
         }
         R::Response::decode(&mut body, version).map_err(|e| protocol(e.to_string()))
+    }
+}
+
+/// What is left until `until`; a time-out once it passed.
+fn remaining(until: Instant) -> io::Result<Duration> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(left)
     }
 }
 
