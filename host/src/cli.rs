@@ -8,6 +8,7 @@
 //! [`crate::app::supervisor`]'s job; the rules (which dead letters may be
 //! replayed) are in the domain modules.
 
+mod adopt;
 mod dead_letters;
 mod enqueue;
 mod status;
@@ -94,6 +95,10 @@ enum Command {
     /// List, show, replay or purge dead letters.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Adopt another tool's outbox table in place (spakky, Debezium): triggers
+    /// copy each inserted row into the outbox inside the producer's transaction.
+    #[command(subcommand)]
+    Adopt(adopt::AdoptCommand),
     /// Inspect plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -227,6 +232,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::DeadLetters(command) => dead_letters::run(command).await,
+        Command::Adopt(command) => adopt::run(command).await,
         Command::Targets(command) => targets::run(command).await,
         Command::Status {
             config,

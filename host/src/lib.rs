@@ -44,6 +44,8 @@ pub mod trace_context;
 #[cfg(feature = "relay")]
 pub mod admin;
 #[cfg(feature = "relay")]
+pub mod adopt;
+#[cfg(feature = "relay")]
 pub mod app;
 #[cfg(feature = "relay")]
 pub mod authoring;

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod adopt;
 mod authoring;
 mod chaos;
 mod conformance;

@@ -27,10 +27,12 @@ pub(crate) async fn run(config: Config, json: bool, watch: Option<Duration>) -> 
     }
     let storage = app::open_migrated_storage(&config).await?;
     let names = super::targets::status_targets(&*storage, &config).await?;
+    let adopted = super::adopt::adopted_lines(&config).await?;
     let Some(every) = watch else {
         return quietly(print(
             &mut std::io::stdout().lock(),
             storage.status(&names).await?,
+            &adopted,
             json,
         ));
     };
@@ -52,7 +54,7 @@ pub(crate) async fn run(config: Config, json: bool, watch: Option<Duration>) -> 
                     humantime::format_duration(every)
                 )?;
             }
-            print(&mut out, rows, json)?;
+            print(&mut out, rows, &adopted, json)?;
             out.flush()?;
             Ok(())
         })();
@@ -85,7 +87,12 @@ fn quietly(result: anyhow::Result<()>) -> anyhow::Result<()> {
     }
 }
 
-fn print(out: &mut impl Write, rows: Vec<TargetStatus>, json: bool) -> anyhow::Result<()> {
+fn print(
+    out: &mut impl Write,
+    rows: Vec<TargetStatus>,
+    adopted: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
@@ -112,6 +119,9 @@ fn print(out: &mut impl Write, rows: Vec<TargetStatus>, json: bool) -> anyhow::R
     }
     for note in super::targets::notes(&rows) {
         writeln!(out, "\n{note}")?;
+    }
+    for line in adopted {
+        writeln!(out, "\n{line}")?;
     }
     Ok(())
 }

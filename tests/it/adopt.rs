@@ -1,0 +1,521 @@
+//! `outbox-relay adopt`: another tool's outbox table adopted in place, its
+//! rows written by plain SQL producers (committed and rolled back), then
+//! delivered by the relay to a `file` target and read back.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use outbox_relay_tests::{RunningRelay, Scratch, audit_file_target, eventually, read_jsonl};
+use sqlx::Row;
+
+use crate::relay_binary;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(relay_binary())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn adopt(config: &Path, args: &[&str]) -> String {
+    let mut all = vec!["adopt"];
+    all.extend_from_slice(&args[..1]);
+    all.extend(["--config", config.to_str().unwrap()]);
+    all.extend_from_slice(&args[1..]);
+    let (ok, stdout, stderr) = cli(&all);
+    assert!(ok, "adopt {args:?} failed: {stdout}{stderr}");
+    stdout
+}
+
+/// The table as SQLAlchemy creates it for `spakky-sqlalchemy` on Postgres.
+const SPAKKY_PG: &str = "CREATE TABLE spakky_event_outbox (
+    id UUID NOT NULL PRIMARY KEY,
+    event_name TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    headers JSON NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    published_at TIMESTAMP WITH TIME ZONE,
+    retry_count INTEGER NOT NULL,
+    claimed_at TIMESTAMP WITH TIME ZONE
+)";
+
+/// And on SQLite: the UUID as 32 hex digits, JSON and times as text.
+const SPAKKY_SQLITE: &str = "CREATE TABLE spakky_event_outbox (
+    id CHAR(32) NOT NULL PRIMARY KEY,
+    event_name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    headers JSON NOT NULL,
+    created_at DATETIME NOT NULL,
+    published_at DATETIME,
+    retry_count INTEGER NOT NULL,
+    claimed_at DATETIME
+)";
+
+fn traceparent(i: usize) -> String {
+    format!("00-{:032x}-{:016x}-01", i + 1, i + 7)
+}
+
+/// Spakky on Postgres: rows already pending are backfilled once, rows
+/// written after adoption are copied in the producer's transaction, rolled
+/// back rows are not, every copied row is marked published (so spakky's own
+/// relay would find nothing), and `--undo` stops the copying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spakky_on_postgres_backfills_copies_commits_and_marks_them_published() {
+    let scratch = Scratch::postgres().await;
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = scratch.write_config(&audit_file_target(&out));
+    let pool = scratch.pg_pool().await;
+    sqlx::raw_sql(SPAKKY_PG).execute(&pool).await.unwrap();
+    let insert = "INSERT INTO spakky_event_outbox (id, event_name, payload, headers, created_at, retry_count)
+                  VALUES ($1, $2, $3, $4::json, now(), 0)";
+    let mut want: Vec<(uuid::Uuid, String)> = Vec::new();
+    // Before adoption: 10 pending rows, and 2 spakky already published.
+    for i in 0..12 {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(insert)
+            .bind(id)
+            .bind("OrderPlaced")
+            .bind(format!(r#"{{"order_id":{i}}}"#).into_bytes())
+            .bind(format!(r#"{{"traceparent":"{}"}}"#, traceparent(i)))
+            .execute(&pool)
+            .await
+            .unwrap();
+        if i >= 10 {
+            sqlx::query("UPDATE spakky_event_outbox SET published_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        } else {
+            want.push((id, traceparent(i)));
+        }
+    }
+
+    // --dry-run prints the SQL and changes nothing.
+    let dry = adopt(&config, &["spakky", "--backfill", "--dry-run"]);
+    assert!(
+        dry.contains("CREATE TRIGGER outbox_adopt_spakky_event_outbox BEFORE INSERT"),
+        "{dry}"
+    );
+    let copied: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(copied, 0, "a dry run writes nothing");
+
+    let said = adopt(&config, &["spakky", "--backfill"]);
+    assert!(said.contains("backfilled 10 unpublished row(s)"), "{said}");
+
+    // After adoption: 5 committed transactions, 2 rolled back.
+    for i in 20..27 {
+        let id = uuid::Uuid::now_v7();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(insert)
+            .bind(id)
+            .bind("OrderPaid")
+            .bind(format!(r#"{{"order_id":{i}}}"#).into_bytes())
+            .bind(format!(r#"{{"traceparent":"{}"}}"#, traceparent(i)))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+            want.push((id, traceparent(i)));
+        }
+    }
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM spakky_event_outbox WHERE published_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "spakky's own relay finds nothing pending");
+
+    let (ok, status, _) = cli(&["status", "--config", config.to_str().unwrap()]);
+    assert!(
+        ok && status.contains("adopted table \"spakky_event_outbox\" (spakky"),
+        "{status}"
+    );
+
+    let relay = RunningRelay::start(&scratch.load_config(&audit_file_target(&out))).await;
+    let file = out.join("audit.jsonl");
+    let lines = eventually("every committed row delivered", WAIT, || {
+        let file = file.clone();
+        let n = want.len();
+        async move {
+            let lines = read_jsonl(&file);
+            (lines.len() >= n).then_some(lines)
+        }
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(lines.len(), want.len(), "nothing else, nothing twice");
+    let by_id: HashMap<String, &serde_json::Value> = lines
+        .iter()
+        .map(|l| (l["id"].as_str().unwrap().to_string(), l))
+        .collect();
+    for (id, tp) in &want {
+        let line = by_id
+            .get(&id.to_string())
+            .unwrap_or_else(|| panic!("row {id} was not delivered"));
+        assert_eq!(line["headers"]["traceparent"], tp.as_str(), "{line}");
+        assert!(line["payload"]["order_id"].is_number(), "{line}");
+    }
+    let events: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["event_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, HashSet::from(["OrderPlaced", "OrderPaid"]));
+
+    // --undo: the trigger is gone; a new row stays spakky's alone.
+    adopt(&config, &["spakky", "--undo"]);
+    sqlx::query(insert)
+        .bind(uuid::Uuid::now_v7())
+        .bind("OrderLate")
+        .bind(b"{}".to_vec())
+        .bind("{}")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let copied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox_messages WHERE event_name = 'OrderLate'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(copied, 0);
+    let (_, status, _) = cli(&["status", "--config", config.to_str().unwrap()]);
+    assert!(!status.contains("adopted table"), "{status}");
+}
+
+/// Spakky's table as SQLAlchemy makes it on SQLite, rows written by plain
+/// SQL: ids become canonical UUIDs, text times become enqueue times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spakky_on_sqlite_copies_hex_ids_and_text_times() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = scratch.write_config(&audit_file_target(&out));
+    let storage = scratch.storage().await;
+    let pool = storage.pool().clone();
+    sqlx::raw_sql(SPAKKY_SQLITE).execute(&pool).await.unwrap();
+    adopt(&config, &["spakky"]);
+    let mut want = Vec::new();
+    for i in 0..6 {
+        let id = uuid::Uuid::now_v7();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO spakky_event_outbox (id, event_name, payload, headers, created_at, retry_count)
+             VALUES (?1, 'OrderPlaced', ?2, ?3, '2026-12-01 10:00:00.250000', 0)",
+        )
+        .bind(id.simple().to_string())
+        .bind(format!(r#"{{"order_id":{i}}}"#).into_bytes())
+        .bind(format!(r#"{{"traceparent": "{}"}}"#, traceparent(i)))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        if i == 2 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+            want.push(id);
+        }
+    }
+    let published: Vec<String> =
+        sqlx::query_scalar("SELECT published_at FROM spakky_event_outbox ORDER BY published_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(published.len(), 5);
+    assert!(
+        published
+            .iter()
+            .all(|p| p.len() == 26 && p.as_bytes()[10] == b' '),
+        "published_at in SQLAlchemy's text form: {published:?}"
+    );
+
+    let relay = RunningRelay::start(&scratch.load_config(&audit_file_target(&out))).await;
+    let file = out.join("audit.jsonl");
+    let lines = eventually("every committed row delivered", WAIT, || {
+        let file = file.clone();
+        async move {
+            let lines = read_jsonl(&file);
+            (lines.len() >= 5).then_some(lines)
+        }
+    })
+    .await;
+    relay.stop().await;
+    let ids: Vec<String> = lines
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, want.iter().map(|u| u.to_string()).collect::<Vec<_>>());
+    // 2026-12-01 10:00:00.250 UTC
+    assert_eq!(lines[0]["created_at_ms"], 1_796_119_200_250_i64);
+    assert_eq!(lines[0]["headers"]["traceparent"], traceparent(0).as_str());
+}
+
+/// A Debezium outbox on Postgres whose producers insert and delete the row
+/// in one transaction: every event arrives, with `aggregateid` as the key,
+/// `aggregatetype` as the event, `id` and `type` as headers, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_insert_then_delete_arrives_keyed_and_in_order_per_key() {
+    let scratch = Scratch::postgres().await;
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let body = audit_file_target(&out).replace(
+        "[targets.audit]\n",
+        "[targets.audit]\nordered = true\nbatch_size = 7\n",
+    );
+    let config = scratch.write_config(&body);
+    let pool = scratch.pg_pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE outbox (
+            id UUID PRIMARY KEY,
+            aggregatetype VARCHAR(255) NOT NULL,
+            aggregateid VARCHAR(255) NOT NULL,
+            type VARCHAR(255) NOT NULL,
+            payload JSONB,
+            tenant TEXT
+        )",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let said = adopt(
+        &config,
+        &[
+            "debezium",
+            "--table",
+            "outbox",
+            "--header",
+            "tenant=x-tenant",
+        ],
+    );
+    assert!(said.contains("aggregateid -> partition key"), "{said}");
+
+    // Three writers, interleaved, each inserting and deleting in one
+    // transaction; key k's steps are written in order.
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let pool = pool.clone();
+        writers.push(tokio::spawn(async move {
+            for step in 0..40 {
+                let key = format!("order-{w}");
+                let id = uuid::Uuid::now_v7();
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, tenant)
+                     VALUES ($1, 'Order', $2, 'OrderStepped', $3, $4)",
+                )
+                .bind(id)
+                .bind(&key)
+                .bind(serde_json::json!({ "step": step }))
+                .bind((step % 2 == 0).then_some("acme"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                sqlx::query("DELETE FROM outbox WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the producers' deletes work as before");
+
+    let relay = RunningRelay::start(&scratch.load_config(&body)).await;
+    let file = out.join("audit.jsonl");
+    let lines = eventually("all 120 events", WAIT, || {
+        let file = file.clone();
+        async move {
+            let lines = read_jsonl(&file);
+            (lines.len() >= 120).then_some(lines)
+        }
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(lines.len(), 120);
+    let mut next: HashMap<String, i64> = HashMap::new();
+    for l in &lines {
+        assert_eq!(l["event_name"], "Order", "{l}");
+        assert_eq!(l["headers"]["type"], "OrderStepped", "{l}");
+        assert_eq!(l["headers"]["id"], l["id"], "{l}");
+        let key = l["partition_key"].as_str().unwrap().to_string();
+        let step = l["payload"]["step"].as_i64().unwrap();
+        assert_eq!(
+            l["headers"].get("x-tenant").and_then(|v| v.as_str()),
+            (step % 2 == 0).then_some("acme"),
+            "{l}"
+        );
+        let want = next.entry(key.clone()).or_insert(0);
+        assert_eq!(
+            step, *want,
+            "key {key}: step {step} came when {want} was next"
+        );
+        *want += 1;
+    }
+    assert_eq!(next.len(), 3);
+}
+
+/// `adopt --backfill` while producers keep writing: 10,000 pending rows from
+/// before and every row written during the adoption are each delivered at
+/// least once; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_under_live_writes_loses_nothing() {
+    let scratch = Scratch::postgres().await;
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = scratch.write_config(&audit_file_target(&out));
+    let pool = scratch.pg_pool().await;
+    sqlx::raw_sql(SPAKKY_PG).execute(&pool).await.unwrap();
+    // Run `migrate` first so the writers below do not race the schema.
+    let (ok, _, stderr) = cli(&["migrate", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    sqlx::query(
+        "INSERT INTO spakky_event_outbox (id, event_name, payload, headers, created_at, retry_count)
+         SELECT gen_random_uuid(), 'Backlog', convert_to('{\"n\":' || n || '}', 'UTF8'), '{}'::json,
+                now() - (10000 - n) * interval '1 millisecond', 0
+         FROM generate_series(1, 10000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let pool = pool.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = uuid::Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO spakky_event_outbox (id, event_name, payload, headers, created_at, retry_count)
+                     VALUES ($1, 'Live', '{}', '{}', now(), 0)",
+                )
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+                written.push(id);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            written
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let config_path = config.clone();
+    let said = tokio::task::spawn_blocking(move || adopt(&config_path, &["spakky", "--backfill"]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let live = writer.await.unwrap();
+    eprintln!("{said}; {} rows written during the adoption", live.len());
+
+    let every: Vec<uuid::Uuid> = sqlx::query("SELECT id FROM spakky_event_outbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get::<uuid::Uuid, _>("id"))
+        .collect();
+    assert_eq!(every.len(), 10_000 + live.len());
+    let relay = RunningRelay::start(&scratch.load_config(&audit_file_target(&out))).await;
+    let file = out.join("audit.jsonl");
+    let lines = eventually("every row delivered", Duration::from_secs(120), || {
+        let file = file.clone();
+        let n = every.len();
+        async move {
+            let lines = read_jsonl(&file);
+            (lines.len() >= n).then_some(lines)
+        }
+    })
+    .await;
+    relay.stop().await;
+    let got: HashSet<String> = lines
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    let missing = every
+        .iter()
+        .filter(|id| !got.contains(&id.to_string()))
+        .count();
+    assert_eq!(missing, 0, "rows lost across the adoption");
+    let backlog_order: Vec<i64> = lines
+        .iter()
+        .filter(|l| l["event_name"] == "Backlog")
+        .map(|l| l["payload"]["n"].as_i64().unwrap())
+        .collect();
+    assert!(
+        backlog_order.windows(2).all(|w| w[0] < w[1]),
+        "the backfill is in created_at order"
+    );
+}
+
+/// Mistakes are named: a missing table, a missing column, a bad header.
+#[tokio::test]
+async fn adopt_names_a_missing_table_column_or_bad_option() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config(&audit_file_target(scratch.path()));
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = cli(&["adopt", "spakky", "--config", path]);
+    assert!(
+        !ok && stderr.contains("table \"spakky_event_outbox\" does not exist"),
+        "{stderr}"
+    );
+    let storage = scratch.storage().await;
+    sqlx::raw_sql("CREATE TABLE outbox (id TEXT PRIMARY KEY, aggregatetype TEXT, payload TEXT)")
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    let (ok, _, stderr) = cli(&["adopt", "debezium", "--config", path, "--table", "outbox"]);
+    assert!(
+        !ok && stderr.contains("no column \"aggregateid\""),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&[
+        "adopt",
+        "debezium",
+        "--config",
+        path,
+        "--table",
+        "outbox",
+        "--key-from",
+        "none",
+        "--header",
+        "oops",
+    ]);
+    assert!(!ok && stderr.contains("COLUMN=HEADER-NAME"), "{stderr}");
+    let (ok, stdout, stderr) = cli(&[
+        "adopt",
+        "debezium",
+        "--config",
+        path,
+        "--table",
+        "outbox",
+        "--key-from",
+        "none",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+}
