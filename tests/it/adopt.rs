@@ -1,6 +1,9 @@
 //! `outbox-relay adopt`: another tool's outbox table adopted in place, its
 //! rows written by plain SQL producers (committed and rolled back), then
-//! delivered by the relay to a `file` target and read back.
+//! delivered by the relay to a `file` target and read back; and a real
+//! Spakky application (tests/adopt/spakky/, spakky 6.4.0 in the venv that
+//! tests/setup.sh makes) switched to the relay, delivering through RabbitMQ
+//! to its own `@on_event` consumer.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -518,4 +521,359 @@ async fn adopt_names_a_missing_table_column_or_bad_option() {
         "none",
     ]);
     assert!(ok, "{stdout}{stderr}");
+}
+
+/// The Spakky apps of `tests/adopt/spakky/`, run by the virtualenv that
+/// `tests/setup.sh` makes; killed on drop (a panicking test too), and the
+/// durable queue the consumer declared deleted.
+struct SpakkyApps {
+    dir: std::path::PathBuf,
+    event: String,
+    children: Vec<(&'static str, std::process::Child)>,
+}
+
+/// The Spakky virtualenv's python; panics (never skips) when it is missing.
+fn spakky_python() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
+        std::path::PathBuf::from,
+    );
+    let python = target.join("spakky-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "no Spakky virtualenv at {}: run `make setup` (tests/setup.sh installs spakky 6.4.0 from PyPI)",
+        python.parent().unwrap().parent().unwrap().display()
+    );
+    python
+}
+
+const SPAKKY_APPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/adopt/spakky");
+const RABBITMQ: &str = "127.0.0.1:5672";
+
+impl SpakkyApps {
+    fn new(dir: &Path, event: &str) -> Self {
+        spakky_python();
+        Self {
+            dir: dir.to_path_buf(),
+            event: event.to_string(),
+            children: Vec::new(),
+        }
+    }
+
+    fn command(&self, script: &str, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(spakky_python());
+        command
+            .current_dir(SPAKKY_APPS)
+            .arg(format!("{SPAKKY_APPS}/{script}"))
+            .args(["--event", &self.event])
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        command
+    }
+
+    /// What an app wrote on stderr (its file in the scratch directory).
+    fn stderr(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.stderr"))).unwrap_or_default()
+    }
+
+    /// Runs the producer to the end; returns its JSON lines (one per order).
+    fn produce(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.command("producer.py", args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "the Spakky producer failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+
+    /// Starts an app that runs until killed, its stdout in `<name>.stdout`;
+    /// returns once it printed `{"started": true}`.
+    async fn start(&mut self, name: &'static str, script: &str, args: &[&str]) {
+        let stdout = self.dir.join(format!("{name}.stdout"));
+        let stderr = self.dir.join(format!("{name}.stderr"));
+        let child = self
+            .command(script, args)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        self.children.push((name, child));
+        let start = std::time::Instant::now();
+        loop {
+            if self.lines(name).iter().any(|l| l.get("started").is_some()) {
+                return;
+            }
+            let (_, child) = self.children.last_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the Spakky {name} exited ({status}): {}", self.stderr(name));
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "the Spakky {name} did not start within {WAIT:?}: {}",
+                self.stderr(name)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The JSON lines an app printed so far.
+    fn lines(&self, name: &str) -> Vec<serde_json::Value> {
+        read_jsonl(&self.dir.join(format!("{name}.stdout")))
+    }
+
+    /// Panics if an app has exited.
+    fn assert_running(&mut self, name: &str) {
+        let dir = self.dir.clone();
+        let (_, child) = self.children.iter_mut().find(|(n, _)| *n == name).unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(dir.join(format!("{name}.stderr")));
+            panic!("the Spakky {name} exited ({status}): {err:?}");
+        }
+    }
+
+    /// SIGTERM, and the exit status once it stopped.
+    fn stop(&mut self, name: &str) -> std::process::ExitStatus {
+        let at = self.children.iter().position(|(n, _)| *n == name).unwrap();
+        let (_, mut child) = self.children.remove(at);
+        crate::terminate(&mut child)
+    }
+}
+
+impl Drop for SpakkyApps {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The consumer's durable queue, named after this run's event class.
+        let queue = self.event.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let url = format!("amqp://guest:guest@{RABBITMQ}/%2f");
+                let Ok(conn) =
+                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), Default::default())
+                        .await;
+                }
+                let _ = conn.close(0, "done".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// True once queue `name` exists (a passive declare; a missing queue closes
+/// the channel, so each check has a channel of its own).
+async fn queue_exists(conn: &lapin::Connection, name: &str) -> bool {
+    let channel = conn.create_channel().await.unwrap();
+    let found = channel
+        .queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = channel.close(0, "checked".into()).await;
+    found
+}
+
+/// A real Spakky application (spakky 6.4.0 from PyPI): its producer
+/// publishes integration events through `OutboxEventBus` inside
+/// `@transactional` units of work on Postgres, some rolled back; the table
+/// is adopted (with `--backfill` for the rows written before); outbox-relay
+/// delivers through `rabbitmq` the way spakky-rabbitmq does (default
+/// exchange, routing key = the event class name); a Spakky consumer's
+/// `@on_event` handler gets every committed event, parsed into the event
+/// class, with the producer's trace, and no rolled-back one. Spakky's own
+/// two relays run alongside the whole time and publish nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_spakky_app_switches_to_the_relay_without_a_producer_change() {
+    let scratch = Scratch::postgres().await;
+    // The event class name is spakky's routing key and the consumer's queue:
+    // one of this run's own keeps parallel runs on one broker apart.
+    let event = format!("OrderPlaced{}", uuid::Uuid::now_v7().simple());
+    let mut apps = SpakkyApps::new(scratch.path(), &event);
+    let database = scratch.database_url();
+    let amqp = lapin::Connection::connect(
+        &format!("amqp://guest:guest@{RABBITMQ}/%2f"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {RABBITMQ} ({e}); start it"));
+    let body = format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["bus"]
+
+[targets.bus]
+plugin = "rabbitmq"
+sandbox = {{ allow_tcp = ["{RABBITMQ}"] }}
+config = {{ url = "amqp://guest:guest@{RABBITMQ}/%2f", exchange = "", routing_key = "{{event}}" }}
+"#
+    );
+    let config = scratch.write_config(&body);
+
+    // Before the switch: the app makes its table (spakky never does) and
+    // writes 4 orders, the 4th rolled back; 3 rows wait for spakky's relay.
+    let mut orders = apps.produce(&[
+        "--database",
+        &database,
+        "--create-table",
+        "--first",
+        "1",
+        "--count",
+        "4",
+        "--rollback-every",
+        "4",
+    ]);
+    let said = adopt(&config, &["spakky", "--backfill"]);
+    assert!(said.contains("backfilled 3 unpublished row(s)"), "{said}");
+
+    // The consumer declares its durable queue `<event>`; the relay does not.
+    let received = scratch.path().join("received.jsonl");
+    apps.start(
+        "consumer",
+        "consumer.py",
+        &["--out", received.to_str().unwrap()],
+    )
+    .await;
+    eventually("the consumer's queue declared", WAIT, || async {
+        queue_exists(&amqp, &event).await.then_some(())
+    })
+    .await;
+    // Spakky's own relays (sync and async), left running, polling every 50 ms.
+    apps.start("spakky-relay", "relay.py", &["--database", &database])
+        .await;
+
+    // After the switch, the same producer, unchanged: 30 orders, every 3rd
+    // rolled back.
+    orders.extend(apps.produce(&[
+        "--database",
+        &database,
+        "--first",
+        "101",
+        "--count",
+        "30",
+        "--rollback-every",
+        "3",
+    ]));
+    let committed: Vec<&serde_json::Value> =
+        orders.iter().filter(|o| o["committed"] == true).collect();
+    let rolled_back: HashSet<i64> = orders
+        .iter()
+        .filter(|o| o["committed"] == false)
+        .map(|o| o["order_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!((committed.len(), rolled_back.len()), (23, 11), "{orders:?}");
+
+    let relay = RunningRelay::start(&scratch.load_config(&body)).await;
+    let want = committed.len();
+    eventually("every committed event handled", WAIT, || {
+        let n = read_jsonl(&received).len();
+        async move { (n >= want).then_some(()) }
+    })
+    .await;
+    // Time for a late copy (from either relay) to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.stop().await;
+    apps.assert_running("consumer");
+    apps.assert_running("spakky-relay");
+    let status = apps.stop("spakky-relay");
+    let spakky_relay = apps.lines("spakky-relay");
+    let last = spakky_relay.last().unwrap();
+    assert!(
+        status.success() && last["stopped"] == true,
+        "spakky's relay did not stop cleanly ({status}): {last}; {}",
+        apps.stderr("spakky-relay")
+    );
+    apps.stop("consumer");
+
+    // Spakky's relays were alive and polling throughout, and found nothing.
+    assert!(
+        last["polls_sync"].as_u64().unwrap() >= 10 && last["polls_async"].as_u64().unwrap() >= 10,
+        "spakky's relays polled: {last}"
+    );
+    assert_eq!(
+        (&last["claimed"], &last["sends"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "spakky's relay published something: {last}"
+    );
+
+    // Each committed event reached the handler once, parsed into the event
+    // class, with the producer's trace; no rolled-back one did.
+    let got = read_jsonl(&received);
+    assert_eq!(
+        got.len(),
+        committed.len(),
+        "nothing twice, nothing else: {got:?}"
+    );
+    let by_order: HashMap<i64, &serde_json::Value> = got
+        .iter()
+        .map(|g| (g["order_id"].as_i64().unwrap(), g))
+        .collect();
+    assert_eq!(by_order.len(), got.len(), "an event handled twice: {got:?}");
+    for want in &committed {
+        let order = want["order_id"].as_i64().unwrap();
+        let g = by_order
+            .get(&order)
+            .unwrap_or_else(|| panic!("order {order} never reached the handler: {got:?}"));
+        assert_eq!(g["type"], event.as_str(), "{g}");
+        for field in ["total_cents", "customer", "event_id", "trace_id"] {
+            assert_eq!(
+                g[field], want[field],
+                "order {order}: {field}: {g} vs {want}"
+            );
+        }
+    }
+    assert!(
+        by_order.keys().all(|o| !rolled_back.contains(o)),
+        "a rolled-back event was delivered: {got:?}"
+    );
+
+    // The database agrees: every spakky row copied and marked published,
+    // no rolled-back order or event left, nothing dead-lettered.
+    let pool = scratch.pg_pool().await;
+    let counts: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM spakky_event_outbox),
+                (SELECT count(*) FROM spakky_event_outbox WHERE published_at IS NULL),
+                (SELECT count(*) FROM outbox_messages),
+                (SELECT count(*) FROM orders)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        (23, 0, 23, 23),
+        "(spakky rows, unpublished, copied, orders)"
+    );
+    let storage = scratch.pg_storage().await;
+    assert!(
+        outbox_relay_tests::dead_letters(&storage, "bus")
+            .await
+            .is_empty()
+    );
 }
