@@ -641,7 +641,7 @@ sandbox = {{ allow_tcp = ["{addr}"], call_timeout = "10s" }}
 
 /// The bootstrap address is allowed but the broker the metadata names (its
 /// advertised listener) is not: the target does not start, naming it,
-/// rather than charging every batch a retry.
+/// rather than charging every batch a retry, even with one socket allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advertised_broker_outside_allow_tcp_stops_the_start() {
     let listen = format!("127.0.0.1:{}", crate::free_port());
@@ -658,9 +658,12 @@ targets = ["events"]
 [targets.events]
 plugin = "kafka"
 config = {{ bootstrap = ["{listen}"] }}
-sandbox = {{ allow_tcp = ["{listen}"] }}
+sandbox = {{ allow_tcp = ["{listen}"], max_sockets = 1 }}
 "#
     ));
+    // One socket in all: the start-up probe must not be starved by
+    // connections kept open (the bootstrap's is closed once the brokers
+    // are known), or the refusal would hide behind "no sockets left".
     let err = outbox_relay::app::check_target(&config, "events")
         .await
         .expect_err("a broker the sandbox does not allow must stop the start")
@@ -671,4 +674,32 @@ sandbox = {{ allow_tcp = ["{listen}"] }}
         )),
         "{err}"
     );
+}
+
+/// Two sockets and one kept connection: a batch still goes out (the
+/// bootstrap's connection is let go once the brokers are known).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_delivers_within_a_small_socket_budget() {
+    let broker = Broker::start();
+    let addr = broker.listen.clone();
+    broker.create_topic("few", 2);
+    let scratch = Scratch::new();
+    let config = scratch.load_config(&format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+config = {{ bootstrap = ["{addr}"], topic = "few", max_connections = 1 }}
+sandbox = {{ allow_tcp = ["{addr}"], max_sockets = 2 }}
+"#
+    ));
+    let storage = scratch.storage().await;
+    let sent = enqueue(&storage, "thing.happened", 300).await;
+    let relay = RunningRelay::start(&config).await;
+    read_all(&broker, "few", sent.len());
+    relay.stop().await;
+    assert!(dead_letters(&storage, "events").await.is_empty());
 }

@@ -48,7 +48,22 @@ pub struct Cluster {
     fetched: HashMap<String, Instant>,
     /// No connect, read or write goes past it (the batch's end).
     deadline: Option<Instant>,
+    /// At most this many broker connections are kept (each is a socket of
+    /// the sandbox's `max_sockets`); the least recently used idle one goes.
+    max_connections: usize,
+    last_used: HashMap<i32, Instant>,
+    /// Brokers with a request in flight in this round: never evicted.
+    pinned: std::collections::HashSet<i32>,
+    /// Brokers the sandbox refused, by address: not dialled again (nor
+    /// metadata re-read for them) for [`DENIED_RETRY`].
+    denied: HashMap<i32, (String, Instant, String)>,
 }
+
+/// How long a broker the sandbox refused is left alone.
+const DENIED_RETRY: Duration = Duration::from_secs(10);
+
+/// A start-up probe only asks the sandbox: its refusal is immediate.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 impl Cluster {
     pub fn new(
@@ -56,6 +71,7 @@ impl Cluster {
         dial: Dial,
         allow_auto_create: bool,
         max_age: Duration,
+        max_connections: usize,
     ) -> Cluster {
         Cluster {
             bootstrap,
@@ -69,7 +85,25 @@ impl Cluster {
             max_age,
             fetched: HashMap::new(),
             deadline: None,
+            max_connections: max_connections.max(1),
+            last_used: HashMap::new(),
+            pinned: Default::default(),
+            denied: HashMap::new(),
         }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Marks `node` as having a request in flight: its connection is not
+    /// evicted until [`Cluster::unpin_all`].
+    pub fn pin(&mut self, node: i32) {
+        self.pinned.insert(node);
+    }
+
+    pub fn unpin_all(&mut self) {
+        self.pinned.clear();
     }
 
     /// Bounds every connect, read and write from now on (`None`: each
@@ -81,16 +115,20 @@ impl Cluster {
         }
     }
 
-    /// Connects to every broker the metadata names. An address the sandbox
-    /// does not allow is an error (the target cannot work without it); a
-    /// broker that is down is not (its partitions wait for it).
-    pub fn connect_all(&mut self) -> Result<(), ConnError> {
-        let mut nodes: Vec<i32> = self.brokers.keys().copied().collect();
+    /// Asks the sandbox about every broker the metadata names: one it does
+    /// not allow is an error (the target cannot work without it). Each probe
+    /// is a TCP connect, closed at once and bounded by a fraction of a
+    /// second: a broker that is down, slow or frozen does not hold up the
+    /// start (its partitions wait for it), and no socket is kept.
+    pub fn probe_all(&self) -> Result<(), ConnError> {
+        let mut nodes: Vec<(&i32, &String)> = self.brokers.iter().collect();
         nodes.sort_unstable();
-        for node in nodes {
-            match self.conn(node) {
-                Ok(_) => {}
-                Err(e @ ConnError::Denied(_)) => return Err(e),
+        for (node, addr) in nodes {
+            match outbox_relay_guest::net::connect(addr, PROBE_TIMEOUT) {
+                Ok(stream) => drop(stream),
+                Err(e) if e.message().contains("sandbox does not allow") => {
+                    return Err(ConnError::Denied(e.into_message()));
+                }
                 Err(e) => outbox_relay_guest::log::warn(&format!(
                     "Kafka broker {node} is not reachable at start-up: {e}"
                 )),
@@ -154,17 +192,52 @@ impl Cluster {
         if self.conns.get(&node).is_some_and(|c| c.addr() != addr) {
             self.conns.remove(&node); // the broker moved
         }
-        if !self.conns.contains_key(&node) {
-            let conn = Connection::open(&addr, &self.dial, self.deadline)?;
-            self.conns.insert(node, conn);
+        if let Some((denied_addr, at, message)) = self.denied.get(&node) {
+            if *denied_addr == addr && at.elapsed() < DENIED_RETRY {
+                return Err(ConnError::Denied(message.clone()));
+            }
+            self.denied.remove(&node);
         }
+        if !self.conns.contains_key(&node) {
+            self.make_room();
+            match Connection::open(&addr, &self.dial, self.deadline) {
+                Ok(conn) => {
+                    self.conns.insert(node, conn);
+                }
+                Err(ConnError::Denied(message)) => {
+                    self.denied
+                        .insert(node, (addr, Instant::now(), message.clone()));
+                    return Err(ConnError::Denied(message));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.last_used.insert(node, Instant::now());
         Ok(self.conns.get_mut(&node).expect("inserted above"))
     }
 
-    /// Forgets the connection to `node` after it failed.
-    pub fn drop_conn(&mut self, node: i32) {
+    /// Below `max_connections`, by closing the least recently used
+    /// connection that has nothing in flight.
+    fn make_room(&mut self) {
+        while self.conns.len() >= self.max_connections {
+            let idle = self
+                .conns
+                .keys()
+                .filter(|n| !self.pinned.contains(n))
+                .min_by_key(|n| self.last_used.get(n).copied())
+                .copied();
+            let Some(node) = idle else { return };
+            self.conns.remove(&node);
+        }
+    }
+
+    /// Forgets the connection to `node` after it failed. A broker the
+    /// sandbox refused is not a sign of stale metadata.
+    pub fn drop_conn(&mut self, node: i32, error: &ConnError) {
         self.conns.remove(&node);
-        self.stale = true;
+        if !matches!(error, ConnError::Denied(_)) {
+            self.stale = true;
+        }
     }
 
     /// Any working connection: a broker's, else a bootstrap address's.

@@ -62,6 +62,7 @@ const KEYS: &[&str] = &[
     "max_batch_bytes",
     "allow_auto_create_topics",
     "metadata_max_age_ms",
+    "max_connections",
 ];
 
 /// Headers the transport sets itself; an envelope header of the same name is
@@ -144,7 +145,19 @@ impl Transport for Kafka {
         };
         let allow_auto_create = config.get_bool_or("allow_auto_create_topics", true)?;
         let max_age = config.get_millis_or("metadata_max_age_ms", 60_000, 100..=3_600_000)?;
-        let mut cluster = Cluster::new(bootstrap.clone(), dial, allow_auto_create, max_age);
+        let max_connections = config.get_opt_u64("max_connections")?.unwrap_or(16);
+        if !(1..=1024).contains(&max_connections) {
+            return Err(Error::new(
+                "config: key `max_connections` must lie in 1..=1024",
+            ));
+        }
+        let mut cluster = Cluster::new(
+            bootstrap.clone(),
+            dial,
+            allow_auto_create,
+            max_age,
+            max_connections as usize,
+        );
         let mut producer = Producer::new(Settings {
             acks,
             idempotent,
@@ -155,14 +168,14 @@ impl Transport for Kafka {
         });
         // Connecting now makes a wrong address, login or sandbox permission a
         // start-up error rather than a retry on every batch.
-        // Every broker is dialled too: one the sandbox does not allow is a
+        // Every broker is probed too: one the sandbox does not allow is a
         // start-up error, not a retry charged to every batch. All of it
         // within one batch's time.
         let at = bootstrap.join(", ");
         cluster.set_deadline(Some(std::time::Instant::now() + delivery_timeout));
         cluster
             .discover()
-            .and_then(|()| cluster.connect_all())
+            .and_then(|()| cluster.probe_all())
             .map_err(|e| Error::new(format!("Kafka at {at}: {e}")))?;
         producer
             .start_session(&mut cluster)

@@ -86,6 +86,8 @@ pub struct Producer {
     settings: Settings,
     session: Option<Session>,
     sticky: u64,
+    /// Which leaders a round with more than `max_connections` starts at.
+    rotation: usize,
 }
 
 type Tp = (String, i32);
@@ -103,6 +105,7 @@ impl Producer {
             settings,
             session: None,
             sticky: outbox_relay_guest::random::u64(),
+            rotation: 0,
         }
     }
 
@@ -128,6 +131,7 @@ impl Producer {
         let mut perhaps_written: HashSet<Tp> = HashSet::new();
         let mut chunk_limit: HashMap<Tp, usize> = HashMap::new();
         let mut throttle_ms: i32 = 0;
+        let mut rounds = 0u32;
         self.sticky = self.sticky.wrapping_add(1);
 
         loop {
@@ -162,6 +166,7 @@ impl Producer {
                     }
                 }
             }
+            rounds += 1;
             let progressed = if queues.is_empty() {
                 false
             } else {
@@ -193,11 +198,11 @@ impl Producer {
             self.session = None;
         }
         for m in left {
-            let why = reason
-                .remove(&m)
-                .unwrap_or_else(|| "no answer in time".into());
+            let why = reason.remove(&m).unwrap_or_else(|| {
+                format!("not sent: the batch took {rounds} rounds and its time ran out")
+            });
             let why = format!(
-                "Kafka: {why} (gave up after {} ms)",
+                "Kafka: {why} (gave up after delivery_timeout_ms = {})",
                 self.settings.delivery_timeout.as_millis()
             );
             outcomes.push((
@@ -367,10 +372,24 @@ impl Producer {
             });
         }
 
-        // Send every request, then read every answer.
+        // Send every request, then read every answer: to at most
+        // `max_connections` leaders a round (the others wait for the next
+        // round, starting elsewhere each time), so the connections in flight
+        // fit the sandbox's sockets.
+        let leaders: Vec<i32> = by_leader.keys().copied().collect();
+        let limit = cluster.max_connections();
+        if leaders.len() > limit {
+            self.rotation = self.rotation.wrapping_add(1);
+            let start = self.rotation % leaders.len();
+            let chosen: Vec<i32> = (0..limit)
+                .map(|i| leaders[(start + i) % leaders.len()])
+                .collect();
+            by_leader.retain(|leader, _| chosen.contains(leader));
+        }
         let mut sent: Vec<(i32, i32, i16, Vec<Chunk>)> = Vec::new();
         for (leader, chunks) in by_leader {
             let request = self.request(messages, &chunks);
+            cluster.pin(leader);
             let result = cluster.conn(leader).and_then(|conn| {
                 let version = conn.version(ApiKey::Produce);
                 conn.send(&request, version).map(|c| (c, version))
@@ -379,7 +398,7 @@ impl Producer {
                 Ok((correlation, version)) => sent.push((leader, correlation, version, chunks)),
                 Err(e) => {
                     let written = e.is_io();
-                    cluster.drop_conn(leader);
+                    cluster.drop_conn(leader, &e);
                     for chunk in &chunks {
                         if written {
                             perhaps_written.insert(chunk.tp.clone());
@@ -399,7 +418,7 @@ impl Producer {
             let answer = match answer {
                 Ok(answer) => answer,
                 Err(e) => {
-                    cluster.drop_conn(leader);
+                    cluster.drop_conn(leader, &e);
                     for chunk in &chunks {
                         perhaps_written.insert(chunk.tp.clone());
                         for &m in &chunk.members {
@@ -424,6 +443,7 @@ impl Producer {
                 );
             }
         }
+        cluster.unpin_all();
         progressed
     }
 

@@ -89,7 +89,7 @@ impl fmt::Display for ConnError {
             ConnError::Io(e)
                 if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock =>
             {
-                f.write_str("no answer within the request time-out")
+                f.write_str("no answer within the request time-out (request_timeout_ms, or what was left of the batch's delivery_timeout_ms)")
             }
             ConnError::Io(e) if net::is_closed(e) => write!(f, "the connection was closed ({e})"),
             ConnError::Io(e) => write!(f, "I/O error: {e}"),
