@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod adopted;
 mod drain;
 mod latency;
 mod ordered;
@@ -49,9 +50,12 @@ enum Scenario {
     Ordered,
     /// Peak RSS of the real CLI with six targets loaded.
     Rss,
+    /// A backlog in spakky-outbox's table: the seed's real relay versus
+    /// outbox-relay through `adopt spakky --backfill`.
+    Adopted,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Drain,
     Scenario::SeedBaseline,
     Scenario::WasmOverhead,
@@ -60,6 +64,7 @@ const ALL: [Scenario; 8] = [
     Scenario::Ordered,
     Scenario::Transports,
     Scenario::Rss,
+    Scenario::Adopted,
 ];
 
 /// Benchmarks of outbox-relay. Results go to bench/results/ (with --quick, to
@@ -266,6 +271,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .await
             }
             Scenario::Rss => rss_scenario(&args).await,
+            Scenario::Adopted => {
+                adopted::scenario(args.pick(None, 3_000, 500), args.payload.min(1024)).await
+            }
         };
         let result = match result {
             Ok(r) => r,
@@ -300,6 +308,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Transports => "transports",
         Scenario::Ordered => "ordered",
         Scenario::Rss => "rss",
+        Scenario::Adopted => "adopted",
     }
 }
 

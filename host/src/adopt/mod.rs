@@ -23,8 +23,11 @@
 //!
 //! Each adopted table is recorded in `outbox_adopted`, which `status` shows.
 
+mod database;
 mod postgres;
 mod sqlite;
+
+pub use database::{Adopted, Database, adopted_lines};
 
 use std::fmt;
 

@@ -4,14 +4,12 @@
 //! `outbox_adopted` row that `status` shows.
 
 use anyhow::{Context, bail};
-use sqlx::Row;
 
 use super::ConfigArg;
-use crate::adopt::{Adoption, Backend, Column, Debezium, Shape};
+use crate::adopt::{Adoption, Database, Debezium, Shape};
 use crate::config::Config;
-use crate::storage::Storage as _;
-use crate::storage::postgres::PgStorage;
-use crate::storage::sqlite::SqliteStorage;
+
+pub(crate) use crate::adopt::adopted_lines;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum AdoptCommand {
@@ -96,7 +94,7 @@ pub(crate) async fn run(command: AdoptCommand) -> anyhow::Result<()> {
     let adoption = Adoption { table, shape };
     let config = Config::load(&options.config.config)?;
     let database = crate::config::redact_url(&config.database);
-    let db = Db::open(&config).await?;
+    let db = Database::open(&config).await?;
 
     if options.undo {
         let sql = adoption.undo(db.backend())?;
@@ -112,21 +110,21 @@ pub(crate) async fn run(command: AdoptCommand) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let columns = db.columns(&adoption.table).await?;
-    let partitions = db.partitions().await?;
-    let plan = adoption
-        .plan(db.backend(), &columns, partitions, backfill)
-        .with_context(|| format!("cannot adopt {:?} in {database}", adoption.table))?;
-    let mut sql = plan.install.clone();
-    sql.extend(plan.backfill.iter().cloned());
+    let context = || format!("cannot adopt {:?} in {database}", adoption.table);
     if options.dry_run {
+        let sql = db
+            .adoption_sql(&adoption, backfill)
+            .await
+            .with_context(context)?;
         println!("-- {}", adoption.mapping());
         print_sql(&sql);
         return Ok(());
     }
-    let before = db.outbox_rows().await?;
-    db.execute(&sql).await?;
-    let copied = db.outbox_rows().await? - before;
+    let copied = db
+        .adopt(&adoption, backfill)
+        .await
+        .with_context(context)?
+        .copied;
     println!(
         "{database}: adopted {:?} ({}): {}",
         adoption.table,
@@ -145,155 +143,4 @@ fn print_sql(sql: &[String]) {
         println!("{statement}");
     }
     println!("COMMIT;");
-}
-
-/// The configured database, migrated, as a raw pool: adoption is DDL.
-enum Db {
-    Postgres(sqlx::PgPool),
-    Sqlite(sqlx::SqlitePool),
-}
-
-/// One line per adopted table, for `status` (read only).
-pub(crate) async fn adopted_lines(config: &Config) -> anyhow::Result<Vec<String>> {
-    let db = if config.database.starts_with("sqlite:") {
-        Db::Sqlite(
-            SqliteStorage::connect(&config.database)
-                .await?
-                .pool()
-                .clone(),
-        )
-    } else {
-        Db::Postgres(PgStorage::connect(&config.database).await?.pool().clone())
-    };
-    Ok(db
-        .adopted()
-        .await?
-        .into_iter()
-        .map(|(table, shape, at_ms)| {
-            let since = std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(u64::try_from(at_ms).unwrap_or(0));
-            format!(
-                "adopted table {table:?} ({shape}, since {}): its inserted rows are copied into the outbox",
-                humantime_serde::re::humantime::format_rfc3339_seconds(since)
-            )
-        })
-        .collect())
-}
-
-impl Db {
-    async fn open(config: &Config) -> anyhow::Result<Db> {
-        Ok(if config.database.starts_with("sqlite:") {
-            let storage = SqliteStorage::connect(&config.database).await?;
-            storage.migrate().await?;
-            Db::Sqlite(storage.pool().clone())
-        } else {
-            let storage = PgStorage::connect(&config.database).await?;
-            storage.migrate().await?;
-            Db::Postgres(storage.pool().clone())
-        })
-    }
-
-    fn backend(&self) -> Backend {
-        match self {
-            Db::Postgres(_) => Backend::Postgres,
-            Db::Sqlite(_) => Backend::Sqlite,
-        }
-    }
-
-    /// The table's columns (none: it does not exist).
-    async fn columns(&self, table: &str) -> anyhow::Result<Vec<Column>> {
-        let rows = match self {
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "SELECT column_name::text AS name, data_type::text AS kind FROM information_schema.columns
-                     WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
-                     ORDER BY ordinal_position",
-                )
-                .bind(table)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<String, _>("name"), r.get::<String, _>("kind")))
-                .collect::<Vec<_>>()
-            }
-            Db::Sqlite(pool) => sqlx::query("SELECT name, type AS kind FROM pragma_table_info(?1)")
-                .bind(table)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<String, _>("name"), r.get::<String, _>("kind")))
-                .collect(),
-        };
-        Ok(rows
-            .into_iter()
-            .map(|(name, kind)| Column {
-                name,
-                kind: kind.to_ascii_lowercase(),
-            })
-            .collect())
-    }
-
-    async fn partitions(&self) -> anyhow::Result<u32> {
-        let query = "SELECT value FROM outbox_settings WHERE key = 'partitions'";
-        let value: Option<String> = match self {
-            Db::Postgres(pool) => sqlx::query_scalar(query).fetch_optional(pool).await?,
-            Db::Sqlite(pool) => sqlx::query_scalar(query).fetch_optional(pool).await?,
-        };
-        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
-    }
-
-    async fn outbox_rows(&self) -> anyhow::Result<i64> {
-        let query = "SELECT count(*) FROM outbox_messages";
-        Ok(match self {
-            Db::Postgres(pool) => sqlx::query_scalar(query).fetch_one(pool).await?,
-            Db::Sqlite(pool) => sqlx::query_scalar(query).fetch_one(pool).await?,
-        })
-    }
-
-    /// Runs `sql` in one transaction (on SQLite, one that takes the write
-    /// lock at once, so no producer's insert falls between the trigger and
-    /// the backfill).
-    async fn execute(&self, sql: &[String]) -> anyhow::Result<()> {
-        match self {
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                for statement in sql {
-                    // Names in it are checked identifiers (crate::adopt).
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-                        .execute(&mut *tx)
-                        .await
-                        .with_context(|| format!("running {}", first_line(statement)))?;
-                }
-                tx.commit().await?;
-            }
-            Db::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-                for statement in sql {
-                    let statement_sql = sqlx::AssertSqlSafe(statement.clone());
-                    if let Err(e) = sqlx::raw_sql(statement_sql).execute(&mut *conn).await {
-                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("running {}", first_line(statement))));
-                    }
-                }
-                sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The adopted tables, for `status`.
-    async fn adopted(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
-        let query =
-            "SELECT table_name, shape, adopted_at_ms FROM outbox_adopted ORDER BY table_name";
-        Ok(match self {
-            Db::Postgres(pool) => sqlx::query_as(query).fetch_all(pool).await?,
-            Db::Sqlite(pool) => sqlx::query_as(query).fetch_all(pool).await?,
-        })
-    }
-}
-
-fn first_line(statement: &str) -> &str {
-    statement.lines().next().unwrap_or(statement)
 }

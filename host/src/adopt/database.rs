@@ -1,0 +1,198 @@
+//! Running an adoption against the configured database: the table's
+//! columns, the outbox's partition count, and the plan's SQL in one
+//! transaction (`adopt` and the benchmark), and the registry `status` reads.
+
+use anyhow::Context;
+use sqlx::Row;
+
+use super::{Backend, Column};
+use crate::config::Config;
+use crate::storage::Storage as _;
+use crate::storage::postgres::PgStorage;
+use crate::storage::sqlite::SqliteStorage;
+
+/// The configured database, migrated, as a raw pool: adoption is DDL.
+pub enum Database {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// What `adopt` did.
+pub struct Adopted {
+    /// Rows the backfill copied into the outbox.
+    pub copied: i64,
+}
+
+impl Database {
+    /// The SQL that adopts `adoption` here (checked against the table's
+    /// columns and the outbox's partitions), in the order it runs.
+    pub async fn adoption_sql(
+        &self,
+        adoption: &super::Adoption,
+        backfill: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let columns = self.columns(&adoption.table).await?;
+        let partitions = self.partitions().await?;
+        let plan = adoption.plan(self.backend(), &columns, partitions, backfill)?;
+        Ok(plan.install.into_iter().chain(plan.backfill).collect())
+    }
+
+    /// Adopts `adoption`, in one transaction.
+    pub async fn adopt(
+        &self,
+        adoption: &super::Adoption,
+        backfill: bool,
+    ) -> anyhow::Result<Adopted> {
+        let sql = self.adoption_sql(adoption, backfill).await?;
+        let before = self.outbox_rows().await?;
+        self.execute(&sql).await?;
+        Ok(Adopted {
+            copied: self.outbox_rows().await? - before,
+        })
+    }
+}
+
+/// One line per adopted table, for `status` (read only).
+pub async fn adopted_lines(config: &Config) -> anyhow::Result<Vec<String>> {
+    let db = if config.database.starts_with("sqlite:") {
+        Database::Sqlite(
+            SqliteStorage::connect(&config.database)
+                .await?
+                .pool()
+                .clone(),
+        )
+    } else {
+        Database::Postgres(PgStorage::connect(&config.database).await?.pool().clone())
+    };
+    Ok(db
+        .adopted()
+        .await?
+        .into_iter()
+        .map(|(table, shape, at_ms)| {
+            let since = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(at_ms).unwrap_or(0));
+            format!(
+                "adopted table {table:?} ({shape}, since {}): its inserted rows are copied into the outbox",
+                humantime_serde::re::humantime::format_rfc3339_seconds(since)
+            )
+        })
+        .collect())
+}
+
+impl Database {
+    pub async fn open(config: &Config) -> anyhow::Result<Database> {
+        Ok(if config.database.starts_with("sqlite:") {
+            let storage = SqliteStorage::connect(&config.database).await?;
+            storage.migrate().await?;
+            Database::Sqlite(storage.pool().clone())
+        } else {
+            let storage = PgStorage::connect(&config.database).await?;
+            storage.migrate().await?;
+            Database::Postgres(storage.pool().clone())
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Postgres(_) => Backend::Postgres,
+            Database::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The table's columns (none: it does not exist).
+    pub async fn columns(&self, table: &str) -> anyhow::Result<Vec<Column>> {
+        let rows = match self {
+            Database::Postgres(pool) => {
+                sqlx::query(
+                    "SELECT column_name::text AS name, data_type::text AS kind FROM information_schema.columns
+                     WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
+                     ORDER BY ordinal_position",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<String, _>("name"), r.get::<String, _>("kind")))
+                .collect::<Vec<_>>()
+            }
+            Database::Sqlite(pool) => sqlx::query("SELECT name, type AS kind FROM pragma_table_info(?1)")
+                .bind(table)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<String, _>("name"), r.get::<String, _>("kind")))
+                .collect(),
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(name, kind)| Column {
+                name,
+                kind: kind.to_ascii_lowercase(),
+            })
+            .collect())
+    }
+
+    pub async fn partitions(&self) -> anyhow::Result<u32> {
+        let query = "SELECT value FROM outbox_settings WHERE key = 'partitions'";
+        let value: Option<String> = match self {
+            Database::Postgres(pool) => sqlx::query_scalar(query).fetch_optional(pool).await?,
+            Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_optional(pool).await?,
+        };
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
+    pub async fn outbox_rows(&self) -> anyhow::Result<i64> {
+        let query = "SELECT count(*) FROM outbox_messages";
+        Ok(match self {
+            Database::Postgres(pool) => sqlx::query_scalar(query).fetch_one(pool).await?,
+            Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_one(pool).await?,
+        })
+    }
+
+    /// Runs `sql` in one transaction (on SQLite, one that takes the write
+    /// lock at once, so no producer's insert falls between the trigger and
+    /// the backfill).
+    pub async fn execute(&self, sql: &[String]) -> anyhow::Result<()> {
+        match self {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for statement in sql {
+                    // Names in it are checked identifiers (crate::adopt).
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        .execute(&mut *tx)
+                        .await
+                        .with_context(|| format!("running {}", first_line(statement)))?;
+                }
+                tx.commit().await?;
+            }
+            Database::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                for statement in sql {
+                    let statement_sql = sqlx::AssertSqlSafe(statement.clone());
+                    if let Err(e) = sqlx::raw_sql(statement_sql).execute(&mut *conn).await {
+                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("running {}", first_line(statement))));
+                    }
+                }
+                sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The adopted tables, for `status`.
+    async fn adopted(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let query =
+            "SELECT table_name, shape, adopted_at_ms FROM outbox_adopted ORDER BY table_name";
+        Ok(match self {
+            Database::Postgres(pool) => sqlx::query_as(query).fetch_all(pool).await?,
+            Database::Sqlite(pool) => sqlx::query_as(query).fetch_all(pool).await?,
+        })
+    }
+}
+
+fn first_line(statement: &str) -> &str {
+    statement.lines().next().unwrap_or(statement)
+}
