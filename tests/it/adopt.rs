@@ -877,3 +877,84 @@ config = {{ url = "amqp://guest:guest@{RABBITMQ}/%2f", exchange = "", routing_ke
             .is_empty()
     );
 }
+
+/// The Debezium recipe of docs/adopting.md on Kafka: topic
+/// `outbox.event.<aggregatetype>`, key `aggregateid`, header `id` (and
+/// `type`), value the payload: Debezium's outbox router defaults, read back
+/// with librdkafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_on_kafka_arrives_with_the_routers_defaults() {
+    use outbox_relay_tests::kafka::Broker;
+    let broker = Broker::start();
+    let addr = broker.listen.clone();
+    broker.create_topic("outbox.event.Order", 3);
+    let scratch = Scratch::postgres().await;
+    let body = format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+ordered = true
+sandbox = {{ allow_tcp = ["{addr}"] }}
+config = {{ bootstrap = ["{addr}"], topic = "outbox.event.{{event}}" }}
+"#
+    );
+    let config = scratch.write_config(&body);
+    let pool = scratch.pg_pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE outbox (id UUID PRIMARY KEY, aggregatetype TEXT NOT NULL,
+         aggregateid TEXT NOT NULL, type TEXT NOT NULL, payload JSONB)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    adopt(&config, &["debezium", "--table", "outbox"]);
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let id = uuid::Uuid::now_v7();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+             VALUES ($1, 'Order', $2, 'OrderCreated', $3)",
+        )
+        .bind(id)
+        .bind(format!("order-{}", i % 3))
+        .bind(serde_json::json!({ "i": i }))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        sent.push((id, format!("order-{}", i % 3), i));
+    }
+    let relay = RunningRelay::start(&scratch.load_config(&body)).await;
+    let records = broker.read("outbox.event.Order", sent.len(), WAIT);
+    relay.stop().await;
+    assert_eq!(records.len(), sent.len());
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut last: HashMap<Vec<u8>, i64> = HashMap::new();
+    for (id, key, i) in &sent {
+        let r = records
+            .iter()
+            .find(|r| r.header("id").as_deref() == Some(id.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no record with header id {id}"));
+        assert_eq!(r.key.as_deref(), Some(key.as_bytes()), "key = aggregateid");
+        assert_eq!(r.header("type").as_deref(), Some("OrderCreated"));
+        let value: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(value["i"], *i);
+    }
+    for r in &sorted {
+        let value: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let i = value["i"].as_i64().unwrap();
+        let prev = last.insert(r.key.clone().unwrap(), i);
+        assert!(prev.is_none_or(|p| p < i), "per-key order on its partition");
+    }
+}
