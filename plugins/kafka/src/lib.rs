@@ -21,8 +21,11 @@
 //!
 //! Modules: `wire` (one connection: framing, versions, SASL login), `sasl`
 //! (the mechanisms, no I/O), `cluster` (metadata, leaders, a connection per
-//! broker), `produce` (rounds of `Produce` requests, the idempotent session),
-//! `errors` (what each error code means), `murmur2` (the partitioner). What a
+//! broker), `placement` (each message's partition), `produce` (rounds of
+//! `Produce` requests and what each answer means for its records),
+//! `session` (the idempotent producer's id and sequence numbers, the record
+//! batches), `errors` (what each error code means), `murmur2` (the
+//! partitioner). What a
 //! consumer sees is described in `docs/transports/kafka.md`.
 
 use std::time::Duration;
@@ -35,12 +38,15 @@ use serde_json::Value;
 mod cluster;
 mod errors;
 mod murmur2;
+mod placement;
 mod produce;
 mod sasl;
+mod session;
 mod wire;
 
 use cluster::Cluster;
-use produce::{Message, Placement, Producer, Settings};
+use placement::Placement;
+use produce::{Message, Producer, Settings};
 use sasl::{Credentials, Mechanism};
 use wire::Dial;
 

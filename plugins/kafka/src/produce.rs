@@ -15,32 +15,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
-};
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use outbox_relay_guest::Outcome;
 
 use crate::cluster::{Cluster, TopicState};
 use crate::errors::{Verdict, code_name, verdict};
-use crate::murmur2;
-
-/// How a message's partition is chosen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Placement {
-    /// murmur2 of the record key, as the Java client does.
-    Keyed,
-    /// The operator's fixed `partition`.
-    Fixed(u32),
-    /// No key: one partition per topic for the whole batch (the Java
-    /// client's "sticky" choice), so unkeyed records travel together.
-    Sticky,
-}
+use crate::placement::{self, Placement};
+use crate::session::{Session, init_producer_id, produce_request};
 
 /// One message, encoded, with its place in the batch.
 #[derive(Debug, Clone)]
@@ -75,13 +58,6 @@ pub struct Settings {
     pub retry_backoff: Duration,
 }
 
-/// The idempotent producer's session.
-struct Session {
-    id: i64,
-    epoch: i16,
-    next_sequence: HashMap<(String, i32), i32>,
-}
-
 pub struct Producer {
     settings: Settings,
     session: Option<Session>,
@@ -90,13 +66,13 @@ pub struct Producer {
     rotation: usize,
 }
 
-type Tp = (String, i32);
+pub(crate) type Tp = (String, i32);
 
 /// One partition's records of a round.
-struct Chunk {
-    tp: Tp,
+pub(crate) struct Chunk {
+    pub tp: Tp,
     /// Positions in `messages`.
-    members: Vec<usize>,
+    pub members: Vec<usize>,
 }
 
 impl Producer {
@@ -136,7 +112,8 @@ impl Producer {
 
         loop {
             if !unplaced.is_empty() {
-                unplaced = self.place(
+                unplaced = placement::place(
+                    self.sticky,
                     cluster,
                     &messages,
                     unplaced,
@@ -217,104 +194,6 @@ impl Producer {
         outcomes
     }
 
-    /// Puts each message whose topic is known in its partition's queue;
-    /// returns those whose topic is not ready yet.
-    fn place(
-        &mut self,
-        cluster: &mut Cluster,
-        messages: &[Message],
-        unplaced: Vec<usize>,
-        queues: &mut BTreeMap<Tp, Vec<usize>>,
-        outcomes: &mut Vec<(usize, Outcome)>,
-        reason: &mut HashMap<usize, String>,
-    ) -> Vec<usize> {
-        let mut names: Vec<&str> = unplaced
-            .iter()
-            .map(|&m| messages[m].topic.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let states = match cluster.topics(&names) {
-            Ok(states) => states,
-            Err(e) => {
-                let why = format!("cannot read metadata: {e}");
-                for &m in &unplaced {
-                    reason.insert(m, why.clone());
-                }
-                return unplaced;
-            }
-        };
-        let states: HashMap<&str, TopicState> = names.iter().copied().zip(states).collect();
-        let mut sticky: HashMap<&str, i32> = HashMap::new();
-        let mut left = Vec::new();
-        for m in unplaced {
-            let message = &messages[m];
-            let topic = match &states[message.topic.as_str()] {
-                TopicState::Ready(topic) => topic,
-                TopicState::Missing(code) => {
-                    outcomes.push((
-                        message.index,
-                        Outcome::reject(format!(
-                            "Kafka: topic {:?}: {code}: it does not exist and the broker did not create it",
-                            message.topic
-                        )),
-                    ));
-                    continue;
-                }
-                TopicState::Unavailable(why) => {
-                    reason.insert(
-                        m,
-                        format!("topic {:?} is not available: {why}", message.topic),
-                    );
-                    cluster.mark_stale();
-                    left.push(m);
-                    continue;
-                }
-            };
-            let count = topic.leaders.len() as u32;
-            let partition = match &message.placement {
-                Placement::Fixed(p) if *p >= count => {
-                    outcomes.push((
-                        message.index,
-                        Outcome::reject(format!(
-                            "Kafka: topic {:?} has {count} partitions; `partition` {p} does not exist",
-                            message.topic
-                        )),
-                    ));
-                    continue;
-                }
-                Placement::Fixed(p) => *p as i32,
-                Placement::Keyed => match &message.key {
-                    Some(key) => murmur2::partition_for(key, count) as i32,
-                    None => self.sticky_partition(&mut sticky, message, &topic.leaders),
-                },
-                Placement::Sticky => self.sticky_partition(&mut sticky, message, &topic.leaders),
-            };
-            queues
-                .entry((message.topic.clone(), partition))
-                .or_default()
-                .push(m);
-        }
-        left
-    }
-
-    fn sticky_partition<'a>(
-        &self,
-        chosen: &mut HashMap<&'a str, i32>,
-        message: &'a Message,
-        leaders: &[Option<i32>],
-    ) -> i32 {
-        *chosen.entry(message.topic.as_str()).or_insert_with(|| {
-            let count = leaders.len();
-            let start = (self.sticky % count as u64) as usize;
-            // A partition with a leader, if there is one.
-            (0..count)
-                .map(|i| (start + i) % count)
-                .find(|&p| leaders[p].is_some())
-                .unwrap_or(start) as i32
-        })
-    }
-
     /// One round: the first chunk of every queue, one request per leader.
     /// Returns whether any record got an outcome.
     #[allow(clippy::too_many_arguments)]
@@ -388,7 +267,7 @@ impl Producer {
         }
         let mut sent: Vec<(i32, i32, i16, Vec<Chunk>)> = Vec::new();
         for (leader, chunks) in by_leader {
-            let request = self.request(messages, &chunks);
+            let request = produce_request(&self.settings, self.session.as_ref(), messages, &chunks);
             cluster.pin(leader);
             let result = cluster.conn(leader).and_then(|conn| {
                 let version = conn.version(ApiKey::Produce);
@@ -581,104 +460,6 @@ impl Producer {
                 false
             }
         }
-    }
-
-    /// The `Produce` request for `chunks`, all led by one broker.
-    fn request(&self, messages: &[Message], chunks: &[Chunk]) -> ProduceRequest {
-        let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
-        for chunk in chunks {
-            let (id, epoch, base) = match &self.session {
-                Some(s) => (
-                    s.id,
-                    s.epoch,
-                    s.next_sequence.get(&chunk.tp).copied().unwrap_or(0),
-                ),
-                None => (-1, -1, -1),
-            };
-            let records: Vec<Record> = chunk
-                .members
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| {
-                    let message = &messages[m];
-                    Record {
-                        transactional: false,
-                        control: false,
-                        delete_horizon: false,
-                        partition_leader_epoch: -1,
-                        producer_id: id,
-                        producer_epoch: epoch,
-                        timestamp_type: TimestampType::Creation,
-                        offset: i as i64,
-                        sequence: if base < 0 {
-                            -1
-                        } else {
-                            base.wrapping_add(i as i32) & i32::MAX
-                        },
-                        timestamp: message.timestamp_ms,
-                        key: message.key.clone(),
-                        value: Some(message.value.clone()),
-                        headers: message
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.clone(), Some(v.clone())))
-                            .collect(),
-                    }
-                })
-                .collect();
-            let mut buf = BytesMut::new();
-            let options = RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            };
-            // Encoding uncompressed records into memory cannot fail.
-            RecordBatchEncoder::encode(&mut buf, &records, &options)
-                .expect("encoding a record batch");
-            topics.entry(chunk.tp.0.as_str()).or_default().push(
-                PartitionProduceData::default()
-                    .with_index(chunk.tp.1)
-                    .with_records(Some(buf.freeze())),
-            );
-        }
-        ProduceRequest::default()
-            .with_acks(self.settings.acks)
-            .with_timeout_ms(
-                self.settings
-                    .request_timeout
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32,
-            )
-            .with_topic_data(
-                topics
-                    .into_iter()
-                    .map(|(name, partitions)| {
-                        TopicProduceData::default()
-                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
-                            .with_partition_data(partitions)
-                    })
-                    .collect(),
-            )
-    }
-}
-
-/// A new producer id and epoch from any broker.
-fn init_producer_id(cluster: &mut Cluster) -> Result<Session, String> {
-    let request = InitProducerIdRequest::default()
-        .with_transactional_id(None)
-        .with_transaction_timeout_ms(60_000)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    match cluster.call_any(&request, ApiKey::InitProducerId) {
-        Ok(a) if a.error_code == 0 => Ok(Session {
-            id: a.producer_id.0,
-            epoch: a.producer_epoch,
-            next_sequence: HashMap::new(),
-        }),
-        Ok(a) => Err(format!(
-            "InitProducerId (the idempotent producer's id) was refused: {}",
-            code_name(a.error_code)
-        )),
-        Err(e) => Err(format!("InitProducerId failed: {e}")),
     }
 }
 
