@@ -104,10 +104,15 @@ async fn spakky_on_postgres_backfills_copies_commits_and_marks_them_published() 
         }
     }
 
-    // --dry-run prints the SQL and changes nothing.
+    // --dry-run prints the SQL and changes nothing (it needs a migrated outbox).
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = cli(&["adopt", "spakky", "--config", path, "--dry-run"]);
+    assert!(!ok && stderr.contains("migrate"), "{stderr}");
+    let (ok, _, stderr) = cli(&["migrate", "--config", path]);
+    assert!(ok, "{stderr}");
     let dry = adopt(&config, &["spakky", "--backfill", "--dry-run"]);
     assert!(
-        dry.contains("CREATE TRIGGER outbox_adopt_spakky_event_outbox BEFORE INSERT"),
+        dry.contains("CREATE TRIGGER \"outbox_adopt_spakky_event_outbox\" AFTER INSERT"),
         "{dry}"
     );
     let copied: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_messages")
@@ -957,4 +962,260 @@ config = {{ bootstrap = ["{addr}"], topic = "outbox.event.{{event}}" }}
         let prev = last.insert(r.key.clone().unwrap(), i);
         assert!(prev.is_none_or(|p| p < i), "per-key order on its partition");
     }
+}
+
+/// What an outside attack found, each a case here: mixed-case and
+/// reserved-word names, a producer's `ON CONFLICT DO NOTHING` that inserts
+/// nothing, values Postgres cannot convert, a null Debezium id, a producer
+/// whose `search_path` lacks the outbox's schema, and a column type the
+/// trigger could not read. No producer insert fails; nothing committed is
+/// lost; nothing not inserted is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rows_and_names_never_fail_a_producer_or_lose_a_row() {
+    let scratch = Scratch::postgres().await;
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = scratch.write_config(&audit_file_target(&out));
+    let (ok, _, stderr) = cli(&["migrate", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let pool = scratch.pg_pool().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        SPAKKY_PG.replace("spakky_event_outbox", "\"Order\""),
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE \"DzOut\" (id TEXT, \"AggregateType\" TEXT, \"AggregateId\" TEXT, payload TEXT)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    adopt(&config, &["spakky", "--table", "Order"]);
+    adopt(
+        &config,
+        &[
+            "debezium",
+            "--table",
+            "DzOut",
+            "--event-from",
+            "AggregateType",
+            "--key-from",
+            "AggregateId",
+        ],
+    );
+
+    let spakky = "INSERT INTO \"Order\" (id, event_name, payload, headers, created_at, retry_count)
+                  VALUES ($1, $2, $3, $4::json, $5::timestamptz, 0)";
+    let first = uuid::Uuid::now_v7();
+    let row = |id, event: &str, headers: &str, at: &str| {
+        sqlx::query(spakky)
+            .bind(id)
+            .bind(event.to_string())
+            .bind(b"{}".to_vec())
+            .bind(headers.to_string())
+            .bind(at.to_string())
+    };
+    row(first, "Fine", "{}", "2026-12-01T10:00:00Z")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The same id again, through the producer's own ON CONFLICT DO NOTHING:
+    // nothing is inserted, so nothing is delivered.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{spakky} ON CONFLICT DO NOTHING"
+    )))
+    .bind(first)
+    .bind("Retried")
+    .bind(b"{}".to_vec())
+    .bind("{}")
+    .bind("2026-12-01T10:00:00Z")
+    .execute(&pool)
+    .await
+    .unwrap();
+    // JSON Postgres accepts but JSONB refuses, and an infinite time.
+    row(
+        uuid::Uuid::now_v7(),
+        "NulHeader",
+        r#"{"x":"a\u0000b"}"#,
+        "2026-12-01T10:00:00Z",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    row(uuid::Uuid::now_v7(), "Forever", "{}", "infinity")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A producer whose search_path does not reach the outbox's schema.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("SET search_path = pg_catalog")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(
+        spakky.replace("INTO \"Order\"", "INTO public.\"Order\""),
+    ))
+    .bind(uuid::Uuid::now_v7())
+    .bind("ElsewherePath")
+    .bind(b"{}".to_vec())
+    .bind("{}")
+    .bind("2026-12-01T10:00:00Z")
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    // Debezium rows: a null id, a serial-style id, mixed-case columns.
+    for (id, key) in [(None, "k1"), (Some("1"), "k2")] {
+        sqlx::query("INSERT INTO \"DzOut\" (id, \"AggregateType\", \"AggregateId\", payload) VALUES ($1, 'Dz', $2, '{}')")
+            .bind(id)
+            .bind(key)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    let relay = RunningRelay::start(&scratch.load_config(&audit_file_target(&out))).await;
+    let file = out.join("audit.jsonl");
+    eventually("every inserted row delivered", WAIT, || {
+        let file = file.clone();
+        async move {
+            let lines = read_jsonl(&file);
+            (lines.len() >= 6).then_some(lines)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.stop().await;
+    let lines = read_jsonl(&file);
+    let events: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event_name"].as_str().unwrap())
+        .collect();
+    let mut sorted = events.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["Dz", "Dz", "ElsewherePath", "Fine", "Forever", "NulHeader"],
+        "each inserted row once, the row not inserted never: {lines:?}"
+    );
+    let nul = lines
+        .iter()
+        .find(|l| l["event_name"] == "NulHeader")
+        .unwrap();
+    assert!(
+        nul["headers"]["outbox-adopt-error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "why its headers were dropped travels with it: {nul}"
+    );
+    let keys: HashSet<&str> = lines
+        .iter()
+        .filter(|l| l["event_name"] == "Dz")
+        .map(|l| l["partition_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, HashSet::from(["k1", "k2"]));
+
+    // A column the trigger could not read is refused at adopt time.
+    sqlx::raw_sql(
+        "CREATE TABLE textual (id UUID PRIMARY KEY, event_name TEXT, payload BYTEA, headers JSON,
+         created_at TEXT, published_at TIMESTAMPTZ, retry_count INT, claimed_at TIMESTAMPTZ)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (ok, _, stderr) = cli(&[
+        "adopt",
+        "spakky",
+        "--config",
+        config.to_str().unwrap(),
+        "--table",
+        "textual",
+    ]);
+    assert!(
+        !ok && stderr
+            .contains("column \"created_at\" of \"textual\" is text; adopting needs a timestamp"),
+        "{stderr}"
+    );
+
+    // `status` says when a trigger is gone.
+    sqlx::raw_sql("DROP TABLE \"DzOut\"; CREATE TABLE \"DzOut\" (id TEXT, payload TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_, status, _) = cli(&["status", "--config", config.to_str().unwrap()]);
+    assert!(
+        status.contains("adopted table \"DzOut\" (debezium") && status.contains("MISSING"),
+        "{status}"
+    );
+}
+
+/// On SQLite a producer's `INSERT OR REPLACE` must not turn the trigger's
+/// duplicate check into a failure or a replacement, and a null id is
+/// dead-lettered with its reason rather than dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_producers_or_replace_and_null_ids_lose_nothing() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = scratch.write_config(&audit_file_target(&out));
+    let storage = scratch.storage().await;
+    let pool = storage.pool().clone();
+    sqlx::raw_sql(
+        "CREATE TABLE outbox (id TEXT, aggregatetype TEXT, aggregateid TEXT, payload TEXT)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    adopt(&config, &["debezium", "--table", "outbox"]);
+    let id = uuid::Uuid::now_v7().to_string();
+    for (id, key) in [
+        (Some(id.as_str()), "a"),
+        (Some(id.as_str()), "b"),
+        (None, "c"),
+    ] {
+        sqlx::query("INSERT OR REPLACE INTO outbox (id, aggregatetype, aggregateid, payload) VALUES (?1, 'T', ?2, '{}')")
+            .bind(id)
+            .bind(key)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let relay = RunningRelay::start(&scratch.load_config(&audit_file_target(&out))).await;
+    let file = out.join("audit.jsonl");
+    let lines = eventually("the first row delivered", WAIT, || {
+        let file = file.clone();
+        async move {
+            let lines = read_jsonl(&file);
+            (!lines.is_empty()).then_some(lines)
+        }
+    })
+    .await;
+    let dead = eventually("the null id dead-lettered", WAIT, || {
+        let storage = &storage;
+        async move {
+            let dead = outbox_relay_tests::dead_letters(storage, "audit").await;
+            (!dead.is_empty()).then_some(dead)
+        }
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(
+        lines.len(),
+        1,
+        "one message per id: the duplicate is the same message id"
+    );
+    assert_eq!(
+        lines[0]["partition_key"], "a",
+        "the first kept, not replaced"
+    );
+    assert!(
+        dead[0].last_error.contains("not-a-uuid"),
+        "{}",
+        dead[0].last_error
+    );
 }

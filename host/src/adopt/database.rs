@@ -21,6 +21,8 @@ pub enum Database {
 pub struct Adopted {
     /// Rows the backfill copied into the outbox.
     pub copied: i64,
+    /// What each column became.
+    pub mapping: String,
 }
 
 impl Database {
@@ -30,11 +32,36 @@ impl Database {
         &self,
         adoption: &super::Adoption,
         backfill: bool,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<(String, Vec<String>)> {
         let columns = self.columns(&adoption.table).await?;
         let partitions = self.partitions().await?;
-        let plan = adoption.plan(self.backend(), &columns, partitions, backfill)?;
-        Ok(plan.install.into_iter().chain(plan.backfill).collect())
+        let schema = self.outbox_schema().await?;
+        let plan = adoption.plan(self.backend(), &columns, partitions, backfill, &schema)?;
+        Ok((
+            plan.mapping,
+            plan.install.into_iter().chain(plan.backfill).collect(),
+        ))
+    }
+
+    /// The SQL that removes `adoption`.
+    pub async fn undo_sql(&self, adoption: &super::Adoption) -> anyhow::Result<Vec<String>> {
+        let schema = self.outbox_schema().await?;
+        Ok(adoption.undo(self.backend(), &schema)?)
+    }
+
+    /// Where `outbox_messages` is (Postgres; "main" on SQLite).
+    pub async fn outbox_schema(&self) -> anyhow::Result<String> {
+        Ok(match self {
+            Database::Postgres(pool) => sqlx::query_scalar(
+                "SELECT table_schema::text FROM information_schema.tables
+                 WHERE table_name = 'outbox_messages' AND table_schema = ANY (current_schemas(false))
+                 ORDER BY array_position(current_schemas(false), table_schema::name) LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+            .context("outbox_messages is not in the search path; run `outbox-relay migrate`")?,
+            Database::Sqlite(_) => "main".into(),
+        })
     }
 
     /// Adopts `adoption`, in one transaction.
@@ -43,11 +70,12 @@ impl Database {
         adoption: &super::Adoption,
         backfill: bool,
     ) -> anyhow::Result<Adopted> {
-        let sql = self.adoption_sql(adoption, backfill).await?;
+        let (mapping, sql) = self.adoption_sql(adoption, backfill).await?;
         let before = self.outbox_rows().await?;
         self.execute(&sql).await?;
         Ok(Adopted {
             copied: self.outbox_rows().await? - before,
+            mapping,
         })
     }
 }
@@ -64,22 +92,43 @@ pub async fn adopted_lines(config: &Config) -> anyhow::Result<Vec<String>> {
     } else {
         Database::Postgres(PgStorage::connect(&config.database).await?.pool().clone())
     };
-    Ok(db
-        .adopted()
-        .await?
-        .into_iter()
-        .map(|(table, shape, at_ms)| {
-            let since = std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(u64::try_from(at_ms).unwrap_or(0));
-            format!(
-                "adopted table {table:?} ({shape}, since {}): its inserted rows are copied into the outbox",
-                humantime_serde::re::humantime::format_rfc3339_seconds(since)
-            )
-        })
-        .collect())
+    let mut lines = Vec::new();
+    for (table, shape, at_ms) in db.adopted().await? {
+        let since = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(at_ms).unwrap_or(0));
+        let since = humantime_serde::re::humantime::format_rfc3339_seconds(since);
+        lines.push(match db.trigger_state(&table).await? {
+            Some(true) => format!(
+                "adopted table {table:?} ({shape}, since {since}): its inserted rows are copied into the outbox"
+            ),
+            Some(false) => format!(
+                "adopted table {table:?} ({shape}, since {since}): its trigger is DISABLED, inserted rows are NOT copied (ALTER TABLE ... ENABLE TRIGGER, or adopt again)"
+            ),
+            None => format!(
+                "adopted table {table:?} ({shape}, since {since}): its trigger is MISSING (the table was recreated?), inserted rows are NOT copied: run `outbox-relay adopt` again"
+            ),
+        });
+    }
+    Ok(lines)
 }
 
 impl Database {
+    /// The configured database as it is, refused unless migrated (for
+    /// `--dry-run`, which changes nothing).
+    pub async fn existing(config: &Config) -> anyhow::Result<Database> {
+        crate::app::open_migrated_storage(config).await?;
+        Ok(if config.database.starts_with("sqlite:") {
+            Database::Sqlite(
+                SqliteStorage::connect(&config.database)
+                    .await?
+                    .pool()
+                    .clone(),
+            )
+        } else {
+            Database::Postgres(PgStorage::connect(&config.database).await?.pool().clone())
+        })
+    }
+
     pub async fn open(config: &Config) -> anyhow::Result<Database> {
         Ok(if config.database.starts_with("sqlite:") {
             let storage = SqliteStorage::connect(&config.database).await?;
@@ -133,7 +182,7 @@ impl Database {
     }
 
     pub async fn partitions(&self) -> anyhow::Result<u32> {
-        let query = "SELECT value FROM outbox_settings WHERE key = 'partitions'";
+        let query = "SELECT CAST(value AS TEXT) FROM outbox_settings WHERE key = 'partitions'";
         let value: Option<String> = match self {
             Database::Postgres(pool) => sqlx::query_scalar(query).fetch_optional(pool).await?,
             Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_optional(pool).await?,
@@ -183,6 +232,27 @@ impl Database {
     }
 
     /// The adopted tables, for `status`.
+    /// Whether `table`'s adoption trigger is there and enabled.
+    async fn trigger_state(&self, table: &str) -> anyhow::Result<Option<bool>> {
+        let name = format!("outbox_adopt_{table}");
+        Ok(match self {
+            Database::Postgres(pool) => sqlx::query_scalar::<_, String>(
+                "SELECT tgenabled::text FROM pg_trigger WHERE tgname = $1 AND NOT tgisinternal",
+            )
+            .bind(&name)
+            .fetch_optional(pool)
+            .await?
+            .map(|enabled| enabled != "D"),
+            Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+            )
+            .bind(&name)
+            .fetch_optional(pool)
+            .await?
+            .map(|_| true),
+        })
+    }
+
     async fn adopted(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
         let query =
             "SELECT table_name, shape, adopted_at_ms FROM outbox_adopted ORDER BY table_name";

@@ -85,6 +85,8 @@ pub struct Column {
 /// The SQL that adopts a table, in the order it runs, in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// What each column becomes (as checked against the table).
+    pub mapping: String,
     /// Triggers (and their function), and the registry row.
     pub install: Vec<String>,
     /// Copies the rows already there that are not yet published (spakky).
@@ -158,18 +160,20 @@ impl Adoption {
 
     /// The SQL for `backend`, given the table's `columns` (empty: the table
     /// does not exist) and the outbox's partition count.
+    /// `schema`: the Postgres schema of `outbox_messages` (ignored on SQLite).
     pub fn plan(
         &self,
         backend: Backend,
         columns: &[Column],
         partitions: u32,
         backfill: bool,
+        schema: &str,
     ) -> Result<Plan, AdoptError> {
         check_identifier("table", &self.table)?;
         if columns.is_empty() {
             return Err(error(format!("table {:?} does not exist", self.table)));
         }
-        let shape = self.checked_shape(columns)?;
+        let shape = self.checked_shape(backend, columns)?;
         if backfill && !matches!(shape, Shape::Spakky) {
             return Err(error(
                 "--backfill copies rows not yet published (spakky's `published_at IS NULL`); \
@@ -186,24 +190,45 @@ impl Adoption {
             table: self.table.clone(),
             shape,
         };
-        Ok(match backend {
-            Backend::Postgres => postgres::plan(&adopted, columns, backfill),
+        let mut plan = match backend {
+            Backend::Postgres => postgres::plan(&adopted, columns, backfill, schema),
             Backend::Sqlite => sqlite::plan(&adopted, columns, backfill),
-        })
+        };
+        plan.mapping = adopted.mapping();
+        Ok(plan)
     }
 
     /// The SQL that removes the adoption.
-    pub fn undo(&self, backend: Backend) -> Result<Vec<String>, AdoptError> {
+    pub fn undo(&self, backend: Backend, schema: &str) -> Result<Vec<String>, AdoptError> {
         check_identifier("table", &self.table)?;
         Ok(match backend {
-            Backend::Postgres => postgres::undo(self),
+            Backend::Postgres => postgres::undo(self, schema),
             Backend::Sqlite => sqlite::undo(self),
         })
     }
 
     /// The shape with `type` added as a header when a Debezium table has
     /// it, after checking that every column the mapping names exists.
-    fn checked_shape(&self, columns: &[Column]) -> Result<Shape, AdoptError> {
+    fn checked_shape(&self, backend: Backend, columns: &[Column]) -> Result<Shape, AdoptError> {
+        let kind = |name: &str| {
+            columns
+                .iter()
+                .find(|c| c.name == name)
+                .map_or("", |c| c.kind.as_str())
+        };
+        // A type the trigger cannot convert would fail every producer
+        // insert; refuse it here instead.
+        let typed = |name: &str, ok: &[&str], want: &str| {
+            let k = kind(name);
+            if backend == Backend::Postgres && !ok.iter().any(|o| k.starts_with(o)) {
+                Err(error(format!(
+                    "column {name:?} of {:?} is {k}; adopting needs {want}",
+                    self.table
+                )))
+            } else {
+                Ok(())
+            }
+        };
         let has = |name: &str| columns.iter().any(|c| c.name == name);
         let need = |name: &str, what: &str| {
             if has(name) {
@@ -232,6 +257,9 @@ impl Adoption {
                 ] {
                     need(name, what)?;
                 }
+                typed("created_at", &["timestamp"], "a timestamp")?;
+                typed("published_at", &["timestamp"], "a timestamp")?;
+                typed("headers", &["json"], "json or jsonb")?;
                 Ok(Shape::Spakky)
             }
             Shape::Debezium(d) => {
@@ -295,6 +323,12 @@ fn check_header_name(name: &str) -> Result<(), AdoptError> {
     }
 }
 
+/// A quoted SQL identifier (names are checked plain identifiers, so
+/// quoting keeps their case and lets reserved words through).
+fn ident(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
 /// A SQL string literal.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -333,18 +367,27 @@ mod tests {
             table: "spakky_event_outbox".into(),
             shape: Shape::Spakky,
         };
-        let e = a.plan(Backend::Postgres, &[], 1, false).unwrap_err();
+        let e = a
+            .plan(Backend::Postgres, &[], 1, false, "public")
+            .unwrap_err();
         assert!(e.0.contains("does not exist"), "{e}");
         let mut cols = spakky_pg();
         cols.retain(|c| c.name != "published_at");
-        let e = a.plan(Backend::Postgres, &cols, 1, false).unwrap_err();
+        let e = a
+            .plan(Backend::Postgres, &cols, 1, false, "public")
+            .unwrap_err();
         assert!(e.0.contains("no column \"published_at\""), "{e}");
         let bad = Adoption {
             table: "x; drop table y".into(),
             shape: Shape::Spakky,
         };
-        assert!(bad.plan(Backend::Postgres, &spakky_pg(), 1, false).is_err());
-        let e = a.plan(Backend::Sqlite, &spakky_pg(), 4, false).unwrap_err();
+        assert!(
+            bad.plan(Backend::Postgres, &spakky_pg(), 1, false, "public")
+                .is_err()
+        );
+        let e = a
+            .plan(Backend::Sqlite, &spakky_pg(), 4, false, "main")
+            .unwrap_err();
         assert!(e.0.contains("relay.partitions = 1"), "{e}");
     }
 
@@ -365,7 +408,7 @@ mod tests {
             ("payload", "jsonb"),
             ("tenant", "text"),
         ]);
-        let Shape::Debezium(d) = a.checked_shape(&cols).unwrap() else {
+        let Shape::Debezium(d) = a.checked_shape(Backend::Postgres, &cols).unwrap() else {
             unreachable!()
         };
         assert_eq!(
@@ -375,11 +418,15 @@ mod tests {
                 ("tenant".into(), "x-tenant".into())
             ]
         );
-        let e = a.plan(Backend::Postgres, &cols, 1, true).unwrap_err();
+        let e = a
+            .plan(Backend::Postgres, &cols, 1, true, "public")
+            .unwrap_err();
         assert!(e.0.contains("no published state"), "{e}");
-        let plan = a.plan(Backend::Postgres, &cols, 1, false).unwrap();
+        let plan = a
+            .plan(Backend::Postgres, &cols, 1, false, "public")
+            .unwrap();
         let sql = plan.install.join("\n");
-        assert!(sql.contains("AFTER INSERT ON outbox"), "{sql}");
+        assert!(sql.contains("AFTER INSERT ON \"outbox\""), "{sql}");
         assert!(sql.contains("'x-tenant'"), "{sql}");
     }
 }

@@ -1,65 +1,92 @@
-//! The adoption SQL for PostgreSQL: a PL/pgSQL trigger function per table.
-//! A spakky table gets a `BEFORE INSERT` trigger (so it can stamp
-//! `published_at` on the row being inserted); a Debezium table an `AFTER
-//! INSERT` one (its producer may delete the row in the same transaction).
-//! Nothing here can make a producer's insert fail on a value: an id that is
-//! not a UUID becomes the UUID of its MD5 (the original travels as header
-//! `id` for Debezium), a missing event name or payload becomes empty, and the
-//! relay dead-letters such a row with the reason instead.
+//! The adoption SQL for PostgreSQL: a PL/pgSQL `AFTER INSERT` trigger per
+//! table. `AFTER`, so that a row the producer's own `INSERT … ON CONFLICT DO
+//! NOTHING` did not insert is not copied either; a spakky row is then
+//! marked published by an `UPDATE` of that row. Every name is quoted (a
+//! mixed-case or reserved-word table or column works) and the outbox is
+//! named with its schema (a producer's `search_path` does not matter).
+//!
+//! Nothing here makes a producer's insert fail on a value: an id that is
+//! not a UUID becomes the UUID of the MD5 of table and id (the original
+//! travels as header `id` for Debezium), a null id a random UUID, a missing
+//! event name or payload becomes empty (the relay dead-letters such a row
+//! with the reason), and a row whose headers or time cannot be read (JSON
+//! Postgres refuses, an infinite time) is copied with empty headers, the
+//! time of the copy and the error as header `outbox-adopt-error`.
 
-use super::{Adoption, Column, Plan, Shape, quote};
+use super::{Adoption, Column, Plan, Shape, ident, quote};
 
 /// The values of one row (`row` is `NEW` in the trigger, `t` in a backfill),
-/// in the order of [`COLUMNS`].
-fn values(a: &Adoption, columns: &[Column], row: &str) -> Vec<String> {
+/// in the order of [`COLUMNS`]. `safe`: the fallback for a row whose
+/// headers or time Postgres cannot convert.
+fn values(a: &Adoption, columns: &[Column], row: &str, safe: bool) -> Vec<String> {
     let kind = |name: &str| {
         columns
             .iter()
             .find(|c| c.name == name)
             .map_or("", |c| c.kind.as_str())
     };
+    let col = |name: &str| format!("{row}.{}", ident(name));
+    let id_col = col("id");
     let id = if kind("id") == "uuid" {
-        format!("{row}.id")
+        format!("coalesce({id_col}, gen_random_uuid())")
     } else {
         format!(
-            "(CASE WHEN {row}.id::text ~* '^[0-9a-f]{{8}}-?[0-9a-f]{{4}}-?[0-9a-f]{{4}}-?[0-9a-f]{{4}}-?[0-9a-f]{{12}}$' \
-             THEN {row}.id::text::uuid ELSE md5({row}.id::text)::uuid END)"
+            "coalesce(CASE WHEN {id_col}::text ~* '^[0-9a-f]{{8}}-?[0-9a-f]{{4}}-?[0-9a-f]{{4}}-?[0-9a-f]{{4}}-?[0-9a-f]{{12}}$' \
+             THEN {id_col}::text::uuid ELSE md5({} || ':' || {id_col}::text)::uuid END, gen_random_uuid())",
+            quote(&a.table)
         )
     };
     let payload = if kind("payload") == "bytea" {
-        format!("coalesce({row}.payload, ''::bytea)")
+        format!("coalesce({}, ''::bytea)", col("payload"))
     } else {
-        format!("coalesce(convert_to({row}.payload::text, 'UTF8'), ''::bytea)")
+        format!(
+            "coalesce(convert_to({}::text, 'UTF8'), ''::bytea)",
+            col("payload")
+        )
     };
+    let now_ms = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint".to_string();
+    let error_headers = "jsonb_build_object('outbox-adopt-error', SQLERRM)".to_string();
     match &a.shape {
         Shape::Spakky => vec![
             id,
-            format!("coalesce({row}.event_name::text, '')"),
+            format!("coalesce({}::text, '')", col("event_name")),
             "NULL".into(),
             payload,
-            format!("coalesce({row}.headers::jsonb, '{{}}'::jsonb)"),
-            format!(
-                "coalesce((extract(epoch FROM {row}.created_at) * 1000)::bigint, \
-                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
-            ),
+            if safe {
+                error_headers
+            } else {
+                format!("coalesce({}::jsonb, '{{}}'::jsonb)", col("headers"))
+            },
+            if safe {
+                now_ms
+            } else {
+                format!(
+                    "coalesce((extract(epoch FROM {}) * 1000)::bigint, {now_ms})",
+                    col("created_at")
+                )
+            },
         ],
         Shape::Debezium(d) => {
-            let mut pairs = vec![format!("'id', {row}.id::text")];
+            let mut pairs = vec![format!("'id', {id_col}::text")];
             for (column, header) in &d.headers {
-                pairs.push(format!("{}, {row}.{column}::text", quote(header)));
+                pairs.push(format!("{}, {}::text", quote(header), col(column)));
             }
             vec![
                 id,
-                format!("coalesce({row}.{}::text, '')", d.event_from),
+                format!("coalesce({}::text, '')", col(&d.event_from)),
                 d.key_from
                     .as_ref()
-                    .map_or("NULL".into(), |k| format!("{row}.{k}::text")),
+                    .map_or("NULL".into(), |k| format!("{}::text", col(k))),
                 payload,
-                format!(
-                    "jsonb_strip_nulls(jsonb_build_object({}))",
-                    pairs.join(", ")
-                ),
-                "(extract(epoch FROM clock_timestamp()) * 1000)::bigint".into(),
+                if safe {
+                    error_headers
+                } else {
+                    format!(
+                        "jsonb_strip_nulls(jsonb_build_object({}))",
+                        pairs.join(", ")
+                    )
+                },
+                now_ms,
             ]
         }
     }
@@ -67,43 +94,55 @@ fn values(a: &Adoption, columns: &[Column], row: &str) -> Vec<String> {
 
 const COLUMNS: &str = "id, event_name, partition_key, payload, headers, created_at_ms";
 
-pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool) -> Plan {
-    let table = &a.table;
-    let name = a.trigger_name();
-    let copy = format!(
-        "INSERT INTO outbox_messages ({COLUMNS})\n        VALUES ({})\n        ON CONFLICT (id) DO NOTHING;",
-        values(a, columns, "NEW").join(",\n                ")
-    );
-    let (when, body, result) = match a.shape {
-        Shape::Spakky => (
-            "BEFORE",
-            format!(
-                "    IF NEW.published_at IS NULL THEN\n        {copy}\n        NEW.published_at := clock_timestamp();\n    END IF;"
-            ),
-            "NEW",
-        ),
-        Shape::Debezium(_) => ("AFTER", format!("    {copy}"), "NULL"),
-    };
-    let mut install = vec![
+/// `schema` is where `outbox_messages` lives.
+pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &str) -> Plan {
+    let table = ident(&a.table);
+    let name = ident(&a.trigger_name());
+    let outbox = format!("{}.outbox_messages", ident(schema));
+    let adopted = format!("{}.outbox_adopted", ident(schema));
+    let insert = |values: Vec<String>| {
         format!(
-            "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $adopt$\nBEGIN\n{body}\n    RETURN {result};\nEND\n$adopt$;"
+            "INSERT INTO {outbox} ({COLUMNS})\n            VALUES ({})\n            ON CONFLICT (id) DO NOTHING;",
+            values.join(",\n                    ")
+        )
+    };
+    let copy = format!(
+        "BEGIN\n            {}\n        EXCEPTION WHEN others THEN\n            {}\n        END;",
+        insert(values(a, columns, "NEW", false)),
+        insert(values(a, columns, "NEW", true))
+    );
+    let body = match a.shape {
+        Shape::Spakky => format!(
+            "    IF NEW.published_at IS NULL THEN\n        {copy}\n        UPDATE {table} SET published_at = clock_timestamp() WHERE id = NEW.id;\n    END IF;"
+        ),
+        Shape::Debezium(_) => format!("    {copy}"),
+    };
+    let install = vec![
+        // Two adoptions at once wait for each other instead of colliding in
+        // the catalog.
+        "SELECT pg_advisory_xact_lock(hashtext('outbox-relay adopt'));".into(),
+        format!(
+            // The outbox's own triggers run inside this one: under its schema,
+            // whatever the producer's search_path.
+            "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql\n    SET search_path = {}, pg_catalog AS $adopt$\nBEGIN\n{body}\n    RETURN NULL;\nEND\n$adopt$;",
+            ident(schema)
         ),
         format!("DROP TRIGGER IF EXISTS {name} ON {table};"),
         format!(
-            "CREATE TRIGGER {name} {when} INSERT ON {table}\n    FOR EACH ROW EXECUTE FUNCTION {name}();"
+            "CREATE TRIGGER {name} AFTER INSERT ON {table}\n    FOR EACH ROW EXECUTE FUNCTION {name}();"
+        ),
+        format!(
+            "INSERT INTO {adopted} (table_name, shape, mapping, adopted_at_ms)\n    VALUES ({}, {}, {}, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)\n    ON CONFLICT (table_name) DO UPDATE SET shape = EXCLUDED.shape, mapping = EXCLUDED.mapping, adopted_at_ms = EXCLUDED.adopted_at_ms;",
+            quote(&a.table),
+            quote(a.shape.name()),
+            quote(&a.mapping())
         ),
     ];
-    install.push(format!(
-        "INSERT INTO outbox_adopted (table_name, shape, mapping, adopted_at_ms)\n    VALUES ({}, {}, {}, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)\n    ON CONFLICT (table_name) DO UPDATE SET shape = EXCLUDED.shape, mapping = EXCLUDED.mapping, adopted_at_ms = EXCLUDED.adopted_at_ms;",
-        quote(table),
-        quote(a.shape.name()),
-        quote(&a.mapping())
-    ));
     let backfill = if backfill {
         vec![
             format!(
-                "INSERT INTO outbox_messages ({COLUMNS})\n    SELECT {}\n    FROM {table} t WHERE t.published_at IS NULL ORDER BY t.created_at, t.id\n    ON CONFLICT (id) DO NOTHING;",
-                values(a, columns, "t").join(",\n           ")
+                "INSERT INTO {outbox} ({COLUMNS})\n    SELECT {}\n    FROM {table} t WHERE t.published_at IS NULL ORDER BY t.created_at, t.id\n    ON CONFLICT (id) DO NOTHING;",
+                values(a, columns, "t", false).join(",\n           ")
             ),
             format!(
                 "UPDATE {table} SET published_at = clock_timestamp() WHERE published_at IS NULL;"
@@ -112,16 +151,21 @@ pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool) -> Plan {
     } else {
         Vec::new()
     };
-    Plan { install, backfill }
+    Plan {
+        mapping: String::new(),
+        install,
+        backfill,
+    }
 }
 
-pub(super) fn undo(a: &Adoption) -> Vec<String> {
-    let name = a.trigger_name();
+pub(super) fn undo(a: &Adoption, schema: &str) -> Vec<String> {
+    let name = ident(&a.trigger_name());
     vec![
-        format!("DROP TRIGGER IF EXISTS {name} ON {};", a.table),
+        format!("DROP TRIGGER IF EXISTS {name} ON {};", ident(&a.table)),
         format!("DROP FUNCTION IF EXISTS {name}();"),
         format!(
-            "DELETE FROM outbox_adopted WHERE table_name = {};",
+            "DELETE FROM {}.outbox_adopted WHERE table_name = {};",
+            ident(schema),
             quote(&a.table)
         ),
     ]

@@ -5,9 +5,16 @@
 //! (`YYYY-MM-DD HH:MM:SS.ffffff`). Ids stored the way SQLAlchemy stores a
 //! `Uuid` on SQLite (32 hex digits, or 16 bytes) are written in the canonical
 //! dashed form; anything else is copied as it is, and the relay dead-letters
-//! it if it is not a UUID.
+//! it if it is not a UUID (SQLite has no MD5 to map it with); a null id
+//! becomes a unique non-UUID, dead-lettered likewise, never dropped.
+//!
+//! The copy is an `INSERT … SELECT … WHERE NOT EXISTS`, not `INSERT OR
+//! IGNORE`: a producer's own `INSERT OR REPLACE` (or `OR ABORT`) would
+//! override a conflict clause inside the trigger, and a duplicate id must
+//! neither fail the producer nor replace the message already there. Every
+//! name is quoted.
 
-use super::{Adoption, Plan, Shape, quote};
+use super::{Adoption, Plan, Shape, ident, quote};
 
 /// `expr` (32 hex digits) in dashed form.
 fn dashed(expr: &str) -> String {
@@ -19,36 +26,44 @@ fn dashed(expr: &str) -> String {
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 const COLUMNS: &str = "id, event_name, partition_key, payload, headers, created_at_ms";
 
+/// The canonical id of `row`: 16 bytes or 32 hex digits in dashed form,
+/// anything else as text, a null one unique and not a UUID.
+fn id(row: &str) -> String {
+    let id = format!("{row}.\"id\"");
+    format!(
+        "coalesce(lower(CASE WHEN typeof({id}) = 'blob' AND length({id}) = 16 THEN {} \
+         WHEN length({id}) = 32 THEN {} ELSE CAST({id} AS TEXT) END), 'not-a-uuid:' || lower(hex(randomblob(16))))",
+        dashed(&format!("hex({id})")),
+        dashed(&id)
+    )
+}
+
 fn values(a: &Adoption, row: &str) -> Vec<String> {
-    let id = format!(
-        "lower(CASE WHEN typeof({row}.id) = 'blob' AND length({row}.id) = 16 THEN {} \
-         WHEN length({row}.id) = 32 THEN {} ELSE CAST({row}.id AS TEXT) END)",
-        dashed(&format!("hex({row}.id)")),
-        dashed(&format!("{row}.id"))
-    );
-    let payload = format!("CAST(coalesce({row}.payload, '') AS BLOB)");
+    let col = |name: &str| format!("{row}.{}", ident(name));
+    let payload = format!("CAST(coalesce({}, '') AS BLOB)", col("payload"));
     match &a.shape {
         Shape::Spakky => vec![
-            id,
-            format!("coalesce(CAST({row}.event_name AS TEXT), '')"),
+            id(row),
+            format!("coalesce(CAST({} AS TEXT), '')", col("event_name")),
             "NULL".into(),
             payload,
-            format!("coalesce({row}.headers, '{{}}')"),
+            format!("coalesce({}, '{{}}')", col("headers")),
             format!(
-                "coalesce(CAST(round((julianday({row}.created_at) - 2440587.5) * 86400000) AS INTEGER), {NOW_MS})"
+                "coalesce(CAST(round((julianday({}) - 2440587.5) * 86400000) AS INTEGER), {NOW_MS})",
+                col("created_at")
             ),
         ],
         Shape::Debezium(d) => {
-            let mut pairs = vec![format!("'id', CAST({row}.id AS TEXT)")];
+            let mut pairs = vec![format!("'id', {}", id(row))];
             for (column, header) in &d.headers {
-                pairs.push(format!("{}, CAST({row}.{column} AS TEXT)", quote(header)));
+                pairs.push(format!("{}, CAST({} AS TEXT)", quote(header), col(column)));
             }
             vec![
-                id,
-                format!("coalesce(CAST({row}.{} AS TEXT), '')", d.event_from),
+                id(row),
+                format!("coalesce(CAST({} AS TEXT), '')", col(&d.event_from)),
                 d.key_from
                     .as_ref()
-                    .map_or("NULL".into(), |k| format!("CAST({row}.{k} AS TEXT)")),
+                    .map_or("NULL".into(), |k| format!("CAST({} AS TEXT)", col(k))),
                 payload,
                 // json_object keeps NULLs as JSON null; the relay wants strings.
                 format!(
@@ -65,18 +80,24 @@ fn values(a: &Adoption, row: &str) -> Vec<String> {
 const PUBLISHED_NOW: &str = "strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'";
 
 pub(super) fn plan(a: &Adoption, _columns: &[super::Column], backfill: bool) -> Plan {
-    let table = &a.table;
-    let name = a.trigger_name();
-    let copy = format!(
-        "INSERT OR IGNORE INTO outbox_messages ({COLUMNS})\n    VALUES ({});",
-        values(a, "NEW").join(",\n            ")
-    );
+    let table = ident(&a.table);
+    let name = ident(&a.trigger_name());
+    let copy = |row: &str| {
+        let values = values(a, row);
+        format!(
+            "INSERT INTO outbox_messages ({COLUMNS})\n    SELECT {} \n    WHERE NOT EXISTS (SELECT 1 FROM outbox_messages WHERE id = {});",
+            values.join(",\n           "),
+            id(row)
+        )
+    };
     let trigger = match a.shape {
         Shape::Spakky => format!(
-            "CREATE TRIGGER {name} AFTER INSERT ON {table}\n    FOR EACH ROW WHEN NEW.published_at IS NULL\nBEGIN\n    {copy}\n    UPDATE {table} SET published_at = {PUBLISHED_NOW} WHERE id = NEW.id;\nEND;"
+            "CREATE TRIGGER {name} AFTER INSERT ON {table}\n    FOR EACH ROW WHEN NEW.published_at IS NULL\nBEGIN\n    {}\n    UPDATE {table} SET published_at = {PUBLISHED_NOW} WHERE \"id\" = NEW.\"id\";\nEND;",
+            copy("NEW")
         ),
         Shape::Debezium(_) => format!(
-            "CREATE TRIGGER {name} AFTER INSERT ON {table}\n    FOR EACH ROW\nBEGIN\n    {copy}\nEND;"
+            "CREATE TRIGGER {name} AFTER INSERT ON {table}\n    FOR EACH ROW\nBEGIN\n    {}\nEND;",
+            copy("NEW")
         ),
     };
     let install = vec![
@@ -84,7 +105,7 @@ pub(super) fn plan(a: &Adoption, _columns: &[super::Column], backfill: bool) -> 
         trigger,
         format!(
             "INSERT OR REPLACE INTO outbox_adopted (table_name, shape, mapping, adopted_at_ms)\n    VALUES ({}, {}, {}, {NOW_MS});",
-            quote(table),
+            quote(&a.table),
             quote(a.shape.name()),
             quote(&a.mapping())
         ),
@@ -92,7 +113,7 @@ pub(super) fn plan(a: &Adoption, _columns: &[super::Column], backfill: bool) -> 
     let backfill = if backfill {
         vec![
             format!(
-                "INSERT OR IGNORE INTO outbox_messages ({COLUMNS})\n    SELECT {}\n    FROM {table} t WHERE t.published_at IS NULL ORDER BY t.created_at, t.id;",
+                "INSERT OR IGNORE INTO outbox_messages ({COLUMNS})\n    SELECT {}\n    FROM {table} t WHERE t.published_at IS NULL ORDER BY t.created_at, t.\"id\";",
                 values(a, "t").join(",\n           ")
             ),
             format!(
@@ -102,12 +123,16 @@ pub(super) fn plan(a: &Adoption, _columns: &[super::Column], backfill: bool) -> 
     } else {
         Vec::new()
     };
-    Plan { install, backfill }
+    Plan {
+        mapping: String::new(),
+        install,
+        backfill,
+    }
 }
 
 pub(super) fn undo(a: &Adoption) -> Vec<String> {
     vec![
-        format!("DROP TRIGGER IF EXISTS {};", a.trigger_name()),
+        format!("DROP TRIGGER IF EXISTS {};", ident(&a.trigger_name())),
         format!(
             "DELETE FROM outbox_adopted WHERE table_name = {};",
             quote(&a.table)

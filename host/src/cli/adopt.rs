@@ -94,10 +94,14 @@ pub(crate) async fn run(command: AdoptCommand) -> anyhow::Result<()> {
     let adoption = Adoption { table, shape };
     let config = Config::load(&options.config.config)?;
     let database = crate::config::redact_url(&config.database);
-    let db = Database::open(&config).await?;
+    let db = if options.dry_run {
+        Database::existing(&config).await?
+    } else {
+        Database::open(&config).await?
+    };
 
     if options.undo {
-        let sql = adoption.undo(db.backend())?;
+        let sql = db.undo_sql(&adoption).await?;
         if options.dry_run {
             print_sql(&sql);
             return Ok(());
@@ -112,24 +116,21 @@ pub(crate) async fn run(command: AdoptCommand) -> anyhow::Result<()> {
 
     let context = || format!("cannot adopt {:?} in {database}", adoption.table);
     if options.dry_run {
-        let sql = db
+        let (mapping, sql) = db
             .adoption_sql(&adoption, backfill)
             .await
             .with_context(context)?;
-        println!("-- {}", adoption.mapping());
+        println!("-- {mapping}");
         print_sql(&sql);
         return Ok(());
     }
-    let copied = db
-        .adopt(&adoption, backfill)
-        .await
-        .with_context(context)?
-        .copied;
+    let adopted = db.adopt(&adoption, backfill).await.with_context(context)?;
+    let copied = adopted.copied;
     println!(
         "{database}: adopted {:?} ({}): {}",
         adoption.table,
         adoption.shape.name(),
-        adoption.mapping()
+        adopted.mapping
     );
     if backfill {
         println!("backfilled {copied} unpublished row(s) into the outbox");
