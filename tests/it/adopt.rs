@@ -1219,3 +1219,111 @@ async fn sqlite_producers_or_replace_and_null_ids_lose_nothing() {
         dead[0].last_error
     );
 }
+
+/// The second attack's cases: a producer as a role with no privilege on the
+/// outbox, a producer whose `search_path` finds another `outbox_settings`
+/// first, a backfill of rows JSONB cannot hold, and a table renamed away
+/// (its replacement is not adopted, and `status` says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_roles_shadow_schemas_bad_backfills_and_renames() {
+    let scratch = Scratch::postgres().await;
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = scratch.write_config(&audit_file_target(&out));
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = cli(&["migrate", "--config", path]);
+    assert!(ok, "{stderr}");
+    let pool = scratch.pg_pool().await;
+    sqlx::raw_sql(SPAKKY_PG).execute(&pool).await.unwrap();
+    let insert = "INSERT INTO public.spakky_event_outbox (id, event_name, payload, headers, created_at, retry_count)
+                  VALUES ($1, $2, '{}', $3::json, now(), 0)";
+    // Pending before adoption, with headers JSONB refuses: the backfill copies it.
+    sqlx::query(insert)
+        .bind(uuid::Uuid::now_v7())
+        .bind("Backfilled")
+        .bind(r#"{"x":"\u0000"}"#)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let said = adopt(&config, &["spakky", "--backfill"]);
+    assert!(said.contains("backfilled 1 unpublished row(s)"), "{said}");
+
+    // A producer role that may only insert into its own table.
+    let role = format!("adopt_app_{}", uuid::Uuid::now_v7().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role}; GRANT USAGE ON SCHEMA public TO {role};
+         GRANT INSERT ON public.spakky_event_outbox TO {role};
+         CREATE SCHEMA shadow; CREATE TABLE shadow.outbox_settings (key TEXT, value TEXT);
+         INSERT INTO shadow.outbox_settings VALUES ('partitions', '8');
+         GRANT USAGE ON SCHEMA shadow TO {role}; GRANT SELECT ON shadow.outbox_settings TO {role}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE {role}; SET search_path = shadow, public"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    for i in 0..4 {
+        sqlx::query(insert)
+            .bind(uuid::Uuid::now_v7())
+            .bind(format!("AsApp{i}"))
+            .bind("{}")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::raw_sql("RESET ROLE; RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let relay = RunningRelay::start(&scratch.load_config(&audit_file_target(&out))).await;
+    let file = out.join("audit.jsonl");
+    let lines = eventually("the backfilled row and the app's four", WAIT, || {
+        let file = file.clone();
+        async move {
+            let lines = read_jsonl(&file);
+            (lines.len() >= 5).then_some(lines)
+        }
+    })
+    .await;
+    relay.stop().await;
+    let backfilled = lines
+        .iter()
+        .find(|l| l["event_name"] == "Backfilled")
+        .unwrap();
+    assert!(
+        backfilled["headers"]["outbox-adopt-error"].is_string(),
+        "{backfilled}"
+    );
+    let partitions: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT partition FROM outbox_messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        partitions,
+        [0],
+        "the outbox's own settings, not the shadow's"
+    );
+
+    // Renamed away and replaced: the new table is not adopted, and status says so.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE spakky_event_outbox RENAME TO spakky_event_outbox_old; {SPAKKY_PG}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_, status, _) = cli(&["status", "--config", path]);
+    assert!(status.contains("MISSING"), "{status}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA shadow CASCADE; DROP OWNED BY {role}; DROP ROLE {role}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+}

@@ -102,7 +102,7 @@ pub async fn adopted_lines(config: &Config) -> anyhow::Result<Vec<String>> {
                 "adopted table {table:?} ({shape}, since {since}): its inserted rows are copied into the outbox"
             ),
             Some(false) => format!(
-                "adopted table {table:?} ({shape}, since {since}): its trigger is DISABLED, inserted rows are NOT copied (ALTER TABLE ... ENABLE TRIGGER, or adopt again)"
+                "adopted table {table:?} ({shape}, since {since}): its trigger is DISABLED (or fires only for replicas), inserted rows are NOT copied (ALTER TABLE ... ENABLE TRIGGER, or adopt again)"
             ),
             None => format!(
                 "adopted table {table:?} ({shape}, since {since}): its trigger is MISSING (the table was recreated?), inserted rows are NOT copied: run `outbox-relay adopt` again"
@@ -236,13 +236,18 @@ impl Database {
     async fn trigger_state(&self, table: &str) -> anyhow::Result<Option<bool>> {
         let name = format!("outbox_adopt_{table}");
         Ok(match self {
+            // On the table of that name now (a table renamed away keeps its
+            // trigger; its replacement has none), and firing in ordinary
+            // sessions ('O'rigin or 'A'lways; not 'D'isabled or 'R'eplica only).
             Database::Postgres(pool) => sqlx::query_scalar::<_, String>(
-                "SELECT tgenabled::text FROM pg_trigger WHERE tgname = $1 AND NOT tgisinternal",
+                "SELECT tgenabled::text FROM pg_trigger
+                 WHERE tgname = $1 AND NOT tgisinternal AND tgrelid = to_regclass($2)",
             )
             .bind(&name)
+            .bind(format!("\"{table}\""))
             .fetch_optional(pool)
             .await?
-            .map(|enabled| enabled != "D"),
+            .map(|enabled| enabled == "O" || enabled == "A"),
             Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
                 "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
             )

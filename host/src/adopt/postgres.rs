@@ -1,24 +1,29 @@
 //! The adoption SQL for PostgreSQL: a PL/pgSQL `AFTER INSERT` trigger per
 //! table. `AFTER`, so that a row the producer's own `INSERT … ON CONFLICT DO
 //! NOTHING` did not insert is not copied either; a spakky row is then
-//! marked published by an `UPDATE` of that row. Every name is quoted (a
-//! mixed-case or reserved-word table or column works) and the outbox is
-//! named with its schema (a producer's `search_path` does not matter).
+//! marked published by an `UPDATE` of the very table the trigger fired on
+//! (`TG_TABLE_SCHEMA`.`TG_TABLE_NAME`, so a table in another schema, or
+//! renamed, is still the one updated).
 //!
-//! Nothing here makes a producer's insert fail on a value: an id that is
-//! not a UUID becomes the UUID of the MD5 of table and id (the original
-//! travels as header `id` for Debezium), a null id a random UUID, a missing
-//! event name or payload becomes empty (the relay dead-letters such a row
-//! with the reason), and a row whose headers or time cannot be read (JSON
-//! Postgres refuses, an infinite time) is copied with empty headers, the
-//! time of the copy and the error as header `outbox-adopt-error`.
+//! The function is `SECURITY DEFINER` with a fixed `search_path` (the
+//! outbox's schema, then `pg_catalog`): a producer running as another role
+//! needs no privilege on the outbox, and whatever its `search_path`, the
+//! outbox's own triggers (the partition and its `outbox_settings`) resolve
+//! the relay's tables. Every name is quoted.
+//!
+//! Nothing here makes a producer's insert fail on a value, and nothing runs
+//! in a subtransaction: an id that is not a UUID becomes the UUID of the MD5
+//! of table and id (the original travels as header `id` for Debezium), a
+//! null id a random UUID, a missing event name or payload becomes empty (the
+//! relay dead-letters such a row with the reason), headers JSONB cannot hold
+//! (a `\u0000`) are replaced by one header `outbox-adopt-error` saying so,
+//! and an infinite time by the time of the copy.
 
 use super::{Adoption, Column, Plan, Shape, ident, quote};
 
 /// The values of one row (`row` is `NEW` in the trigger, `t` in a backfill),
-/// in the order of [`COLUMNS`]. `safe`: the fallback for a row whose
-/// headers or time Postgres cannot convert.
-fn values(a: &Adoption, columns: &[Column], row: &str, safe: bool) -> Vec<String> {
+/// in the order of [`COLUMNS`].
+fn values(a: &Adoption, columns: &[Column], row: &str) -> Vec<String> {
     let kind = |name: &str| {
         columns
             .iter()
@@ -45,27 +50,25 @@ fn values(a: &Adoption, columns: &[Column], row: &str, safe: bool) -> Vec<String
         )
     };
     let now_ms = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint".to_string();
-    let error_headers = "jsonb_build_object('outbox-adopt-error', SQLERRM)".to_string();
     match &a.shape {
-        Shape::Spakky => vec![
-            id,
-            format!("coalesce({}::text, '')", col("event_name")),
-            "NULL".into(),
-            payload,
-            if safe {
-                error_headers
-            } else {
-                format!("coalesce({}::jsonb, '{{}}'::jsonb)", col("headers"))
-            },
-            if safe {
-                now_ms
-            } else {
+        Shape::Spakky => {
+            let headers = col("headers");
+            let created = col("created_at");
+            vec![
+                id,
+                format!("coalesce({}::text, '')", col("event_name")),
+                "NULL".into(),
+                payload,
                 format!(
-                    "coalesce((extract(epoch FROM {}) * 1000)::bigint, {now_ms})",
-                    col("created_at")
-                )
-            },
-        ],
+                    "CASE WHEN strpos({headers}::text, '\\u0000') > 0 \
+                     THEN jsonb_build_object('outbox-adopt-error', 'the headers hold \\u0000, which JSONB cannot: they were left out') \
+                     ELSE coalesce({headers}::jsonb, '{{}}'::jsonb) END"
+                ),
+                format!(
+                    "CASE WHEN isfinite({created}) THEN (extract(epoch FROM {created}) * 1000)::bigint ELSE {now_ms} END"
+                ),
+            ]
+        }
         Shape::Debezium(d) => {
             let mut pairs = vec![format!("'id', {id_col}::text")];
             for (column, header) in &d.headers {
@@ -78,14 +81,10 @@ fn values(a: &Adoption, columns: &[Column], row: &str, safe: bool) -> Vec<String
                     .as_ref()
                     .map_or("NULL".into(), |k| format!("{}::text", col(k))),
                 payload,
-                if safe {
-                    error_headers
-                } else {
-                    format!(
-                        "jsonb_strip_nulls(jsonb_build_object({}))",
-                        pairs.join(", ")
-                    )
-                },
+                format!(
+                    "jsonb_strip_nulls(jsonb_build_object({}))",
+                    pairs.join(", ")
+                ),
                 now_ms,
             ]
         }
@@ -100,20 +99,13 @@ pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &st
     let name = ident(&a.trigger_name());
     let outbox = format!("{}.outbox_messages", ident(schema));
     let adopted = format!("{}.outbox_adopted", ident(schema));
-    let insert = |values: Vec<String>| {
-        format!(
-            "INSERT INTO {outbox} ({COLUMNS})\n            VALUES ({})\n            ON CONFLICT (id) DO NOTHING;",
-            values.join(",\n                    ")
-        )
-    };
     let copy = format!(
-        "BEGIN\n            {}\n        EXCEPTION WHEN others THEN\n            {}\n        END;",
-        insert(values(a, columns, "NEW", false)),
-        insert(values(a, columns, "NEW", true))
+        "INSERT INTO {outbox} ({COLUMNS})\n        VALUES ({})\n        ON CONFLICT (id) DO NOTHING;",
+        values(a, columns, "NEW").join(",\n                ")
     );
     let body = match a.shape {
         Shape::Spakky => format!(
-            "    IF NEW.published_at IS NULL THEN\n        {copy}\n        UPDATE {table} SET published_at = clock_timestamp() WHERE id = NEW.id;\n    END IF;"
+            "    IF NEW.published_at IS NULL THEN\n        {copy}\n        EXECUTE format('UPDATE %I.%I SET published_at = clock_timestamp() WHERE id = $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)\n            USING NEW.id;\n    END IF;"
         ),
         Shape::Debezium(_) => format!("    {copy}"),
     };
@@ -124,7 +116,7 @@ pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &st
         format!(
             // The outbox's own triggers run inside this one: under its schema,
             // whatever the producer's search_path.
-            "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql\n    SET search_path = {}, pg_catalog AS $adopt$\nBEGIN\n{body}\n    RETURN NULL;\nEND\n$adopt$;",
+            "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql\n    SECURITY DEFINER SET search_path = {}, pg_catalog AS $adopt$\nBEGIN\n{body}\n    RETURN NULL;\nEND\n$adopt$;",
             ident(schema)
         ),
         format!("DROP TRIGGER IF EXISTS {name} ON {table};"),
@@ -142,7 +134,7 @@ pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &st
         vec![
             format!(
                 "INSERT INTO {outbox} ({COLUMNS})\n    SELECT {}\n    FROM {table} t WHERE t.published_at IS NULL ORDER BY t.created_at, t.id\n    ON CONFLICT (id) DO NOTHING;",
-                values(a, columns, "t", false).join(",\n           ")
+                values(a, columns, "t").join(",\n           ")
             ),
             format!(
                 "UPDATE {table} SET published_at = clock_timestamp() WHERE published_at IS NULL;"
