@@ -492,6 +492,8 @@ async fn adopt_names_a_missing_table_column_or_bad_option() {
         !ok && stderr.contains("table \"spakky_event_outbox\" does not exist"),
         "{stderr}"
     );
+    let (ok, _, stderr) = cli(&["adopt", "spakky", "--config", path, "--undo"]);
+    assert!(!ok && stderr.contains("is not adopted"), "{stderr}");
     let storage = scratch.storage().await;
     sqlx::raw_sql("CREATE TABLE outbox (id TEXT PRIMARY KEY, aggregatetype TEXT, payload TEXT)")
         .execute(storage.pool())

@@ -258,6 +258,11 @@ impl Database {
         })
     }
 
+    /// Whether `table` is in the registry of adopted tables.
+    pub async fn is_adopted(&self, table: &str) -> anyhow::Result<bool> {
+        Ok(self.adopted().await?.iter().any(|(t, _, _)| t == table))
+    }
+
     async fn adopted(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
         let query =
             "SELECT table_name, shape, adopted_at_ms FROM outbox_adopted ORDER BY table_name";

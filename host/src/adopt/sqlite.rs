@@ -27,14 +27,23 @@ const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
 const COLUMNS: &str = "id, event_name, partition_key, payload, headers, created_at_ms";
 
 /// The canonical id of `row`: 16 bytes or 32 hex digits in dashed form,
-/// anything else as text, a null one unique and not a UUID.
-fn id(row: &str) -> String {
+/// anything else as text; null when the row's id is.
+fn canonical(row: &str) -> String {
     let id = format!("{row}.\"id\"");
     format!(
-        "coalesce(lower(CASE WHEN typeof({id}) = 'blob' AND length({id}) = 16 THEN {} \
-         WHEN length({id}) = 32 THEN {} ELSE CAST({id} AS TEXT) END), 'not-a-uuid:' || lower(hex(randomblob(16))))",
+        "lower(CASE WHEN typeof({id}) = 'blob' AND length({id}) = 16 THEN {} \
+         WHEN length({id}) = 32 THEN {} ELSE CAST({id} AS TEXT) END)",
         dashed(&format!("hex({id})")),
         dashed(&id)
+    )
+}
+
+/// The message id of `row`: [`canonical`], or for a null id a unique value
+/// that is not a UUID (the relay dead-letters it with the reason).
+fn id(row: &str) -> String {
+    format!(
+        "coalesce({}, 'not-a-uuid:' || lower(hex(randomblob(16))))",
+        canonical(row)
     )
 }
 
@@ -54,7 +63,8 @@ fn values(a: &Adoption, row: &str) -> Vec<String> {
             ),
         ],
         Shape::Debezium(d) => {
-            let mut pairs = vec![format!("'id', {}", id(row))];
+            // The source's id as Debezium would send it (left out when null).
+            let mut pairs = vec![format!("'id', {}", canonical(row))];
             for (column, header) in &d.headers {
                 pairs.push(format!("{}, CAST({} AS TEXT)", quote(header), col(column)));
             }

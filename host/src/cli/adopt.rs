@@ -101,6 +101,12 @@ pub(crate) async fn run(command: AdoptCommand) -> anyhow::Result<()> {
     };
 
     if options.undo {
+        if !db.is_adopted(&adoption.table).await? {
+            bail!(
+                "{database}: table {:?} is not adopted (see `outbox-relay status`)",
+                adoption.table
+            );
+        }
         let sql = db.undo_sql(&adoption).await?;
         if options.dry_run {
             print_sql(&sql);
