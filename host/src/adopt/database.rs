@@ -35,7 +35,7 @@ impl Database {
     ) -> anyhow::Result<(String, Vec<String>)> {
         let columns = self.columns(&adoption.table).await?;
         let partitions = self.partitions().await?;
-        let schema = self.outbox_schema().await?;
+        let schema = self.schemas(&adoption.table).await?;
         let plan = adoption.plan(self.backend(), &columns, partitions, backfill, &schema)?;
         Ok((
             plan.mapping,
@@ -45,22 +45,38 @@ impl Database {
 
     /// The SQL that removes `adoption`.
     pub async fn undo_sql(&self, adoption: &super::Adoption) -> anyhow::Result<Vec<String>> {
-        let schema = self.outbox_schema().await?;
+        let schema = self.schemas(&adoption.table).await?;
         Ok(adoption.undo(self.backend(), &schema)?)
     }
 
-    /// Where `outbox_messages` is (Postgres; "main" on SQLite).
-    pub async fn outbox_schema(&self) -> anyhow::Result<String> {
+    /// Where `outbox_messages` and `table` are: the first schema of the
+    /// search path that has each (Postgres; "main" on SQLite).
+    pub async fn schemas(&self, table: &str) -> anyhow::Result<super::Schemas> {
+        Ok(super::Schemas {
+            outbox: self
+                .schema_of("outbox_messages")
+                .await?
+                .context("outbox_messages is not in the search path; run `outbox-relay migrate`")?,
+            table: self
+                .schema_of(table)
+                .await?
+                .unwrap_or_else(|| "public".into()),
+        })
+    }
+
+    async fn schema_of(&self, table: &str) -> anyhow::Result<Option<String>> {
         Ok(match self {
-            Database::Postgres(pool) => sqlx::query_scalar(
-                "SELECT table_schema::text FROM information_schema.tables
-                 WHERE table_name = 'outbox_messages' AND table_schema = ANY (current_schemas(false))
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT table_schema::text FROM information_schema.tables
+                 WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
                  ORDER BY array_position(current_schemas(false), table_schema::name) LIMIT 1",
-            )
-            .fetch_optional(pool)
-            .await?
-            .context("outbox_messages is not in the search path; run `outbox-relay migrate`")?,
-            Database::Sqlite(_) => "main".into(),
+                )
+                .bind(table)
+                .fetch_optional(pool)
+                .await?
+            }
+            Database::Sqlite(_) => Some("main".into()),
         })
     }
 
@@ -154,7 +170,10 @@ impl Database {
             Database::Postgres(pool) => {
                 sqlx::query(
                     "SELECT column_name::text AS name, data_type::text AS kind FROM information_schema.columns
-                     WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
+                     WHERE table_name = $1 AND table_schema = (
+                         SELECT table_schema FROM information_schema.tables
+                         WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
+                         ORDER BY array_position(current_schemas(false), table_schema::name) LIMIT 1)
                      ORDER BY ordinal_position",
                 )
                 .bind(table)

@@ -93,6 +93,24 @@ pub struct Plan {
     pub backfill: Vec<String>,
 }
 
+/// Where things are on Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schemas {
+    /// The schema of `outbox_messages`.
+    pub outbox: String,
+    /// The schema of the adopted table.
+    pub table: String,
+}
+
+impl Schemas {
+    pub fn public() -> Schemas {
+        Schemas {
+            outbox: "public".into(),
+            table: "public".into(),
+        }
+    }
+}
+
 /// Why a table cannot be adopted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdoptError(pub String);
@@ -160,14 +178,15 @@ impl Adoption {
 
     /// The SQL for `backend`, given the table's `columns` (empty: the table
     /// does not exist) and the outbox's partition count.
-    /// `schema`: the Postgres schema of `outbox_messages` (ignored on SQLite).
+    /// `schema`: the Postgres schemas of `outbox_messages` and of the table
+    /// (ignored on SQLite).
     pub fn plan(
         &self,
         backend: Backend,
         columns: &[Column],
         partitions: u32,
         backfill: bool,
-        schema: &str,
+        schema: &Schemas,
     ) -> Result<Plan, AdoptError> {
         check_identifier("table", &self.table)?;
         if columns.is_empty() {
@@ -199,7 +218,7 @@ impl Adoption {
     }
 
     /// The SQL that removes the adoption.
-    pub fn undo(&self, backend: Backend, schema: &str) -> Result<Vec<String>, AdoptError> {
+    pub fn undo(&self, backend: Backend, schema: &Schemas) -> Result<Vec<String>, AdoptError> {
         check_identifier("table", &self.table)?;
         Ok(match backend {
             Backend::Postgres => postgres::undo(self, schema),
@@ -368,13 +387,13 @@ mod tests {
             shape: Shape::Spakky,
         };
         let e = a
-            .plan(Backend::Postgres, &[], 1, false, "public")
+            .plan(Backend::Postgres, &[], 1, false, &Schemas::public())
             .unwrap_err();
         assert!(e.0.contains("does not exist"), "{e}");
         let mut cols = spakky_pg();
         cols.retain(|c| c.name != "published_at");
         let e = a
-            .plan(Backend::Postgres, &cols, 1, false, "public")
+            .plan(Backend::Postgres, &cols, 1, false, &Schemas::public())
             .unwrap_err();
         assert!(e.0.contains("no column \"published_at\""), "{e}");
         let bad = Adoption {
@@ -382,11 +401,17 @@ mod tests {
             shape: Shape::Spakky,
         };
         assert!(
-            bad.plan(Backend::Postgres, &spakky_pg(), 1, false, "public")
-                .is_err()
+            bad.plan(
+                Backend::Postgres,
+                &spakky_pg(),
+                1,
+                false,
+                &Schemas::public()
+            )
+            .is_err()
         );
         let e = a
-            .plan(Backend::Sqlite, &spakky_pg(), 4, false, "main")
+            .plan(Backend::Sqlite, &spakky_pg(), 4, false, &Schemas::public())
             .unwrap_err();
         assert!(e.0.contains("relay.partitions = 1"), "{e}");
     }
@@ -419,14 +444,17 @@ mod tests {
             ]
         );
         let e = a
-            .plan(Backend::Postgres, &cols, 1, true, "public")
+            .plan(Backend::Postgres, &cols, 1, true, &Schemas::public())
             .unwrap_err();
         assert!(e.0.contains("no published state"), "{e}");
         let plan = a
-            .plan(Backend::Postgres, &cols, 1, false, "public")
+            .plan(Backend::Postgres, &cols, 1, false, &Schemas::public())
             .unwrap();
         let sql = plan.install.join("\n");
-        assert!(sql.contains("AFTER INSERT ON \"outbox\""), "{sql}");
+        assert!(
+            sql.contains("AFTER INSERT ON \"public\".\"outbox\""),
+            "{sql}"
+        );
         assert!(sql.contains("'x-tenant'"), "{sql}");
     }
 }

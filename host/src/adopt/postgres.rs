@@ -1,9 +1,8 @@
 //! The adoption SQL for PostgreSQL: a PL/pgSQL `AFTER INSERT` trigger per
 //! table. `AFTER`, so that a row the producer's own `INSERT … ON CONFLICT DO
 //! NOTHING` did not insert is not copied either; a spakky row is then
-//! marked published by an `UPDATE` of the very table the trigger fired on
-//! (`TG_TABLE_SCHEMA`.`TG_TABLE_NAME`, so a table in another schema, or
-//! renamed, is still the one updated).
+//! marked published by an `UPDATE` of the table, named with its schema (a
+//! static statement: its plan is cached, unlike a dynamic `EXECUTE`).
 //!
 //! The function is `SECURITY DEFINER` with a fixed `search_path` (the
 //! outbox's schema, then `pg_catalog`): a producer running as another role
@@ -19,7 +18,7 @@
 //! (a `\u0000`) are replaced by one header `outbox-adopt-error` saying so,
 //! and an infinite time by the time of the copy.
 
-use super::{Adoption, Column, Plan, Shape, ident, quote};
+use super::{Adoption, Column, Plan, Schemas, Shape, ident, quote};
 
 /// The values of one row (`row` is `NEW` in the trigger, `t` in a backfill),
 /// in the order of [`COLUMNS`].
@@ -94,8 +93,9 @@ fn values(a: &Adoption, columns: &[Column], row: &str) -> Vec<String> {
 const COLUMNS: &str = "id, event_name, partition_key, payload, headers, created_at_ms";
 
 /// `schema` is where `outbox_messages` lives.
-pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &str) -> Plan {
-    let table = ident(&a.table);
+pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schemas: &Schemas) -> Plan {
+    let schema = schemas.outbox.as_str();
+    let table = format!("{}.{}", ident(&schemas.table), ident(&a.table));
     let name = ident(&a.trigger_name());
     let outbox = format!("{}.outbox_messages", ident(schema));
     let adopted = format!("{}.outbox_adopted", ident(schema));
@@ -105,7 +105,7 @@ pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &st
     );
     let body = match a.shape {
         Shape::Spakky => format!(
-            "    IF NEW.published_at IS NULL THEN\n        {copy}\n        EXECUTE format('UPDATE %I.%I SET published_at = clock_timestamp() WHERE id = $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)\n            USING NEW.id;\n    END IF;"
+            "    IF NEW.published_at IS NULL THEN\n        {copy}\n        UPDATE {table} SET published_at = clock_timestamp() WHERE id = NEW.id;\n    END IF;"
         ),
         Shape::Debezium(_) => format!("    {copy}"),
     };
@@ -150,10 +150,15 @@ pub(super) fn plan(a: &Adoption, columns: &[Column], backfill: bool, schema: &st
     }
 }
 
-pub(super) fn undo(a: &Adoption, schema: &str) -> Vec<String> {
+pub(super) fn undo(a: &Adoption, schemas: &Schemas) -> Vec<String> {
     let name = ident(&a.trigger_name());
+    let schema = schemas.outbox.as_str();
     vec![
-        format!("DROP TRIGGER IF EXISTS {name} ON {};", ident(&a.table)),
+        format!(
+            "DROP TRIGGER IF EXISTS {name} ON {}.{};",
+            ident(&schemas.table),
+            ident(&a.table)
+        ),
         format!("DROP FUNCTION IF EXISTS {name}();"),
         format!(
             "DELETE FROM {}.outbox_adopted WHERE table_name = {};",
