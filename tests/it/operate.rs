@@ -572,3 +572,41 @@ config = {{ path = "/nowhere/flaky.jsonl" }}
     );
     assert!(terminate(&mut relay).success());
 }
+
+/// A delivery that fails and will be retried is logged at `warn` with the
+/// message id, as docs/operations.md says (an attack found retries silent).
+#[tokio::test]
+async fn a_retried_delivery_is_logged_at_warn_with_its_message_id() {
+    let scratch = Scratch::new();
+    // Nothing listens on port 9: every attempt fails and is retried.
+    let config = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["hook"]
+
+[targets.hook]
+plugin = "webhook"
+config = { url = "http://127.0.0.1:9/in" }
+sandbox = { allow_http = ["127.0.0.1:9"] }
+retry = { initial_backoff = "5s", max_attempts = 5 }
+"#,
+    );
+    let storage = scratch.storage().await;
+    let sent = enqueue(&storage, "thing.happened", 1).await;
+    let log = scratch.path().join("relay.log");
+    let mut child = spawn_logged(&config, &log);
+    let id = sent[0].id.to_string();
+    eventually("the retry's warn line", Duration::from_secs(30), || {
+        let log = log.clone();
+        let id = id.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .any(|l| l.contains("WARN") && l.contains("will retry") && l.contains(&id))
+                .then_some(())
+        }
+    })
+    .await;
+    terminate(&mut child);
+}

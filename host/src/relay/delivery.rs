@@ -162,6 +162,15 @@ impl Delivery {
             tracing::warn!(message_id = %envelope.message.id, attempt = attempts, error = %error, "dead-lettered");
         } else {
             crate::metrics::delivery(target, Counted::Retry);
+            if let Disposition::RetryAfter(wait) = &disposition {
+                tracing::warn!(
+                    message_id = %envelope.message.id,
+                    attempt = attempts,
+                    retry_in_ms = wait.as_millis() as u64,
+                    error = %error,
+                    "delivery failed; will retry"
+                );
+            }
         }
         Some(Failure {
             seq: envelope.message.seq,
