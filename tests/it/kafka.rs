@@ -12,6 +12,21 @@ use outbox_relay_tests::{Proxy, RunningRelay, Scratch, dead_letters, enqueue, ev
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Routes every event to one `kafka` target, `events`, with `lines` (its
+/// `config`, `sandbox`, `batch_size`...) in its table.
+fn kafka_target(lines: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["events"]
+
+[targets.events]
+plugin = "kafka"
+{lines}"#
+    )
+}
+
 /// Reads until `count` records came (or `WAIT` passed), then asserts the count.
 fn read_all(broker: &Broker, topic: &str, count: usize) -> Vec<Record> {
     let records = broker.read(topic, count, WAIT);
@@ -48,19 +63,13 @@ async fn delivers_payload_key_headers_byte_for_byte_on_the_java_partition() {
     let addr = broker.listen.clone();
     broker.create_topic("orders", 5);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["order.*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 batch_size = 7
 config = {{ bootstrap = ["{addr}"], topic = "orders" }}
 sandbox = {{ allow_tcp = ["{addr}"] }}
 "#
-    ));
+    )));
     let storage = scratch.storage().await;
     let binary = NewMessage::new("order.created", vec![0x00, 0xff, 0xfe, b'\r', b'\n', 0x80])
         .with_key("21")
@@ -158,18 +167,12 @@ sandbox = {{ allow_tcp = ["{addr}"] }}
     broker.create_topic("murmur", 7);
     let theirs = broker.murmur2_partitions("murmur", 7, &key_refs);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"], topic = "murmur-relay" }}
 sandbox = {{ allow_tcp = ["{addr}"] }}
 "#
-    ));
+    )));
     broker.create_topic("murmur-relay", 7);
     let storage = scratch.storage().await;
     let messages: Vec<NewMessage> = keys
@@ -199,20 +202,14 @@ async fn an_ordered_target_keeps_each_keys_order_across_partitions() {
     let addr = broker.listen.clone();
     broker.create_topic("ordered", 3);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 ordered = true
 batch_size = 25
 config = {{ bootstrap = ["{addr}"], topic = "ordered" }}
 sandbox = {{ allow_tcp = ["{addr}"] }}
 "#
-    ));
+    )));
     let storage = scratch.storage().await;
     let keys = ["a", "b", "c", "d", "e", "f"];
     let per_key = 150;
@@ -250,6 +247,74 @@ sandbox = {{ allow_tcp = ["{addr}"] }}
     assert!(next.values().all(|&n| n == per_key), "{next:?}");
 }
 
+/// A run with a fault in the middle: half of `total` messages before the
+/// relay starts, the rest (`send_rest`) once the first 100 records are in,
+/// through a target with quick retries and short time-outs.
+struct MidRun {
+    storage: outbox_relay::storage::sqlite::SqliteStorage,
+    relay: RunningRelay,
+    sent: Vec<NewMessage>,
+    topic: String,
+    total: usize,
+}
+
+impl MidRun {
+    async fn start(
+        scratch: &Scratch,
+        broker: &Broker,
+        addr: &str,
+        topic: &str,
+        total: usize,
+    ) -> MidRun {
+        let config = scratch.load_config(&kafka_target(&format!(
+            r#"
+batch_size = 50
+retry = {{ initial_backoff = "100ms", max_backoff = "500ms", max_attempts = 100 }}
+config = {{ bootstrap = ["{addr}"], topic = "{topic}", request_timeout_ms = 2000, connect_timeout_ms = 1000 }}
+sandbox = {{ allow_tcp = ["{addr}"] }}
+"#
+        )));
+        let storage = scratch.storage().await;
+        let sent = enqueue(&storage, "thing.happened", total / 2).await;
+        let relay = RunningRelay::start(&config).await;
+        eventually("the first records", WAIT, || async move {
+            (broker.read(topic, 100, Duration::from_secs(2)).len() >= 100).then_some(())
+        })
+        .await;
+        MidRun {
+            storage,
+            relay,
+            sent,
+            topic: topic.to_owned(),
+            total,
+        }
+    }
+
+    async fn send_rest(&mut self) {
+        let rest = self.total - self.total / 2;
+        self.sent
+            .extend(enqueue(&self.storage, "thing.happened", rest).await);
+    }
+
+    /// Waits for every message, stops the relay and reads the topic back:
+    /// every message is there and none is dead-lettered. Returns the
+    /// records read and the distinct message ids among them.
+    async fn finish(self, broker: &Broker) -> (usize, usize) {
+        read_all(broker, &self.topic, self.total);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.relay.stop().await;
+        let records = broker.read(&self.topic, self.total + 200, Duration::from_secs(3));
+        let ids: Vec<String> = records.iter().map(message_id).collect();
+        let unique: HashSet<&String> = ids.iter().collect();
+        assert!(
+            self.sent.iter().all(|m| unique.contains(&m.id.to_string())),
+            "every message is in Kafka"
+        );
+        assert!(dead_letters(&self.storage, "events").await.is_empty());
+        (ids.len(), unique.len())
+    }
+}
+
 /// The broker is cut off (every connection dropped, new ones refused for
 /// 2 s) while batches are in flight: nothing is lost, and the idempotent
 /// producer's resends within its session write nothing twice.
@@ -262,56 +327,20 @@ async fn a_cut_off_mid_run_loses_nothing_and_writes_nothing_twice() {
     let broker = Broker::start_with(&listen, &addr, BrokerStorage::Memory, None);
     broker.create_topic("cut", 4);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
-batch_size = 50
-retry = {{ initial_backoff = "100ms", max_backoff = "500ms", max_attempts = 100 }}
-config = {{ bootstrap = ["{addr}"], topic = "cut", request_timeout_ms = 2000, connect_timeout_ms = 1000 }}
-sandbox = {{ allow_tcp = ["{addr}"] }}
-"#
-    ));
-    let storage = scratch.storage().await;
-    let total = 3000;
-    let mut sent = enqueue(&storage, "thing.happened", total / 2).await;
-    let relay = RunningRelay::start(&config).await;
-    eventually("the first records", WAIT, || {
-        let broker = &broker;
-        async move { (broker.read("cut", 100, Duration::from_secs(2)).len() >= 100).then_some(()) }
-    })
-    .await;
+    let mut run = MidRun::start(&scratch, &broker, &addr, "cut", 3000).await;
     proxy.set_down(true);
-    sent.extend(enqueue(&storage, "thing.happened", total / 2).await);
+    run.send_rest().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.set_down(false);
     // A second cut while the backlog drains, with no pause.
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut();
 
-    read_all(&broker, "cut", total);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    relay.stop().await;
-    let records = broker.read("cut", total + 1, Duration::from_secs(3));
-    let ids: Vec<String> = records.iter().map(message_id).collect();
-    let unique: HashSet<&String> = ids.iter().collect();
-    let wanted: HashSet<String> = sent.iter().map(|m| m.id.to_string()).collect();
-    assert!(
-        wanted.iter().all(|id| unique.contains(id)),
-        "every message is in Kafka"
-    );
+    let (ids, unique) = run.finish(&broker).await;
     assert_eq!(
-        ids.len(),
-        unique.len(),
-        "no record written twice: {} records, {} messages",
-        ids.len(),
-        unique.len()
+        ids, unique,
+        "no record written twice: {ids} records, {unique} messages"
     );
-    assert!(dead_letters(&storage, "events").await.is_empty());
     assert!(
         proxy.accepted() >= 2,
         "the transport reconnected through the proxy"
@@ -323,18 +352,12 @@ async fn an_address_outside_allow_tcp_is_refused_and_messages_wait() {
     let broker = Broker::start();
     let addr = broker.listen.clone();
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"] }}
 sandbox = {{ allow_tcp = ["127.0.0.1:1"] }}
 "#
-    ));
+    )));
     let err = outbox_relay::app::check_target(&config, "events")
         .await
         .expect_err("the plugin must not start")
@@ -380,18 +403,12 @@ async fn sasl_scram_delivers_with_the_right_password_and_names_a_refused_login()
         let right_file = scratch.path().join("right.secret");
         std::fs::write(&right_file, "s3cret-pass\n").unwrap();
         let target = |password: &str| {
-            format!(
+            kafka_target(&format!(
                 r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"], topic = "secured", security_protocol = "SASL_PLAINTEXT", sasl_mechanism = "{mechanism}", sasl_username = "relay", sasl_password = {password} }}
 sandbox = {{ allow_tcp = ["{addr}"] }}
 "#
-            )
+            ))
         };
         let wrong = scratch.load_config(&target(&format!(
             "{{ file = \"{}\" }}",
@@ -448,55 +465,19 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
         None,
     );
     broker.create_topic("restart", 3);
-    let config = scratch.load_config(&format!(
-        r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
-batch_size = 50
-retry = {{ initial_backoff = "100ms", max_backoff = "500ms", max_attempts = 100 }}
-config = {{ bootstrap = ["{addr}"], topic = "restart", request_timeout_ms = 2000, connect_timeout_ms = 1000 }}
-sandbox = {{ allow_tcp = ["{addr}"] }}
-"#
-    ));
-    let storage = scratch.storage().await;
-    let total = 2000;
-    let mut sent = enqueue(&storage, "thing.happened", total / 2).await;
-    let relay = RunningRelay::start(&config).await;
-    eventually("the first records", WAIT, || {
-        let broker = &broker;
-        async move { (broker.read("restart", 100, Duration::from_secs(2)).len() >= 100).then_some(()) }
-    })
-    .await;
+    let mut run = MidRun::start(&scratch, &broker, &addr, "restart", 2000).await;
     broker.kill();
-    sent.extend(enqueue(&storage, "thing.happened", total / 2).await);
+    run.send_rest().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.restart();
 
-    read_all(&broker, "restart", total);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    relay.stop().await;
-    let records = broker.read("restart", total + 200, Duration::from_secs(3));
-    let ids: Vec<String> = records.iter().map(message_id).collect();
-    let unique: HashSet<&String> = ids.iter().collect();
-    let wanted: HashSet<String> = sent.iter().map(|m| m.id.to_string()).collect();
-    assert!(
-        wanted.iter().all(|id| unique.contains(id)),
-        "every message is in Kafka"
-    );
-    let duplicates = ids.len() - unique.len();
-    eprintln!(
-        "{} records for {total} messages: {duplicates} duplicates",
-        ids.len()
-    );
+    let (ids, unique) = run.finish(&broker).await;
+    let duplicates = ids - unique;
+    eprintln!("{ids} records for 2000 messages: {duplicates} duplicates");
     assert!(
         duplicates <= 50,
         "duplicates within one batch in flight: {duplicates}"
     );
-    assert!(dead_letters(&storage, "events").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,18 +486,12 @@ async fn a_fixed_partition_that_does_not_exist_is_dead_lettered_naming_it() {
     let addr = broker.listen.clone();
     broker.create_topic("small", 2);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"], topic = "small", partition = 5 }}
 sandbox = {{ allow_tcp = ["{addr}"] }}
 "#
-    ));
+    )));
     let storage = scratch.storage().await;
     enqueue(&storage, "thing.happened", 2).await;
     let relay = RunningRelay::start(&config).await;
@@ -547,18 +522,12 @@ async fn a_topic_that_gains_partitions_is_seen_within_the_metadata_age() {
     let addr = broker.listen.clone();
     broker.create_topic("grow", 2);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"], topic = "grow", metadata_max_age_ms = 500 }}
 sandbox = {{ allow_tcp = ["{addr}"] }}
 "#
-    ));
+    )));
     let storage = scratch.storage().await;
     let keyed = |round: usize| -> Vec<NewMessage> {
         JAVA_VECTORS
@@ -613,18 +582,12 @@ async fn a_broker_that_dribbles_its_answer_is_cut_off_by_the_transports_time_out
         }
     });
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"], request_timeout_ms = 1000, delivery_timeout_ms = 2000 }}
 sandbox = {{ allow_tcp = ["{addr}"], call_timeout = "10s" }}
 "#
-    ));
+    )));
     let err = outbox_relay::app::check_target(&config, "events")
         .await
         .expect_err("a broker that never finishes an answer must not start")
@@ -649,18 +612,12 @@ async fn an_advertised_broker_outside_allow_tcp_stops_the_start() {
     let advertised = proxy.addr();
     let _broker = Broker::start_with(&listen, &advertised, BrokerStorage::Memory, None);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{listen}"] }}
 sandbox = {{ allow_tcp = ["{listen}"], max_sockets = 1 }}
 "#
-    ));
+    )));
     // One socket in all: the start-up probe must not be starved by
     // connections kept open (the bootstrap's is closed once the brokers
     // are known), or the refusal would hide behind "no sockets left".
@@ -684,18 +641,12 @@ async fn a_target_delivers_within_a_small_socket_budget() {
     let addr = broker.listen.clone();
     broker.create_topic("few", 2);
     let scratch = Scratch::new();
-    let config = scratch.load_config(&format!(
+    let config = scratch.load_config(&kafka_target(&format!(
         r#"
-[[routes]]
-events = ["*"]
-targets = ["events"]
-
-[targets.events]
-plugin = "kafka"
 config = {{ bootstrap = ["{addr}"], topic = "few", max_connections = 1 }}
 sandbox = {{ allow_tcp = ["{addr}"], max_sockets = 2 }}
 "#
-    ));
+    )));
     let storage = scratch.storage().await;
     let sent = enqueue(&storage, "thing.happened", 300).await;
     let relay = RunningRelay::start(&config).await;
