@@ -60,12 +60,7 @@ pub fn tansu_durable() -> PathBuf {
     path
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
-        PathBuf::from,
-    )
-}
+use crate::target_dir;
 
 fn client_script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/client.py")

@@ -17,7 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 pub mod kafka;
 mod proxy;
+pub mod spakky;
 pub use proxy::Proxy;
+
+/// The cargo target directory (where `make setup` puts the test tools).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
+        PathBuf::from,
+    )
+}
 
 /// Directory holding every built component (`file.wasm`, `trap.wasm`, ...).
 pub fn components_dir() -> PathBuf {

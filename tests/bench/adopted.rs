@@ -16,32 +16,12 @@ use serde_json::{Value, json};
 use crate::report::{Row, ScenarioResult};
 use crate::setup::{BenchDb, DbKind, Probe, Running, Sink, relay_lines, thousands};
 
-const TABLE_DDL: &str = "CREATE TABLE spakky_event_outbox (
-    id UUID NOT NULL PRIMARY KEY,
-    event_name TEXT NOT NULL,
-    payload BYTEA NOT NULL,
-    headers JSON NOT NULL,
-    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    published_at TIMESTAMP WITH TIME ZONE,
-    retry_count INTEGER NOT NULL,
-    claimed_at TIMESTAMP WITH TIME ZONE
-);
-CREATE INDEX ix_spakky_event_outbox_published_at_created_at
+/// spakky-sqlalchemy's table, with the index its model declares.
+const INDEX_DDL: &str = "CREATE INDEX ix_spakky_event_outbox_published_at_created_at
     ON spakky_event_outbox (published_at, created_at)";
 
 fn spakky_python() -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
-        PathBuf::from,
-    );
-    let python = target.join("spakky-venv/bin/python");
-    if !python.is_file() {
-        bail!(
-            "no Spakky virtualenv at {}: run `make setup`",
-            python.display()
-        );
-    }
-    Ok(python)
+    outbox_relay_tests::spakky::python().map_err(anyhow::Error::msg)
 }
 
 /// `n` pending rows shaped as spakky writes them (JSON payloads of about
@@ -64,7 +44,7 @@ async fn fill(pool: &sqlx::PgPool, n: u64, size: usize) -> anyhow::Result<()> {
 
 /// The seed's relay at `poll` seconds: rows/s and its JSON line.
 fn seed_relay(url: &str, poll: f64) -> anyhow::Result<(f64, Value)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/adopt/spakky/seed_bench.py");
+    let script = format!("{}/seed_bench.py", outbox_relay_tests::spakky::APPS);
     let out = std::process::Command::new(spakky_python()?)
         .arg(script)
         .args([
@@ -75,7 +55,7 @@ fn seed_relay(url: &str, poll: f64) -> anyhow::Result<(f64, Value)> {
             "--timeout",
             "900",
         ])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/adopt/spakky"))
+        .current_dir(outbox_relay_tests::spakky::APPS)
         .output()?;
     if !out.status.success() {
         bail!(
@@ -98,7 +78,10 @@ fn seed_relay(url: &str, poll: f64) -> anyhow::Result<(f64, Value)> {
 pub async fn scenario(n: u64, size: usize) -> anyhow::Result<ScenarioResult> {
     let db = BenchDb::new(DbKind::Postgres).await?;
     let pool = db.pg_pool().await?;
-    sqlx::raw_sql(TABLE_DDL).execute(&pool).await?;
+    sqlx::raw_sql(outbox_relay_tests::spakky::TABLE_PG)
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql(INDEX_DDL).execute(&pool).await?;
     eprintln!(
         "  {} pending spakky rows of about {size} B ...",
         thousands(n as f64)

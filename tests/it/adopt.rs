@@ -40,16 +40,7 @@ fn adopt(config: &Path, args: &[&str]) -> String {
 }
 
 /// The table as SQLAlchemy creates it for `spakky-sqlalchemy` on Postgres.
-const SPAKKY_PG: &str = "CREATE TABLE spakky_event_outbox (
-    id UUID NOT NULL PRIMARY KEY,
-    event_name TEXT NOT NULL,
-    payload BYTEA NOT NULL,
-    headers JSON NOT NULL,
-    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    published_at TIMESTAMP WITH TIME ZONE,
-    retry_count INTEGER NOT NULL,
-    claimed_at TIMESTAMP WITH TIME ZONE
-)";
+const SPAKKY_PG: &str = outbox_relay_tests::spakky::TABLE_PG;
 
 /// And on SQLite: the UUID as 32 hex digits, JSON and times as text.
 const SPAKKY_SQLITE: &str = "CREATE TABLE spakky_event_outbox (
@@ -541,20 +532,10 @@ struct SpakkyApps {
 
 /// The Spakky virtualenv's python; panics (never skips) when it is missing.
 fn spakky_python() -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
-        std::path::PathBuf::from,
-    );
-    let python = target.join("spakky-venv/bin/python");
-    assert!(
-        python.is_file(),
-        "no Spakky virtualenv at {}: run `make setup` (tests/setup.sh installs spakky 6.4.0 from PyPI)",
-        python.parent().unwrap().parent().unwrap().display()
-    );
-    python
+    outbox_relay_tests::spakky::python().unwrap_or_else(|e| panic!("{e}"))
 }
 
-const SPAKKY_APPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/adopt/spakky");
+const SPAKKY_APPS: &str = outbox_relay_tests::spakky::APPS;
 const RABBITMQ: &str = "127.0.0.1:5672";
 
 impl SpakkyApps {
