@@ -68,6 +68,23 @@ pub struct Producer {
 
 pub(crate) type Tp = (String, i32);
 
+/// What one `send` keeps across its rounds.
+#[derive(Default)]
+struct Batch {
+    /// Positions in `messages` still to send, by partition, in order.
+    queues: BTreeMap<Tp, Vec<usize>>,
+    /// Outcomes so far, by the envelope's index.
+    outcomes: Vec<(usize, Outcome)>,
+    /// The last failure of each position, for its retry's reason.
+    reason: HashMap<usize, String>,
+    /// Partitions whose first chunk may have been written without an answer.
+    perhaps_written: HashSet<Tp>,
+    /// A smaller chunk after MESSAGE_TOO_LARGE.
+    chunk_limit: HashMap<Tp, usize>,
+    /// The broker's throttle time, when it throttled.
+    throttle_ms: i32,
+}
+
 /// One partition's records of a round.
 pub(crate) struct Chunk {
     pub tp: Tp,
@@ -98,15 +115,8 @@ impl Producer {
         let deadline = Instant::now() + self.settings.delivery_timeout;
         // Every connect, read and write of this batch ends by then.
         cluster.set_deadline(Some(deadline));
-        let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(messages.len());
-        let mut reason: HashMap<usize, String> = HashMap::new();
-
-        // Where each message goes, once its topic's partitions are known.
-        let mut queues: BTreeMap<Tp, Vec<usize>> = BTreeMap::new();
+        let mut batch = Batch::default();
         let mut unplaced: Vec<usize> = (0..messages.len()).collect();
-        let mut perhaps_written: HashSet<Tp> = HashSet::new();
-        let mut chunk_limit: HashMap<Tp, usize> = HashMap::new();
-        let mut throttle_ms: i32 = 0;
         let mut rounds = 0u32;
         self.sticky = self.sticky.wrapping_add(1);
 
@@ -117,13 +127,13 @@ impl Producer {
                     cluster,
                     &messages,
                     unplaced,
-                    &mut queues,
-                    &mut outcomes,
-                    &mut reason,
+                    &mut batch.queues,
+                    &mut batch.outcomes,
+                    &mut batch.reason,
                 );
             }
-            queues.retain(|_, q| !q.is_empty());
-            if queues.is_empty() && unplaced.is_empty() {
+            batch.queues.retain(|_, q| !q.is_empty());
+            if batch.queues.is_empty() && unplaced.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
@@ -133,10 +143,8 @@ impl Producer {
                 match init_producer_id(cluster) {
                     Ok(session) => self.session = Some(session),
                     Err(e) => {
-                        for q in queues.values() {
-                            for &m in q {
-                                reason.insert(m, e.clone());
-                            }
+                        for &m in batch.queues.values().flatten() {
+                            batch.reason.insert(m, e.clone());
                         }
                         pause(self.settings.retry_backoff, deadline);
                         continue;
@@ -144,21 +152,12 @@ impl Producer {
                 }
             }
             rounds += 1;
-            let progressed = if queues.is_empty() {
+            let progressed = if batch.queues.is_empty() {
                 false
             } else {
-                self.round(
-                    cluster,
-                    &messages,
-                    &mut queues,
-                    &mut outcomes,
-                    &mut reason,
-                    &mut perhaps_written,
-                    &mut chunk_limit,
-                    &mut throttle_ms,
-                )
+                self.round(cluster, &messages, &mut batch)
             };
-            if throttle_ms > 0 {
+            if batch.throttle_ms > 0 {
                 break;
             }
             if !progressed {
@@ -168,6 +167,14 @@ impl Producer {
 
         cluster.set_deadline(None);
         // What is left goes back to the host as retries.
+        let Batch {
+            queues,
+            mut outcomes,
+            mut reason,
+            perhaps_written,
+            throttle_ms,
+            ..
+        } = batch;
         let left: Vec<usize> = queues.values().flatten().copied().chain(unplaced).collect();
         if !left.is_empty() && !perhaps_written.is_empty() {
             // Perhaps written, with sequence numbers the broker may hold:
@@ -196,26 +203,15 @@ impl Producer {
 
     /// One round: the first chunk of every queue, one request per leader.
     /// Returns whether any record got an outcome.
-    #[allow(clippy::too_many_arguments)]
-    fn round(
-        &mut self,
-        cluster: &mut Cluster,
-        messages: &[Message],
-        queues: &mut BTreeMap<Tp, Vec<usize>>,
-        outcomes: &mut Vec<(usize, Outcome)>,
-        reason: &mut HashMap<usize, String>,
-        perhaps_written: &mut HashSet<Tp>,
-        chunk_limit: &mut HashMap<Tp, usize>,
-        throttle_ms: &mut i32,
-    ) -> bool {
+    fn round(&mut self, cluster: &mut Cluster, messages: &[Message], batch: &mut Batch) -> bool {
         // Chunks by leader.
-        let names: Vec<&str> = queues.keys().map(|(t, _)| t.as_str()).collect();
+        let names: Vec<&str> = batch.queues.keys().map(|(t, _)| t.as_str()).collect();
         let states = match cluster.topics(&names) {
             Ok(states) => states,
             Err(e) => {
                 let why = format!("cannot read metadata: {e}");
-                for &m in queues.values().flatten() {
-                    reason.insert(m, why.clone());
+                for &m in batch.queues.values().flatten() {
+                    batch.reason.insert(m, why.clone());
                 }
                 return false;
             }
@@ -223,19 +219,21 @@ impl Producer {
         let leaders: HashMap<&str, &TopicState> =
             names.iter().copied().zip(states.iter()).collect();
         let mut by_leader: BTreeMap<i32, Vec<Chunk>> = BTreeMap::new();
-        for (tp, queue) in queues.iter() {
+        for (tp, queue) in batch.queues.iter() {
             let leader = match leaders.get(tp.0.as_str()) {
                 Some(TopicState::Ready(t)) => t.leaders.get(tp.1 as usize).copied().flatten(),
                 _ => None,
             };
             let Some(leader) = leader else {
                 for &m in queue {
-                    reason.insert(m, format!("partition {} of {:?} has no leader", tp.1, tp.0));
+                    batch
+                        .reason
+                        .insert(m, format!("partition {} of {:?} has no leader", tp.1, tp.0));
                 }
                 cluster.mark_stale();
                 continue;
             };
-            let limit = chunk_limit.get(tp).copied().unwrap_or(usize::MAX);
+            let limit = batch.chunk_limit.get(tp).copied().unwrap_or(usize::MAX);
             let mut size = 0;
             let mut members = Vec::new();
             for &m in queue.iter().take(limit) {
@@ -280,10 +278,10 @@ impl Producer {
                     cluster.drop_conn(leader, &e);
                     for chunk in &chunks {
                         if written {
-                            perhaps_written.insert(chunk.tp.clone());
+                            batch.perhaps_written.insert(chunk.tp.clone());
                         }
                         for &m in &chunk.members {
-                            reason.insert(m, format!("broker {leader}: {e}"));
+                            batch.reason.insert(m, format!("broker {leader}: {e}"));
                         }
                     }
                 }
@@ -299,27 +297,16 @@ impl Producer {
                 Err(e) => {
                     cluster.drop_conn(leader, &e);
                     for chunk in &chunks {
-                        perhaps_written.insert(chunk.tp.clone());
+                        batch.perhaps_written.insert(chunk.tp.clone());
                         for &m in &chunk.members {
-                            reason.insert(m, format!("broker {leader}: {e}"));
+                            batch.reason.insert(m, format!("broker {leader}: {e}"));
                         }
                     }
                     continue;
                 }
             };
             for chunk in chunks {
-                progressed |= self.settle(
-                    cluster,
-                    messages,
-                    &answer,
-                    chunk,
-                    queues,
-                    outcomes,
-                    reason,
-                    perhaps_written,
-                    chunk_limit,
-                    throttle_ms,
-                );
+                progressed |= self.settle(cluster, messages, &answer, chunk, batch);
             }
         }
         cluster.unpin_all();
@@ -327,20 +314,22 @@ impl Producer {
     }
 
     /// Applies one partition's answer to its chunk.
-    #[allow(clippy::too_many_arguments)]
     fn settle(
         &mut self,
         cluster: &mut Cluster,
         messages: &[Message],
         answer: &ProduceResponse,
         chunk: Chunk,
-        queues: &mut BTreeMap<Tp, Vec<usize>>,
-        outcomes: &mut Vec<(usize, Outcome)>,
-        reason: &mut HashMap<usize, String>,
-        perhaps_written: &mut HashSet<Tp>,
-        chunk_limit: &mut HashMap<Tp, usize>,
-        throttle_ms: &mut i32,
+        batch: &mut Batch,
     ) -> bool {
+        let Batch {
+            queues,
+            outcomes,
+            reason,
+            perhaps_written,
+            chunk_limit,
+            throttle_ms,
+        } = batch;
         let tp = chunk.tp.clone();
         let partition = answer
             .responses
