@@ -7,7 +7,6 @@ use sqlx::Row;
 
 use super::{Backend, Column};
 use crate::config::Config;
-use crate::storage::Storage as _;
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
 
@@ -98,16 +97,7 @@ impl Database {
 
 /// One line per adopted table, for `status` (read only).
 pub async fn adopted_lines(config: &Config) -> anyhow::Result<Vec<String>> {
-    let db = if config.database.starts_with("sqlite:") {
-        Database::Sqlite(
-            SqliteStorage::connect(&config.database)
-                .await?
-                .pool()
-                .clone(),
-        )
-    } else {
-        Database::Postgres(PgStorage::connect(&config.database).await?.pool().clone())
-    };
+    let db = Database::connect(config).await?;
     let mut lines = Vec::new();
     for (table, shape, at_ms) in db.adopted().await? {
         let since = std::time::UNIX_EPOCH
@@ -133,6 +123,11 @@ impl Database {
     /// `--dry-run`, which changes nothing).
     pub async fn existing(config: &Config) -> anyhow::Result<Database> {
         crate::app::open_migrated_storage(config).await?;
+        Database::connect(config).await
+    }
+
+    /// The configured database, neither migrated nor checked.
+    async fn connect(config: &Config) -> anyhow::Result<Database> {
         Ok(if config.database.starts_with("sqlite:") {
             Database::Sqlite(
                 SqliteStorage::connect(&config.database)
@@ -145,16 +140,10 @@ impl Database {
         })
     }
 
+    /// The configured database, migrated first (as `migrate` does).
     pub async fn open(config: &Config) -> anyhow::Result<Database> {
-        Ok(if config.database.starts_with("sqlite:") {
-            let storage = SqliteStorage::connect(&config.database).await?;
-            storage.migrate().await?;
-            Database::Sqlite(storage.pool().clone())
-        } else {
-            let storage = PgStorage::connect(&config.database).await?;
-            storage.migrate().await?;
-            Database::Postgres(storage.pool().clone())
-        })
+        crate::app::open_storage(config).await?;
+        Database::connect(config).await
     }
 
     pub fn backend(&self) -> Backend {
