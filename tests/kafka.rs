@@ -60,18 +60,10 @@ pub fn tansu_durable() -> PathBuf {
     path
 }
 
-use crate::target_dir;
+use crate::{free_port, target_dir};
 
 fn client_script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/client.py")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A SASL login for the broker and for the reading client.

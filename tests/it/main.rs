@@ -64,13 +64,7 @@ pub(crate) fn terminate(child: &mut std::process::Child) -> std::process::ExitSt
 }
 
 /// A port nothing listens on yet.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub(crate) use outbox_relay_tests::free_port;
 
 /// A plain HTTP/1.1 GET; returns the status code and body.
 pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
