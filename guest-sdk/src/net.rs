@@ -14,7 +14,11 @@
 //! - [`is_closed`]: whether an I/O error means the peer closed the connection,
 //!   the test [`Kept`](crate::net::Kept) uses to reconnect at once;
 //! - [`Kept`]: a connection kept across batches, replaced once at once when a
-//!   batch finds that the peer closed it while it was idle.
+//!   batch finds that the peer closed it while it was idle;
+//! - [`TlsStream`]: a TLS connection that the host opens and holds (the
+//!   certificates and the client key never enter the plugin), and
+//!   [`Stream`], plain or TLS behind one `Read`/`Write`; [`endpoint_of`]
+//!   tells from a URL's scheme which one a broker wants.
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -23,8 +27,10 @@ use std::time::Duration;
 use crate::{Error, Result};
 
 mod kept;
+mod tls;
 
 pub use kept::{Broken, Kept};
+pub use tls::{Stream, TlsStream};
 
 /// The time-outs of a connection made by [`connect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +154,37 @@ pub struct Endpoint {
     pub addr: String,
     /// What follows the authority, without its leading `/` (`""` when none).
     pub path: String,
+    /// Whether the scheme means TLS ([`Stream::connect`] with it).
+    pub tls: bool,
+}
+
+/// A URL scheme a transport accepts: its name, default port, and whether
+/// it means TLS (through the host: [`TlsStream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme<'a> {
+    pub name: &'a str,
+    pub default_port: u16,
+    pub tls: bool,
+}
+
+impl<'a> Scheme<'a> {
+    /// A plaintext scheme (`redis`, `mqtt`).
+    pub const fn plain(name: &'a str, default_port: u16) -> Self {
+        Scheme {
+            name,
+            default_port,
+            tls: false,
+        }
+    }
+
+    /// A TLS scheme (`rediss`, `mqtts`, `amqps`).
+    pub const fn tls(name: &'a str, default_port: u16) -> Self {
+        Scheme {
+            name,
+            default_port,
+            tls: true,
+        }
+    }
 }
 
 /// Parses `scheme://host[:port][/path]` or `host[:port]` (no scheme), for a
@@ -159,7 +196,8 @@ pub struct Endpoint {
 ///   of their own, which the host can fill from a secret.
 /// - The port defaults to `default_port`.
 ///
-/// The error says what is wrong; prefix it with the config key.
+/// The error says what is wrong; prefix it with the config key. See
+/// [`endpoint_of`] for a transport that also speaks TLS.
 ///
 /// ```
 /// use outbox_relay_guest::net::endpoint;
@@ -172,26 +210,49 @@ pub struct Endpoint {
 /// # Ok::<(), outbox_relay_guest::Error>(())
 /// ```
 pub fn endpoint(url: &str, schemes: &[&str], default_port: u16) -> Result<Endpoint> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            if !schemes.contains(&scheme) {
+    let plain: Vec<Scheme> = schemes
+        .iter()
+        .map(|name| Scheme::plain(name, default_port))
+        .collect();
+    endpoint_of(url, &plain)
+}
+
+/// Like [`endpoint`], with each scheme's own default port and TLS flag; a
+/// URL without a scheme takes the first of `schemes`.
+///
+/// ```
+/// use outbox_relay_guest::net::{Scheme, endpoint_of};
+///
+/// let schemes = [Scheme::plain("mqtt", 1883), Scheme::tls("mqtts", 8883)];
+/// let e = endpoint_of("mqtts://broker", &schemes)?;
+/// assert_eq!((e.addr.as_str(), e.tls), ("broker:8883", true));
+/// assert!(!endpoint_of("broker", &schemes)?.tls);
+/// # Ok::<(), outbox_relay_guest::Error>(())
+/// ```
+pub fn endpoint_of(url: &str, schemes: &[Scheme<'_>]) -> Result<Endpoint> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((name, rest)) => match schemes.iter().find(|s| s.name == name) {
+            Some(scheme) => (scheme, rest),
+            None => {
                 let listed = schemes
                     .iter()
-                    .map(|s| format!("`{s}`"))
+                    .map(|s| format!("`{}`", s.name))
                     .collect::<Vec<_>>()
                     .join(" or ");
-                let tls = scheme
+                let tls = name
                     .strip_suffix('s')
-                    .is_some_and(|plain| schemes.contains(&plain));
+                    .is_some_and(|plain| schemes.iter().any(|s| s.name == plain));
                 return Err(Error::new(if tls {
-                    format!("the scheme must be {listed} (TLS, `{scheme}`, is not supported)")
+                    format!("the scheme must be {listed} (TLS, `{name}`, is not supported)")
                 } else {
-                    format!("the scheme must be {listed}, not `{scheme}`")
+                    format!("the scheme must be {listed}, not `{name}`")
                 }));
             }
-            rest
-        }
-        None => url,
+        },
+        None => match schemes.first() {
+            Some(scheme) => (scheme, url),
+            None => return Err(Error::new("no URL scheme is accepted")),
+        },
     };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     if authority.contains('@') {
@@ -200,8 +261,9 @@ pub fn endpoint(url: &str, schemes: &[&str], default_port: u16) -> Result<Endpoi
         ));
     }
     Ok(Endpoint {
-        addr: host_port(authority, default_port)?,
+        addr: host_port(authority, scheme.default_port)?,
         path: path.to_owned(),
+        tls: scheme.tls,
     })
 }
 

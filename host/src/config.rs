@@ -267,6 +267,9 @@ pub struct SandboxConfig {
     /// Whether the plugin's stdout is the relay's standard output; unset:
     /// only for the bundled `stdout` plugin ([`SandboxConfig::stdout_for`]).
     pub stdout: Option<bool>,
+    /// What the host's TLS connections for this plugin trust and present
+    /// (`outbox:relay/tls`, and `https://` through `outbox:relay/http`).
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl SandboxConfig {
@@ -292,6 +295,7 @@ impl Default for SandboxConfig {
             max_sockets: 32,
             max_files: 64,
             stdout: None,
+            tls: None,
         }
     }
 }
@@ -375,10 +379,16 @@ impl Config {
             for host in target.sandbox.dirs.values_mut() {
                 *host = rebase(host);
             }
+            if let Some(tls) = &mut target.sandbox.tls {
+                tls.rebase(base);
+            }
             crate::plugin_config::rebase_files(&mut target.config, base);
             for injector in &mut target.injectors {
                 for host in injector.sandbox.dirs.values_mut() {
                     *host = rebase(host);
+                }
+                if let Some(tls) = &mut injector.sandbox.tls {
+                    tls.rebase(base);
                 }
                 crate::plugin_config::rebase_files(&mut injector.config, base);
             }
@@ -556,6 +566,12 @@ impl Config {
             }
             // `allow_tcp` and `allow_http` entries were checked as they were
             // parsed (see `sandbox_address`).
+            if let Some(tls) = &sandbox.tls {
+                // Builds the client once: every file (and the key) is read
+                // and checked now, so a bad one stops the start.
+                tls.client()
+                    .map_err(|e| self.invalid(field(&format!("tls.{}", e.field)), e.message))?;
+            }
         }
         Ok(())
     }

@@ -74,6 +74,8 @@ pub mod routes;
 #[cfg(feature = "relay")]
 pub mod sandbox_address;
 #[cfg(feature = "relay")]
+pub mod tls;
+#[cfg(feature = "relay")]
 pub mod transport;
 
 pub use message::{Envelope, Headers, Message, NewMessage, Outcome};

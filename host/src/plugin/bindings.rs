@@ -6,8 +6,18 @@ use crate::message::{Envelope, Outcome};
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "transport-plugin",
-    imports: { "outbox:relay/http.send": async },
+    imports: {
+        "outbox:relay/http.send": async,
+        // A guest's handle that is not in its table traps.
+        "outbox:relay/tls.connect": async | trappable,
+        "outbox:relay/tls.open": async | trappable,
+        "outbox:relay/tls.[method]connection.read": async | trappable,
+        "outbox:relay/tls.[method]connection.write": async | trappable,
+        "outbox:relay/tls.[method]connection.start-tls": async | trappable,
+        "outbox:relay/tls.[method]connection.protocol": trappable,
+    },
     exports: { default: async },
+    with: { "outbox:relay/tls.connection": super::tls::Connection },
 });
 
 pub use outbox::relay::types as wit;
@@ -24,6 +34,7 @@ mod injector_world {
             "outbox:relay/log": super::outbox::relay::log,
             "outbox:relay/signing": super::outbox::relay::signing,
             "outbox:relay/http": super::outbox::relay::http,
+            "outbox:relay/tls": super::outbox::relay::tls,
         },
     });
 }

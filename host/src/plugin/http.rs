@@ -65,14 +65,29 @@ impl HttpGate {
 
     /// The host's shared client: pooled, keep-alive, no redirects.
     pub fn client() -> Result<reqwest::Client, String> {
+        Self::builder()
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    }
+
+    /// A client like [`HttpGate::client`] for one target with `sandbox.tls`:
+    /// its CA bundle and client certificate, its own connection pool.
+    pub fn client_with_tls(tls: &rustls::ClientConfig) -> Result<reqwest::Client, String> {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| format!("cannot build the target's HTTP client (sandbox.tls): {e}"))
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .user_agent(concat!("outbox-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
     }
 
     pub async fn send(

@@ -37,6 +37,33 @@ pub(super) struct InstanceCtx {
     pub stderr: GuestStderr,
     /// Instances made so far; every one after the first is a restart.
     pub started: u64,
+    /// The target's TLS client and HTTP client, or why they cannot be built.
+    tls: Result<TargetTls, String>,
+}
+
+/// A target's own TLS setup, built once per worker from `sandbox.tls`.
+#[derive(Clone)]
+struct TargetTls {
+    /// `None`: the host's default (the system roots).
+    config: Option<Arc<rustls::ClientConfig>>,
+    /// The shared client, or one of the target's own when it has `sandbox.tls`.
+    http: reqwest::Client,
+}
+
+impl TargetTls {
+    fn new(runtime: &PluginRuntime, sandbox: &SandboxConfig) -> Result<Self, String> {
+        let Some(settings) = &sandbox.tls else {
+            return Ok(Self {
+                config: None,
+                http: runtime.http_client(),
+            });
+        };
+        let config = settings.client().map_err(|e| e.to_string())?;
+        Ok(Self {
+            http: super::http::HttpGate::client_with_tls(&config)?,
+            config: Some(config),
+        })
+    }
 }
 
 impl InstanceCtx {
@@ -48,7 +75,9 @@ impl InstanceCtx {
         signing: SigningGrant,
     ) -> Self {
         let stderr = GuestStderr::new(sandbox.stderr_kb as usize * 1024);
+        let tls = TargetTls::new(&runtime, &sandbox);
         Self {
+            tls,
             runtime,
             plugin,
             target: Arc::from(target),
@@ -114,6 +143,10 @@ impl InstanceCtx {
 
     /// A fresh store for a new instance.
     pub fn new_store(&self) -> Result<Store<PluginState>, TransportError> {
+        let tls = self
+            .tls
+            .clone()
+            .map_err(|e| self.error(TransportErrorKind::Instantiate(e)))?;
         let state = PluginState::new(
             self.plugin.clone(),
             self.target.clone(),
@@ -121,12 +154,13 @@ impl InstanceCtx {
             self.stderr.clone(),
             self.signing.clone(),
             super::http::HttpGate::new(
-                self.runtime.http_client(),
+                tls.http,
                 &self.sandbox.allow_http,
                 self.sandbox.max_sockets,
                 // Half the memory cap: the guest must still hold them.
                 self.sandbox.memory_mb as usize * 512 * 1024,
             ),
+            tls.config,
         )
         .map_err(|e| self.error(TransportErrorKind::Instantiate(e)))?;
         Ok(self.runtime.new_store(state))

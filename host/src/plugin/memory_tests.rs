@@ -69,6 +69,7 @@ async fn instantiate(memories: u8) -> Result<(), wasmtime::Error> {
         GuestStderr::new(1024),
         SigningGrant::default(),
         super::http::HttpGate::new(runtime.http_client(), &[], 16, 1 << 20),
+        None,
     )
     .unwrap();
     let mut store = runtime.new_store(state);

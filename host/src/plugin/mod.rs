@@ -26,6 +26,7 @@ mod instance;
 #[cfg(test)]
 mod memory_tests;
 mod sandbox;
+mod tls;
 mod wasi_guard;
 mod wasm_injector;
 mod wasm_transport;

@@ -19,6 +19,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::outbox::relay::{http, log, signing, types};
 use super::http::HttpGate;
+use super::tls::TlsDialer;
 use super::wasi_guard::{Guard, GuardedSockets};
 use crate::config::SandboxConfig;
 use crate::keys::SigningGrant;
@@ -27,7 +28,7 @@ use crate::sandbox_address::HostPort;
 /// The data of one plugin instance's `Store`.
 pub struct PluginState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     pub(super) limits: SandboxLimits,
     pub(super) plugin: Arc<str>,
     pub(super) target: Arc<str>,
@@ -39,6 +40,8 @@ pub struct PluginState {
     http: HttpGate,
     /// Its caps on sockets and files, and the names it may look up.
     pub(super) guard: Guard,
+    /// Where and how it may open TLS connections.
+    pub(super) tls: TlsDialer,
 }
 
 impl PluginState {
@@ -49,6 +52,7 @@ impl PluginState {
         stderr: GuestStderr,
         signing: SigningGrant,
         http: HttpGate,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr);
@@ -87,6 +91,13 @@ impl PluginState {
                     addrs.iter().map(SocketAddr::ip).collect(),
                 )
             }),
+        );
+        let tls = TlsDialer::new(
+            resolved
+                .iter()
+                .map(|(entry, addrs)| (*entry, addrs.as_slice())),
+            tls,
+            sandbox.tls.as_ref().is_some_and(|t| t.has_client_cert()),
         );
         wasi.allow_udp(false)
             .allow_tcp(true)
@@ -128,7 +139,14 @@ impl PluginState {
             signing,
             http,
             guard,
+            tls,
         })
+    }
+
+    /// Whether another socket or TLS connection may be opened (logs a refusal).
+    pub(super) fn may_open_socket(&mut self) -> bool {
+        self.guard
+            .may_open_socket(&mut self.table, (&self.plugin, &self.target))
     }
 
     /// The sockets view of this instance, with its guard.

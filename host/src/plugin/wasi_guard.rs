@@ -102,8 +102,25 @@ impl Guard {
         self.lookup_names.get(&normalised(name)).map(Vec::as_slice)
     }
 
+    /// Whether another socket or TLS connection may be opened: all of them
+    /// together are at most `max_sockets` (logs the refusal).
+    pub fn may_open_socket(&mut self, table: &mut ResourceTable, who: (&str, &str)) -> bool {
+        let open = live::<TcpSocket>(table)
+            + live::<UdpSocket>(table)
+            + live::<super::tls::Connection>(table);
+        if open < self.max_sockets {
+            return true;
+        }
+        let detail = format!(
+            "{open} sockets and TLS connections open, sandbox.max_sockets = {}",
+            self.max_sockets
+        );
+        self.refused(who, "a new socket", &detail);
+        false
+    }
+
     /// Logs a refusal, once per instance and kind.
-    fn refused(&mut self, state: (&str, &str), kind: &'static str, detail: &str) {
+    pub fn refused(&mut self, state: (&str, &str), kind: &'static str, detail: &str) {
         if self.logged.insert(kind) {
             let (plugin, target) = state;
             tracing::warn!(
@@ -187,17 +204,7 @@ impl<'a> GuardedSockets<'a> {
 
     /// Whether another socket may be opened (logs the refusal).
     fn may_open_socket(&mut self) -> bool {
-        let table = &mut *self.inner.table;
-        let open = live::<TcpSocket>(table) + live::<UdpSocket>(table);
-        if open < self.guard.max_sockets {
-            return true;
-        }
-        let detail = format!(
-            "{open} sockets open, sandbox.max_sockets = {}",
-            self.guard.max_sockets
-        );
-        self.guard.refused(self.who, "a new socket", &detail);
-        false
+        self.guard.may_open_socket(&mut *self.inner.table, self.who)
     }
 }
 

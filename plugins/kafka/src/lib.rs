@@ -128,7 +128,7 @@ impl Transport for Kafka {
                 "config: key `idempotent`: the idempotent producer needs `acks = \"all\"`",
             ));
         }
-        let sasl = credentials(config)?;
+        let (tls, sasl) = security(config)?;
         let request_timeout = config.get_millis_or("request_timeout_ms", 10_000, 1..=600_000)?;
         let delivery_timeout =
             config.get_millis_or("delivery_timeout_ms", 15_000, 1..=3_600_000)?;
@@ -147,6 +147,7 @@ impl Transport for Kafka {
             connect_timeout,
             // The socket waits a little longer than the broker is told to.
             request_timeout: request_timeout + Duration::from_secs(2),
+            tls,
             sasl,
         };
         let allow_auto_create = config.get_bool_or("allow_auto_create_topics", true)?;
@@ -301,31 +302,34 @@ fn bootstrap(config: &Config) -> Result<Vec<String>> {
     Ok(listed)
 }
 
-fn credentials(config: &Config) -> Result<Option<Credentials>> {
+/// `security_protocol`: whether connections use TLS (through the host),
+/// and the SASL login, if any.
+fn security(config: &Config) -> Result<(bool, Option<Credentials>)> {
     let protocol = config
         .get_opt_str("security_protocol")?
         .unwrap_or("PLAINTEXT");
-    let sasl = match protocol {
-        "PLAINTEXT" => false,
-        "SASL_PLAINTEXT" => true,
-        "SSL" | "SASL_SSL" => {
-            return Err(Error::new(format!(
-                "config: key `security_protocol`: {protocol} (TLS) is not supported yet; use PLAINTEXT or SASL_PLAINTEXT"
-            )));
-        }
+    let (tls, sasl) = match protocol {
+        "PLAINTEXT" => (false, false),
+        "SASL_PLAINTEXT" => (false, true),
+        "SSL" => (true, false),
+        "SASL_SSL" => (true, true),
         other => {
             return Err(Error::new(format!(
-                "config: key `security_protocol` must be \"PLAINTEXT\" or \"SASL_PLAINTEXT\", not {other:?}"
+                "config: key `security_protocol` must be \"PLAINTEXT\", \"SASL_PLAINTEXT\", \"SSL\" or \"SASL_SSL\", not {other:?}"
             )));
         }
     };
+    Ok((tls, credentials(config, sasl)?))
+}
+
+fn credentials(config: &Config, sasl: bool) -> Result<Option<Credentials>> {
     let given = ["sasl_mechanism", "sasl_username", "sasl_password"]
         .into_iter()
         .find(|k| config.get(k).is_some());
     if !sasl {
         if let Some(key) = given {
             return Err(Error::new(format!(
-                "config: key `{key}` needs `security_protocol = \"SASL_PLAINTEXT\"`"
+                "config: key `{key}` needs `security_protocol = \"SASL_PLAINTEXT\"` (or \"SASL_SSL\")"
             )));
         }
         return Ok(None);
@@ -375,9 +379,7 @@ mod tests {
                 .contains("`idempotent`")
         );
         assert!(init_error(&format!(r#"{{{b}, "topic": "{{nope}}"}}"#)).contains("`topic`"));
-        assert!(
-            init_error(&format!(r#"{{{b}, "security_protocol": "SASL_SSL"}}"#)).contains("TLS")
-        );
+        assert!(init_error(&format!(r#"{{{b}, "security_protocol": "TLS"}}"#)).contains("\"SSL\""));
         assert!(
             init_error(&format!(r#"{{{b}, "sasl_username": "u"}}"#)).contains("SASL_PLAINTEXT")
         );

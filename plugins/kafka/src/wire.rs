@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +15,7 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-use outbox_relay_guest::net::{self, Timeouts};
+use outbox_relay_guest::net::{self, Stream, Timeouts};
 
 use crate::errors::code_name;
 use crate::sasl::{self, Credentials, Mechanism, Scram};
@@ -111,11 +110,13 @@ pub struct Dial {
     pub connect_timeout: Duration,
     /// The read time-out: how long a request may wait for its answer.
     pub request_timeout: Duration,
+    /// `SSL`/`SASL_SSL`: TLS through the host.
+    pub tls: bool,
     pub sasl: Option<Credentials>,
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     addr: String,
     client_id: StrBytes,
     next_correlation: i32,
@@ -147,14 +148,15 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> Result<Connection, ConnError> {
         let connect = left(dial.connect_timeout, deadline)?;
-        let stream = net::connect(addr, Timeouts::connect_only(connect)).map_err(|e| {
-            let message = e.into_message();
-            if message.contains("sandbox does not allow") {
-                ConnError::Denied(message)
-            } else {
-                ConnError::Connect(message)
-            }
-        })?;
+        let stream =
+            Stream::connect(addr, dial.tls, Timeouts::connect_only(connect)).map_err(|e| {
+                let message = e.into_message();
+                if message.contains("sandbox does not allow") {
+                    ConnError::Denied(message)
+                } else {
+                    ConnError::Connect(message)
+                }
+            })?;
         let mut conn = Connection {
             stream,
             addr: addr.to_owned(),

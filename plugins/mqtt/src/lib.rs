@@ -22,11 +22,10 @@ mod codec;
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use codec::{Connect, Publish};
-use outbox_relay_guest::net::{self, Broken, Kept, Timeouts};
+use outbox_relay_guest::net::{self, Broken, Endpoint, Kept, Scheme, Stream, Timeouts};
 use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, random};
 
 const KEYS: &[&str] = &[
@@ -54,6 +53,8 @@ struct Mqtt {
 /// What a connection is made with.
 struct Settings {
     addr: String,
+    /// `mqtts://` or `ssl://`: TLS through the host.
+    tls: bool,
     client_id: String,
     username: Option<String>,
     password: Option<String>,
@@ -63,7 +64,7 @@ struct Settings {
 }
 
 struct Conn {
-    io: BufReader<TcpStream>,
+    io: BufReader<Stream>,
     /// How many QoS 1 publishes the broker takes before acknowledging.
     receive_maximum: usize,
     maximum_packet_size: usize,
@@ -85,7 +86,7 @@ struct Ready<'a> {
 impl Transport for Mqtt {
     fn init(target: &str, config: &Config) -> Result<Self> {
         config.only_keys(KEYS)?;
-        let addr = parse_url(config.get_str("url")?)?;
+        let endpoint = parse_url(config.get_str("url")?)?;
         let topic = Template::parse(config.get_str("topic")?)
             .map_err(|e| Error::new(format!("config: key `topic`: {e}")))?;
         let prefix = match config.get_opt_str("client_id")? {
@@ -118,7 +119,8 @@ impl Transport for Mqtt {
             Some(ms) => Duration::from_millis(ms),
         };
         let settings = Settings {
-            addr,
+            addr: endpoint.addr,
+            tls: endpoint.tls,
             client_id,
             username,
             password,
@@ -226,7 +228,7 @@ impl Settings {
     fn connect(&self) -> Result<Conn> {
         let at = |what: String| Error::new(format!("mqtt at {}: {what}", self.addr));
         let io_err = |e: io::Error| at(e.to_string());
-        let stream = net::connect(&self.addr, Timeouts::all(self.ack_timeout))?;
+        let stream = Stream::connect(&self.addr, self.tls, Timeouts::all(self.ack_timeout))?;
         let mut io = BufReader::new(stream);
         let connect = codec::encode_connect(&Connect {
             client_id: &self.client_id,
@@ -393,13 +395,17 @@ fn puback_outcome(code: u8, reason_string: Option<&str>) -> Outcome {
     }
 }
 
-/// `mqtt://host[:port]`, `tcp://host[:port]` or `host[:port]` to `host:port`
-/// (TLS, `mqtts`, and WebSockets are not supported; credentials go in keys
-/// `username` and `password`).
-fn parse_url(url: &str) -> Result<String> {
-    net::endpoint(url, &["mqtt", "tcp"], 1883)
-        .map(|e| e.addr)
-        .map_err(|e| e.context(format!("config: key `url` ({url:?})")))
+/// `mqtt://host[:port]`, `tcp://host[:port]` or `host[:port]` (port 1883),
+/// `mqtts://` or `ssl://` for TLS (port 8883). WebSockets are not
+/// supported; credentials go in keys `username` and `password`.
+fn parse_url(url: &str) -> Result<Endpoint> {
+    let schemes = [
+        Scheme::plain("mqtt", 1883),
+        Scheme::plain("tcp", 1883),
+        Scheme::tls("mqtts", 8883),
+        Scheme::tls("ssl", 8883),
+    ];
+    net::endpoint_of(url, &schemes).map_err(|e| e.context(format!("config: key `url` ({url:?})")))
 }
 
 outbox_relay_guest::export_transport!(Mqtt);
@@ -502,7 +508,6 @@ mod tests {
         assert!(err(r#"{"topic": "t"}"#).contains("`url`"));
         assert!(err(r#"{"url": "h"}"#).contains("`topic`"));
         assert!(err(r#"{"url": "h", "topic": "{x}"}"#).contains("`topic`"));
-        assert!(err(r#"{"url": "mqtts://h", "topic": "t"}"#).contains("`url`"));
         assert!(err(r#"{"url": "mqtt://u:p@h", "topic": "t"}"#).contains("credentials"));
         assert!(
             err(r#"{"url": "h", "topic": "t", "keep_alive_secs": 70000}"#)
@@ -517,17 +522,18 @@ mod tests {
 
     #[test]
     fn urls_and_client_ids() {
-        assert_eq!(
-            parse_url("mqtt://127.0.0.1:1884").unwrap(),
-            "127.0.0.1:1884"
-        );
-        assert_eq!(parse_url("broker").unwrap(), "broker:1883");
-        assert_eq!(parse_url("tcp://broker:1").unwrap(), "broker:1");
+        let addr = |url| parse_url(url).unwrap().addr;
+        assert_eq!(addr("mqtt://127.0.0.1:1884"), "127.0.0.1:1884");
+        assert_eq!(addr("broker"), "broker:1883");
+        assert_eq!(addr("tcp://broker:1"), "broker:1");
+        let tls = parse_url("mqtts://broker").unwrap();
+        assert_eq!((tls.addr.as_str(), tls.tls), ("broker:8883", true));
+        assert!(parse_url("ssl://broker:1").unwrap().tls);
         assert!(
-            parse_url("mqtts://broker")
+            parse_url("ws://broker")
                 .unwrap_err()
                 .message()
-                .contains("TLS")
+                .contains("`ws`")
         );
     }
 

@@ -4,9 +4,9 @@
 //! closed it.
 
 use std::io::{self, Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use outbox_relay_guest::net::{Stream, TlsStream};
 use outbox_relay_guest::{Error, log, net, random};
 
 use crate::proto::{self, ServerOp};
@@ -16,6 +16,9 @@ pub struct Settings {
     /// The client name sent in `CONNECT`.
     pub name: String,
     pub addr: String,
+    /// `tls://`: TLS through the host, started after the server's `INFO`
+    /// (a server that requires TLS gets it too).
+    pub tls: bool,
     pub connect_timeout: Duration,
     pub auth: Auth,
 }
@@ -29,7 +32,7 @@ pub struct Auth {
 
 /// One connection to the server.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet parsed start at `pos`.
     buf: Vec<u8>,
     pos: usize,
@@ -43,7 +46,16 @@ impl Conn {
     /// Connects and does the handshake: `INFO`, then `CONNECT`, the inbox
     /// `SUB` and a `PING` whose `PONG` proves the server accepted them.
     pub fn open(s: &Settings) -> core::result::Result<Conn, String> {
-        let stream = net::connect(&s.addr, s.connect_timeout).map_err(Error::into_message)?;
+        Self::open_with(s, s.tls)
+    }
+
+    fn open_with(s: &Settings, tls: bool) -> core::result::Result<Conn, String> {
+        let stream = if tls {
+            // Plain until the server's INFO, then the host's TLS.
+            Stream::Tls(TlsStream::open(&s.addr, s.connect_timeout).map_err(Error::into_message)?)
+        } else {
+            Stream::Plain(net::connect(&s.addr, s.connect_timeout).map_err(Error::into_message)?)
+        };
         let mut conn = Conn {
             stream,
             buf: Vec::new(),
@@ -64,11 +76,26 @@ impl Conn {
                 ));
             }
         };
-        if info.tls_required {
-            return Err(format!(
-                "{} requires TLS, which this transport does not support",
+        if info.tls_required && !tls {
+            log::debug(&format!(
+                "{} requires TLS: connecting again over TLS (write `tls://` to skip this)",
                 s.addr
             ));
+            return Self::open_with(s, true);
+        }
+        if let Stream::Tls(stream) = &conn.stream {
+            if !info.tls_required && !info.tls_available {
+                return Err(format!(
+                    "{} does not offer TLS (its INFO has no `tls_required` or `tls_available`); use `nats://`",
+                    s.addr
+                ));
+            }
+            // The server says nothing more until the handshake.
+            conn.buf.clear();
+            conn.pos = 0;
+            stream
+                .start_tls(deadline.saturating_duration_since(Instant::now()))
+                .map_err(Error::into_message)?;
         }
         if !info.headers {
             return Err(format!(
@@ -88,7 +115,7 @@ impl Conn {
         let connect = proto::Connect {
             verbose: false,
             pedantic: false,
-            tls_required: false,
+            tls_required: tls,
             name: &s.name,
             lang: "rust-wasm",
             version: env!("CARGO_PKG_VERSION"),

@@ -10,7 +10,7 @@
 //!
 //! | key                  | default | meaning                                                  |
 //! |----------------------|---------|----------------------------------------------------------|
-//! | `url`                | —       | `nats://[user:pass@ or token@]host[:port]` or `host:port` (port 4222) |
+//! | `url`                | —       | `nats://[user:pass@ or token@]host[:port]` or `host:port` (port 4222); `tls://` for TLS |
 //! | `subject`            | —       | a [`Template`]: `{event}`, `{id}`, `{key}`, `{header.NAME}` |
 //! | `ack_timeout_ms`     | 5000    | how long a batch waits for its acks                       |
 //! | `connect_timeout_ms` | 5000    | connect and handshake time-out                            |
@@ -66,6 +66,16 @@ impl Transport for Nats {
         let url = config.get_str("url")?;
         let addr = net::host_port(url, DEFAULT_PORT)
             .map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
+        let tls = match url.split_once("://") {
+            None => false,
+            Some(("nats", _)) => false,
+            Some(("tls", _)) => true,
+            Some((scheme, _)) => {
+                return Err(Error::new(format!(
+                    "config: key `url`: the scheme must be `nats` or `tls`, not `{scheme}`"
+                )));
+            }
+        };
         let subject = Template::parse(config.get_str("subject")?)
             .map_err(|e| Error::new(format!("config: key `subject`: {e}")))?;
         let millis = |key: &str| config.get_millis_or(key, 5000, 1..=600_000);
@@ -83,6 +93,7 @@ impl Transport for Nats {
         let settings = Settings {
             name: format!("outbox-relay:{target}"),
             addr,
+            tls,
             connect_timeout: millis("connect_timeout_ms")?,
             auth,
         };

@@ -115,6 +115,9 @@ pub struct Info {
     pub max_payload: Option<u64>,
     #[serde(default)]
     pub tls_required: bool,
+    /// The server takes TLS and plaintext alike (`allow_non_tls`).
+    #[serde(default)]
+    pub tls_available: bool,
     #[serde(default)]
     pub jetstream: bool,
     pub version: Option<String>,

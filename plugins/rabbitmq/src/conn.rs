@@ -3,10 +3,9 @@
 
 use std::fmt;
 use std::io::{self, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use outbox_relay_guest::net;
+use outbox_relay_guest::net::{self, Stream};
 
 use crate::codec::*;
 
@@ -22,6 +21,8 @@ const MIN_FRAME: u32 = 4096;
 pub struct Settings {
     /// `host:port`.
     pub addr: String,
+    /// TLS through the host (`amqps://`).
+    pub tls: bool,
     pub user: String,
     pub password: String,
     pub vhost: String,
@@ -118,7 +119,7 @@ pub struct Confirms {
 }
 
 pub struct Connection {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Stream>,
     frame_max: u32,
     /// The delivery tag of the next publish (confirm mode counts from 1).
     next_tag: u64,
@@ -132,7 +133,7 @@ impl Connection {
             write: Some(s.write_timeout),
             ..net::Timeouts::connect_only(s.connect_timeout)
         };
-        let stream = net::connect(&s.addr, timeouts).map_err(|e| e.to_string())?;
+        let stream = Stream::connect(&s.addr, s.tls, timeouts).map_err(|e| e.to_string())?;
         let mut conn = Connection {
             reader: BufReader::with_capacity(64 * 1024, stream),
             frame_max: MIN_FRAME,

@@ -39,6 +39,8 @@ const KEYS: &[&str] = &[
     "mandatory",
     "confirm_timeout_ms",
     "connect_timeout_ms",
+    "username",
+    "password",
 ];
 
 /// Headers the transport sets itself; an envelope header of the same name is
@@ -75,13 +77,23 @@ impl Transport for RabbitMq {
         let mandatory = config.get_bool_or("mandatory", true)?;
         let confirm_timeout = config.get_millis_or("confirm_timeout_ms", 5000, 1..=u64::MAX)?;
         let connect_timeout = config.get_millis_or("connect_timeout_ms", 5000, 1..=u64::MAX)?;
-        let (addr, user, password, vhost) =
-            parse_url(url).map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
+        let parsed = parse_url(url).map_err(|e| Error::new(format!("config: key `url`: {e}")))?;
+        // Keys of their own, which the host can fill from a secret
+        // (`{ env = ... }`), win over the URL's user info.
+        let user = match config.get_opt_str("username")? {
+            Some(user) => user.to_owned(),
+            None => parsed.user,
+        };
+        let password = match config.get_opt_str("password")? {
+            Some(password) => password.to_owned(),
+            None => parsed.password,
+        };
         let settings = Settings {
-            addr,
+            addr: parsed.addr,
+            tls: parsed.tls,
             user,
             password,
-            vhost,
+            vhost: parsed.vhost,
             connection_name: format!("outbox-relay target {target}"),
             connect_timeout,
             write_timeout: confirm_timeout,
@@ -244,16 +256,30 @@ fn properties(e: &Envelope) -> Properties {
     }
 }
 
-/// `amqp://user:password@host:port/vhost` → (`host:port`, user, password, vhost).
-/// User and password default to `guest`, the port to 5672, and an empty path
-/// to the vhost `/` (write others percent-encoded: `%2f` is `/`).
-fn parse_url(url: &str) -> core::result::Result<(String, String, String, String), String> {
-    let Some(rest) = url.strip_prefix("amqp://") else {
-        return Err(if url.starts_with("amqps://") {
-            "TLS (`amqps://`) is not supported; use `amqp://`".into()
-        } else {
-            "must start with `amqp://` (amqp://user:password@host:port/vhost)".into()
-        });
+/// What an AMQP URL says.
+#[derive(Debug, PartialEq, Eq)]
+struct AmqpUrl {
+    /// `host:port`.
+    addr: String,
+    /// `amqps://`: TLS through the host.
+    tls: bool,
+    user: String,
+    password: String,
+    vhost: String,
+}
+
+/// `amqp://user:password@host:port/vhost`, or `amqps://` for TLS. User and
+/// password default to `guest`, the port to 5672 (5671 for `amqps`), and an
+/// empty path to the vhost `/` (write others percent-encoded: `%2f` is `/`).
+fn parse_url(url: &str) -> core::result::Result<AmqpUrl, String> {
+    let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("amqp://") {
+        (rest, false, 5672)
+    } else if let Some(rest) = url.strip_prefix("amqps://") {
+        (rest, true, 5671)
+    } else {
+        return Err(
+            "must start with `amqp://` or `amqps://` (amqp://user:password@host:port/vhost)".into(),
+        );
     };
     if rest.contains(['?', '#']) {
         return Err("query parameters are not supported; use the target's config keys".into());
@@ -266,7 +292,7 @@ fn parse_url(url: &str) -> core::result::Result<(String, String, String, String)
         }
         None => ("guest".into(), "guest".into()),
     };
-    let addr = net::host_port(url, 5672).map_err(|e| e.to_string())?;
+    let addr = net::host_port(url, default_port).map_err(|e| e.to_string())?;
     let vhost = match path {
         "" => "/".to_owned(),
         p if p.contains('/') => {
@@ -276,7 +302,13 @@ fn parse_url(url: &str) -> core::result::Result<(String, String, String, String)
         }
         p => percent_decode(p)?,
     };
-    Ok((addr, user, password, vhost))
+    Ok(AmqpUrl {
+        addr,
+        tls,
+        user,
+        password,
+        vhost,
+    })
 }
 
 fn percent_decode(s: &str) -> core::result::Result<String, String> {
@@ -305,7 +337,9 @@ mod tests {
     use super::*;
 
     fn parsed(url: &str) -> (String, String, String, String) {
-        parse_url(url).unwrap()
+        let u = parse_url(url).unwrap();
+        assert!(!u.tls, "{url}");
+        (u.addr, u.user, u.password, u.vhost)
     }
 
     #[test]
@@ -324,7 +358,9 @@ mod tests {
             parsed("amqp://mq:1/prod%2Feu"),
             s("mq:1", "guest", "guest", "prod/eu")
         );
-        assert!(parse_url("amqps://mq").unwrap_err().contains("TLS"));
+        let tls = parse_url("amqps://u:p@mq/prod").unwrap();
+        assert_eq!((tls.addr.as_str(), tls.tls), ("mq:5671", true));
+        assert_eq!(parse_url("amqps://mq:5000").unwrap().addr, "mq:5000");
         assert!(parse_url("mq:5672").unwrap_err().contains("amqp://"));
         assert!(parse_url("amqp://mq/a/b").unwrap_err().contains("%2f"));
         assert!(parse_url("amqp://mq/?heartbeat=5").is_err());

@@ -23,10 +23,9 @@
 mod resp;
 
 use std::io::{self, BufReader, Write as _};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use outbox_relay_guest::net::{self, Broken, Kept, Timeouts};
+use outbox_relay_guest::net::{self, Broken, Endpoint, Kept, Scheme, Stream, Timeouts};
 use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport};
 use resp::Reply;
 
@@ -50,6 +49,8 @@ struct RedisStreams {
 /// What a connection is made with.
 struct Settings {
     addr: String,
+    /// `rediss://`: TLS through the host.
+    tls: bool,
     username: Option<String>,
     password: Option<String>,
     db: Option<u64>,
@@ -57,13 +58,13 @@ struct Settings {
 }
 
 struct Conn {
-    io: BufReader<TcpStream>,
+    io: BufReader<Stream>,
 }
 
 impl Transport for RedisStreams {
     fn init(_target: &str, config: &Config) -> Result<Self> {
         config.only_keys(KEYS)?;
-        let addr = parse_url(config.get_str("url")?)?;
+        let endpoint = parse_url(config.get_str("url")?)?;
         let stream = Template::parse(config.get_str("stream")?)
             .map_err(|e| Error::new(format!("config: key `stream`: {e}")))?;
         let maxlen = match config.get_opt_u64("maxlen")? {
@@ -83,7 +84,8 @@ impl Transport for RedisStreams {
             Some(ms) => Duration::from_millis(ms),
         };
         let settings = Settings {
-            addr,
+            addr: endpoint.addr,
+            tls: endpoint.tls,
             username,
             password,
             db: config.get_opt_u64("db")?,
@@ -145,7 +147,7 @@ impl Transport for RedisStreams {
 impl Settings {
     /// Opens a connection and runs `AUTH` and `SELECT` as configured.
     fn connect(&self) -> Result<Conn> {
-        let stream = net::connect(&self.addr, Timeouts::all(self.timeout))?;
+        let stream = Stream::connect(&self.addr, self.tls, Timeouts::all(self.timeout))?;
         let io_err = |e: io::Error| Error::new(format!("redis at {}: {e}", self.addr));
         let mut conn = Conn {
             io: BufReader::new(stream),
@@ -244,16 +246,17 @@ impl Conn {
     }
 }
 
-/// `redis://host[:port]` or `host[:port]` to `host:port` (TLS, `rediss`, is
-/// not supported; credentials go in keys `username` and `password`, the
-/// database in key `db`).
-fn parse_url(url: &str) -> Result<String> {
+/// `redis://host[:port]`, `rediss://host[:port]` (TLS) or `host[:port]`
+/// (credentials go in keys `username` and `password`, the database in key
+/// `db`).
+fn parse_url(url: &str) -> Result<Endpoint> {
     let bad = |e: Error| e.context(format!("config: key `url` ({url:?})"));
-    let endpoint = net::endpoint(url, &["redis"], 6379).map_err(bad)?;
+    let schemes = [Scheme::plain("redis", 6379), Scheme::tls("rediss", 6379)];
+    let endpoint = net::endpoint_of(url, &schemes).map_err(bad)?;
     if !endpoint.path.is_empty() {
         return Err(bad(Error::new("choose the database with key `db`")));
     }
-    Ok(endpoint.addr)
+    Ok(endpoint)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -437,7 +440,6 @@ mod tests {
         assert!(err(r#"{"stream": "s"}"#).contains("`url`"));
         assert!(err(r#"{"url": "127.0.0.1:1"}"#).contains("`stream`"));
         assert!(err(r#"{"url": "127.0.0.1:1", "stream": "{nope}"}"#).contains("`stream`"));
-        assert!(err(r#"{"url": "rediss://h", "stream": "s"}"#).contains("`url`"));
         assert!(err(r#"{"url": "redis://u:p@h", "stream": "s"}"#).contains("credentials"));
         assert!(err(r#"{"url": "redis://h/2", "stream": "s"}"#).contains("`db`"));
         assert!(err(r#"{"url": "h", "stream": "s", "maxlen": 0}"#).contains("`maxlen`"));
@@ -447,12 +449,13 @@ mod tests {
 
     #[test]
     fn urls_become_host_and_port() {
-        assert_eq!(
-            parse_url("redis://127.0.0.1:6380").unwrap(),
-            "127.0.0.1:6380"
-        );
-        assert_eq!(parse_url("redis://cache/").unwrap(), "cache:6379");
-        assert_eq!(parse_url("cache:7000").unwrap(), "cache:7000");
+        let addr = |url| parse_url(url).unwrap().addr;
+        assert_eq!(addr("redis://127.0.0.1:6380"), "127.0.0.1:6380");
+        assert_eq!(addr("redis://cache/"), "cache:6379");
+        assert_eq!(addr("cache:7000"), "cache:7000");
+        let tls = parse_url("rediss://cache").unwrap();
+        assert_eq!((tls.addr.as_str(), tls.tls), ("cache:6379", true));
+        assert!(!parse_url("redis://cache").unwrap().tls);
     }
 
     #[test]
