@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub mod kafka;
 mod proxy;
 pub mod spakky;
+pub mod tls;
 pub use proxy::Proxy;
 
 /// A TCP port free on 127.0.0.1 right now.

@@ -280,6 +280,17 @@ fn explain_tls(err: &rustls::Error, host: &str, client_cert: bool) -> String {
             AlertDescription::CertificateRequired if !client_cert => format!(
                 "{host} requires a client certificate (set sandbox.tls.client_cert and client_key)"
             ),
+            // Servers say "no certificate" in different words (Go's:
+            // BadCertificate; OpenSSL's: CertificateRequired).
+            AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::AccessDenied
+                if !client_cert =>
+            {
+                format!(
+                    "{host} refused the handshake (alert {alert:?}): it requires a client certificate, and none is configured (set sandbox.tls.client_cert and client_key)"
+                )
+            }
             AlertDescription::HandshakeFailure if !client_cert => format!(
                 "{host} ended the handshake (alert HandshakeFailure): it may require a client certificate (sandbox.tls.client_cert) or a TLS version or cipher this host does not offer"
             ),
@@ -305,6 +316,15 @@ fn explain_tls(err: &rustls::Error, host: &str, client_cert: bool) -> String {
         other => format!("TLS with {host} failed: {other}"),
     };
     format!("TLS handshake failed: {why}")
+}
+
+/// Why a server closed a TLS connection right after the handshake, before
+/// it sent a byte, when no client certificate is configured: some servers
+/// (Erlang's) reset the connection rather than send an alert.
+pub fn closed_after_handshake(host: &str) -> String {
+    format!(
+        "TLS handshake failed: {host} closed the connection right after the handshake, before it sent anything: it probably requires a client certificate, and none is configured (set sandbox.tls.client_cert and client_key)"
+    )
 }
 
 #[cfg(test)]

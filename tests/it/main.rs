@@ -29,6 +29,8 @@ mod secrets;
 mod soak_matrix;
 mod startup;
 mod storage_faults;
+mod tls;
+mod tls_brokers;
 mod webhook;
 
 /// The `outbox-relay` CLI under test (built from `tests/bin/outbox-relay.rs`).

@@ -40,6 +40,8 @@ pub struct Connection {
     host: String,
     client: Arc<rustls::ClientConfig>,
     client_cert: bool,
+    /// Whether anything was read since the handshake.
+    received: bool,
 }
 
 enum Link {
@@ -120,7 +122,14 @@ impl Connection {
     }
 
     fn failure(&self, e: &io::Error) -> Error {
-        failure(e, &self.host, self.client_cert)
+        match failure(e, &self.host, self.client_cert) {
+            Error::Closed(_)
+                if matches!(self.link, Link::Tls(_)) && !self.client_cert && !self.received =>
+            {
+                Error::Handshake(crate::tls::closed_after_handshake(&self.host))
+            }
+            other => other,
+        }
     }
 
     /// Runs the handshake on the plain connection.
@@ -139,6 +148,7 @@ impl Connection {
             .await
             .map_err(|e| self.failure(&e))?;
         self.link = Link::Tls(Box::new(tls));
+        self.received = false;
         Ok(())
     }
 
@@ -236,6 +246,7 @@ impl PluginState {
             host: entry.host().to_string(),
             client,
             client_cert: self.tls.client_cert,
+            received: false,
         })
     }
 
@@ -293,6 +304,7 @@ impl wit::HostConnection for PluginState {
         // A read is cancel-safe: what is not handed over stays queued.
         Ok(match within(timeout_ms, conn.read(&mut buf)).await {
             Ok(Ok(n)) => {
+                conn.received |= n > 0;
                 buf.truncate(n);
                 Ok(buf)
             }

@@ -145,7 +145,7 @@ impl Transport for RedisStreams {
 }
 
 impl Settings {
-    /// Opens a connection and runs `AUTH` and `SELECT` as configured.
+    /// Opens a connection and runs `AUTH` and `SELECT` as configured, then `PING`.
     fn connect(&self) -> Result<Conn> {
         let stream = Stream::connect(&self.addr, self.tls, Timeouts::all(self.timeout))?;
         let io_err = |e: io::Error| Error::new(format!("redis at {}: {e}", self.addr));
@@ -168,6 +168,11 @@ impl Settings {
             resp::encode(&mut handshake, &[b"SELECT", db.to_string().as_bytes()]);
             what.push(format!("SELECT {db} (key `db`)"));
         }
+        // One round trip even without AUTH or SELECT: a server that is not
+        // Redis, or a TLS server that refuses our certificate (TLS 1.3
+        // says so only at the first read), shows at connect.
+        resp::encode(&mut handshake, &[b"PING"]);
+        what.push("PING".to_string());
         let mut replies = Vec::new();
         conn.round_trip(&handshake, what.len(), &mut replies)
             .map_err(io_err)?;

@@ -23,6 +23,8 @@
 //! | `listings` | list `/data` config `count` times, keeping every listing |
 //! | `print` | print a marker line to stdout |
 //! | `framing` | HTTP to config `url` (allowed) with both `transfer-encoding: chunked` and `content-length` |
+//! | `tls-key` | find its target's TLS client key: read config `path` (the key file on the host), the environment, every mapped directory, and sign with a key named config `key`; then TLS to config `address` (allowed), to show the key works for the host |
+//! | `tls-flood` | open config `count` TLS connections to config `address` (allowed), keeping every one |
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,6 +174,58 @@ impl Sneaky {
                     Some(Err(e)) => Err(format!("HTTP failed: {e}")),
                     None => Err("HTTP returned nothing".into()),
                 }
+            }
+            "tls-key" => {
+                let mut seen = Vec::new();
+                let path = self.config.get_str("path").map_err(|e| e.to_string())?;
+                match std::fs::read(path) {
+                    Ok(bytes) => return Ok(format!("{} bytes of {path}", bytes.len())),
+                    Err(e) => seen.push(format!("reading {path}: {e}")),
+                }
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                if !vars.is_empty() {
+                    return Ok(format!("environment {vars:?}"));
+                }
+                seen.push("no environment".into());
+                for (dir, guest) in raw::wasi::filesystem::preopens::get_directories() {
+                    let entries = dir.read_directory().map_err(|e| format!("{guest}: {e:?}"))?;
+                    while let Ok(Some(entry)) = entries.read_directory_entry() {
+                        let file = format!("{guest}/{}", entry.name);
+                        if let Ok(text) = std::fs::read_to_string(&file)
+                            && text.contains("PRIVATE KEY")
+                        {
+                            return Ok(format!("a private key in {file}"));
+                        }
+                    }
+                    seen.push(format!("nothing in {guest}"));
+                }
+                let key = self.config.get_str("key").map_err(|e| e.to_string())?;
+                if let Ok(sig) = signing::sign(key, b"x") {
+                    return Ok(format!("a {}-byte signature with {key}", sig.len()));
+                }
+                seen.push(format!("no signing key {key}"));
+                let address = self.config.get_str("address").map_err(|e| e.to_string())?;
+                let protocol = net::TlsStream::connect(address, std::time::Duration::from_secs(5))
+                    .map(|s| s.protocol().unwrap_or_default())
+                    .map_err(|e| e.to_string());
+                seen.push(format!("TLS to {address}: {protocol:?}"));
+                Err(seen.join("; "))
+            }
+            "tls-flood" => {
+                let address = self.config.get_str("address").map_err(|e| e.to_string())?;
+                let mut held = Vec::new();
+                for n in 0..self.count()? {
+                    match net::TlsStream::connect(address, std::time::Duration::from_secs(5)) {
+                        Ok(conn) => held.push(conn),
+                        Err(e) => {
+                            std::mem::forget(held);
+                            return Err(format!("holding {n} TLS connections, then: {e}"));
+                        }
+                    }
+                }
+                let n = held.len();
+                std::mem::forget(held);
+                Ok(format!("{n} TLS connections held"))
             }
             "alloc" => {
                 let mut block = vec![0u8; 1 << 30];
