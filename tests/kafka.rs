@@ -99,6 +99,16 @@ pub struct Broker {
     /// or a proxy in front of it).
     pub advertised: String,
     login: Option<Login>,
+    /// The reading client goes over TLS to the advertised address.
+    client_tls: Option<ClientTls>,
+}
+
+/// How the reading client reaches a broker behind a TLS front.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Broker {
@@ -124,6 +134,7 @@ impl Broker {
             listen: listen.to_owned(),
             advertised: advertised.to_owned(),
             login: None,
+            client_tls: None,
         };
         if let Some(login) = login {
             assert!(
@@ -252,12 +263,26 @@ impl Broker {
         ]);
     }
 
+    /// The reading client connects over TLS to the advertised address
+    /// (a TLS front before the broker), trusting `tls.ca`.
+    pub fn read_over_tls(&mut self, tls: ClientTls) {
+        self.client_tls = Some(tls);
+    }
+
     fn client(&self, args: &[&str]) -> Command {
         let mut command = Command::new(python());
-        command
-            .arg(client_script())
-            .args(args)
-            .args(["--bootstrap", &self.listen]);
+        command.arg(client_script()).args(args);
+        match &self.client_tls {
+            None => command.args(["--bootstrap", &self.listen]),
+            Some(tls) => command
+                .args(["--bootstrap", &self.advertised])
+                .arg("--ssl-ca")
+                .arg(&tls.ca)
+                .arg("--ssl-cert")
+                .arg(&tls.cert)
+                .arg("--ssl-key")
+                .arg(&tls.key),
+        };
         if let Some(login) = &self.login {
             command
                 .args(["--sasl-mechanism", login.mechanism])

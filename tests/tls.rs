@@ -1536,3 +1536,84 @@ impl Drop for Https {
         self.task.abort();
     }
 }
+
+// ---------------------------------------------------------------------------
+// A TLS front for a plaintext server (tansu has no TLS listener).
+
+/// A TLS listener on 127.0.0.1 that forwards each connection, once its
+/// handshake is done, to a plaintext `upstream`: what a broker without TLS
+/// of its own (tansu) looks like behind a TLS-terminating proxy. It runs on
+/// a thread and runtime of its own; dropping it stops accepting.
+pub struct Front {
+    pki: Pki,
+    pub port: u16,
+    pub served: Served,
+    pub require_client_cert: bool,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+listener_common!(Front);
+tls_first_probe!(Front);
+
+/// Starts a [`Front`] on `port` (0: a free one) presenting `served`, in
+/// front of `upstream`; with `require_client_cert`, a handshake without a
+/// certificate from the client CA fails.
+pub fn front(
+    pki: &Pki,
+    served: Served,
+    require_client_cert: bool,
+    port: u16,
+    upstream: &str,
+) -> Front {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config(served, require_client_cert)));
+    let upstream = upstream.to_owned();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => return,
+                };
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    Front {
+        pki: pki.clone(),
+        port,
+        served,
+        require_client_cert,
+        stop: Some(stop),
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -97,9 +97,21 @@ async fn refusals(
     config_of: impl Fn(&str) -> String,
 ) {
     let cases = [
-        (mtls, Trust::CaOnly, vec!["TLS handshake failed", "client certificate"]),
-        (unknown_ca, Trust::CaAndClient, vec!["TLS handshake failed", "unknown authority"]),
-        (wrong_name, Trust::CaAndClient, vec!["TLS handshake failed", "not valid for the name localhost"]),
+        (
+            mtls,
+            Trust::CaOnly,
+            vec!["TLS handshake failed", "client certificate"],
+        ),
+        (
+            unknown_ca,
+            Trust::CaAndClient,
+            vec!["TLS handshake failed", "unknown authority"],
+        ),
+        (
+            wrong_name,
+            Trust::CaAndClient,
+            vec!["TLS handshake failed", "not valid for the name localhost"],
+        ),
     ];
     for ((url, allow), trust, says) in cases {
         let scratch = Scratch::new();
@@ -357,7 +369,8 @@ async fn webhook_over_https_with_a_client_certificate() {
         .collect();
     assert_eq!(seen, ids);
     assert!(
-        got.iter().all(|r| r.client_cert.as_deref() == Some(&pki.client.cert_der[..])),
+        got.iter()
+            .all(|r| r.client_cert.as_deref() == Some(&pki.client.cert_der[..])),
         "every request came with the configured client certificate"
     );
     assert_eq!(got[2].body, br#"{"n":2}"#);
@@ -369,7 +382,11 @@ async fn webhook_over_https_with_a_client_certificate() {
     let cases = [
         (&mtls, Trust::CaOnly, "certificaterequired"),
         (&unknown, Trust::CaAndClient, "unknownissuer"),
-        (&wrong, Trust::CaAndClient, "not valid for name \\\"localhost\\\""),
+        (
+            &wrong,
+            Trust::CaAndClient,
+            "not valid for name \\\"localhost\\\"",
+        ),
     ];
     for (server, trust, says) in cases {
         let scratch = Scratch::new();
@@ -398,4 +415,78 @@ retry = {{ initial_backoff = "50ms", max_attempts = 2, jitter = 0.0 }}
         let reason = format!("{:?}", dead[0]).to_lowercase();
         assert!(reason.contains(says), "the reason says {says:?}: {reason}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls() {
+    use outbox_relay_tests::kafka::{Broker, ClientTls, Storage};
+
+    let pki = Pki::new();
+    // tansu has no TLS listener: a TLS front (tests/tls.rs) before it, and
+    // the broker advertises the front, as behind a TLS-terminating proxy.
+    let front_port = outbox_relay_tests::free_port();
+    let listen = format!("127.0.0.1:{}", outbox_relay_tests::free_port());
+    let mut broker = Broker::start_with(
+        &listen,
+        &format!("localhost:{front_port}"),
+        Storage::Memory,
+        None,
+    );
+    let mtls = tls::front(&pki, Served::Good, true, front_port, &listen);
+    let unknown = tls::front(&pki, Served::UnknownCa, false, 0, &listen);
+    let wrong = tls::front(&pki, Served::WrongName, false, 0, &listen);
+    broker.read_over_tls(ClientTls {
+        ca: pki.ca.cert.clone(),
+        cert: pki.client.cert.clone(),
+        key: pki.client.key.clone(),
+    });
+    let topic = format!("outbox-tls-{}", uuid::Uuid::now_v7().simple());
+    broker.create_topic(&topic, 1);
+    let config_of = |bootstrap: &str| {
+        format!(
+            r#"{{ bootstrap = ["{bootstrap}"], topic = "{topic}", security_protocol = "SSL" }}"#
+        )
+    };
+
+    let scratch = Scratch::new();
+    let config = one_target(
+        &scratch,
+        "kafka",
+        &format!(
+            "config = {}\nsandbox = {}",
+            config_of(&mtls.host_port()),
+            sandbox(&pki, &mtls.host_port(), Trust::CaAndClient)
+        ),
+    );
+    let ids = enqueue(&scratch, 20).await;
+    let relay = RunningRelay::start(&config).await;
+    let records = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || {
+            let records = broker.read(&topic, 20, WAIT);
+            (broker, records)
+        }
+    })
+    .await
+    .unwrap();
+    let (_broker, records) = records;
+    relay.stop().await;
+    let header = |r: &outbox_relay_tests::kafka::Record| {
+        r.header("outbox-message-id").expect("a message id")
+    };
+    let seen: Vec<String> = records.iter().map(header).collect();
+    assert_eq!(
+        seen, ids,
+        "every message, once, in order, read back by librdkafka over TLS"
+    );
+
+    refusals(
+        "kafka",
+        (&mtls.host_port(), &mtls.host_port()),
+        (&unknown.host_port(), &unknown.host_port()),
+        (&wrong.host_port(), &wrong.host_port()),
+        &pki,
+        config_of,
+    )
+    .await;
 }

@@ -49,6 +49,7 @@ implementation from the one in plugins/kafka. Subcommands:
 
 Common options: --sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 with
 --username/--password (security.protocol becomes SASL_PLAINTEXT),
+--ssl-ca FILE [--ssl-cert FILE --ssl-key FILE] (TLS: SSL or SASL_SSL),
 --debug CONTEXTS (librdkafka debug, e.g. eos,protocol; goes to stderr),
 -X key=value (any librdkafka property; repeatable).
 
@@ -110,6 +111,14 @@ def base_config(args):
                 "sasl.password": args.password,
             }
         )
+    if args.ssl_ca:
+        # TLS: SSL, or SASL_SSL with a login; the host name is checked.
+        conf["security.protocol"] = "SASL_SSL" if args.sasl_mechanism else "SSL"
+        conf["ssl.ca.location"] = args.ssl_ca
+        conf["ssl.endpoint.identification.algorithm"] = "https"
+        if args.ssl_cert:
+            conf["ssl.certificate.location"] = args.ssl_cert
+            conf["ssl.key.location"] = args.ssl_key
     if args.debug:
         conf["debug"] = args.debug
     else:
@@ -385,6 +394,9 @@ def parser():
     common.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
     common.add_argument("--username")
     common.add_argument("--password")
+    common.add_argument("--ssl-ca", help="CA file: connect over TLS (SSL, or SASL_SSL with --sasl-mechanism)")
+    common.add_argument("--ssl-cert", help="client certificate (PEM), with --ssl-key")
+    common.add_argument("--ssl-key", help="client key (PEM)")
     common.add_argument("--debug", help="librdkafka debug contexts, e.g. eos,protocol")
     common.add_argument("-X", action="append", metavar="KEY=VALUE", help="extra librdkafka property")
 
