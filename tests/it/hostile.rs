@@ -691,3 +691,73 @@ sandbox = {{ dirs = {{ "/out" = "{}" }} }}
     );
     assert_eq!(lines.len(), 9);
 }
+
+/// Issue 14: a plugin whose target presents a client certificate finds no
+/// way to its key: not the key file (no mapped directory holds it), not the
+/// environment (the key's variable is set in the relay's), not a signing
+/// key of that name; the host's TLS connection, made with the key, works.
+/// The key's text appears nowhere in the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_read_its_targets_tls_client_key() {
+    use outbox_relay_tests::tls::{self, Pki, Served};
+    let pki = Pki::new();
+    let server = tls::https(&pki, Served::Good, true).await;
+    let key_text = std::fs::read_to_string(&pki.client.key).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let error = sneak(
+        "tls-key",
+        &format!(
+            ", path = \"{key}\", key = \"client_key\", address = \"{addr}\"",
+            key = pki.client.key.display(),
+            addr = server.host_port()
+        ),
+        &format!(
+            r#"{{ allow_tcp = ["{addr}"], dirs = {{ "/data" = "{data}" }}, tls = {{ ca = "{ca}", client_cert = "{cert}", client_key = "{key}" }} }}"#,
+            addr = server.host_port(),
+            data = data.path().display(),
+            ca = pki.ca.cert.display(),
+            cert = pki.client.cert.display(),
+            key = pki.client.key.display(),
+        ),
+        "",
+    )
+    .await;
+    assert!(error.contains("No such file or directory"), "{error}");
+    assert!(error.contains("no environment"), "{error}");
+    assert!(error.contains("nothing in /data"), "{error}");
+    assert!(error.contains("no signing key client_key"), "{error}");
+    assert!(
+        error.contains(r#"Ok("TLSv1.3")"#),
+        "the host's connection with the key works: {error}"
+    );
+    let body: String = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!error.contains(&body[..40]), "{error}");
+}
+
+/// TLS connections count against `sandbox.max_sockets` like sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_hold_more_tls_connections_than_its_socket_cap() {
+    use outbox_relay_tests::tls::{self, Pki, Served};
+    let pki = Pki::new();
+    let server = tls::https(&pki, Served::Good, false).await;
+    let error = sneak(
+        "tls-flood",
+        &format!(", address = \"{}\", count = 5000", server.host_port()),
+        &format!(
+            r#"{{ allow_tcp = ["{}"], max_sockets = 8, tls = {{ ca = "{}" }} }}"#,
+            server.host_port(),
+            pki.ca.cert.display()
+        ),
+        "",
+    )
+    .await;
+    // The instance lives on between attempts, holding the 8 of the first.
+    assert!(error.contains("TLS connections, then:"), "{error}");
+    assert!(
+        error.contains("8 sockets and connections are open (sandbox.max_sockets)"),
+        "{error}"
+    );
+}

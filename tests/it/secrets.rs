@@ -187,3 +187,129 @@ sandbox = {{ allow_http = ["{hook_addr}"] }}
     );
     assert_no_secret("a connection error", &out);
 }
+
+/// Issue 14: a TLS client key (from a file for one target, from an
+/// environment variable for the other) appears in no log line, error,
+/// `status`, `check` or `dead-letters` output, or metric, while its target
+/// delivers over mTLS, fails with it, and fails its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tls_client_key_appears_anywhere() {
+    use outbox_relay_tests::tls::{self, Pki, Served};
+    let pki = Pki::new();
+    let good = tls::https(&pki, Served::Good, true).await;
+    good.set_status(500);
+    let unknown = tls::https(&pki, Served::UnknownCa, true).await;
+    let key_text = std::fs::read_to_string(&pki.client.key).unwrap();
+    // Every line of the key's base64, and the whole of it on one line.
+    let mut secrets: Vec<String> = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    secrets.push(secrets.concat());
+    assert!(!secrets.is_empty());
+
+    let scratch = Scratch::new();
+    let port = free_port();
+    let path = scratch.write_config(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{port}"
+
+[[routes]]
+events = ["*"]
+targets = ["from-file", "from-env"]
+
+[targets.from-file]
+plugin = "webhook"
+retry = {{ initial_backoff = "50ms", max_attempts = 3, jitter = 0.0 }}
+config = {{ url = "{good}/hook" }}
+sandbox = {{ allow_http = ["{good_host}"], tls = {{ ca = "{ca}", client_cert = "{cert}", client_key = "{key}" }} }}
+
+[targets.from-env]
+plugin = "webhook"
+retry = {{ initial_backoff = "50ms", max_attempts = 3, jitter = 0.0 }}
+config = {{ url = "{unknown}/hook" }}
+sandbox = {{ allow_http = ["{unknown_host}"], tls = {{ ca = "{ca}", client_cert = "{cert}", client_key = {{ env = "OUTBOX_TEST_TLS_KEY" }} }} }}
+"#,
+        good = good.url(),
+        good_host = good.host_port(),
+        unknown = unknown.url(),
+        unknown_host = unknown.host_port(),
+        ca = pki.ca.cert.display(),
+        cert = pki.client.cert.display(),
+        key = pki.client.key.display(),
+    ));
+    let config = path.to_str().unwrap();
+    let storage = scratch.storage().await;
+    storage
+        .save(&[NewMessage::new("thing.happened", b"{}".to_vec())])
+        .await
+        .unwrap();
+
+    let log = scratch.path().join("relay.log");
+    let mut relay = Command::new(relay_binary())
+        .args(["run", "--config", config])
+        .env("RUST_LOG", "debug")
+        .env("OUTBOX_TEST_TLS_KEY", &key_text)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("both deliveries dead-lettered", WAIT, || async {
+        let dead = storage
+            .list_dead_letters(&Default::default())
+            .await
+            .unwrap();
+        (dead.len() == 2).then_some(())
+    })
+    .await;
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics endpoint");
+    assert!(terminate(&mut relay).success());
+    assert!(
+        good.requests().len() >= 3,
+        "the mTLS target reached its receiver with the key"
+    );
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let dead = storage
+        .list_dead_letters(&Default::default())
+        .await
+        .unwrap();
+    let reasons = format!("{dead:?}");
+    assert!(reasons.contains("UnknownIssuer"), "{reasons}");
+    let mut outputs = vec![
+        ("the relay's debug log".to_string(), logs),
+        ("/metrics".to_string(), metrics),
+        ("the dead letters".to_string(), reasons),
+    ];
+    for args in [
+        vec!["status", "--config", config],
+        vec!["status", "--json", "--config", config],
+        vec!["dead-letters", "list", "--config", config],
+        vec!["check", "--config", config],
+    ] {
+        let out = Command::new(relay_binary())
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .env("OUTBOX_TEST_TLS_KEY", &key_text)
+            .output()
+            .unwrap();
+        outputs.push((
+            format!("`{}`", args.join(" ")),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    for (what, text) in &outputs {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} holds the key:\n{text}"
+            );
+        }
+    }
+}
