@@ -530,10 +530,6 @@ listener_common!(Nats);
 /// first and then expects the client to start TLS (no TLS-first mode).
 /// Ready when it logs "Server is ready" (about 0.1 s).
 pub fn nats(pki: &Pki, served: Served, require_client_cert: bool) -> Nats {
-    let binary = need(
-        "/usr/sbin/nats-server",
-        "nats-server (Debian package `nats-server`)",
-    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let id = pki.served(served);
@@ -545,27 +541,68 @@ pub fn nats(pki: &Pki, served: Served, require_client_cert: bool) -> Nats {
     } else {
         String::new()
     };
-    let config = write_file(
-        dir.path(),
-        "nats.conf",
-        &format!(
-            r#"listen: "127.0.0.1:{port}"
-jetstream {{
-  store_dir: "{store}"
-}}
-tls {{
+    let tls = format!(
+        r#"tls {{
   cert_file: "{cert}"
   key_file: "{key}"
   {verify}
   timeout: 10
 }}
 "#,
-            store = dir.path().join("js").display(),
-            cert = id.cert.display(),
-            key = id.key.display(),
+        cert = id.cert.display(),
+        key = id.key.display(),
+    );
+    let process = spawn_nats(dir.path(), port, &tls);
+    Nats {
+        _process: process,
+        _dir: dir,
+        pki: pki.clone(),
+        port,
+        served,
+        require_client_cert,
+    }
+}
+
+/// A nats-server like [`nats`]'s, without TLS (for a plaintext run beside
+/// a TLS one).
+pub struct PlainNats {
+    _process: Process,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+/// Starts a [`PlainNats`] on a free port.
+pub fn nats_plain() -> PlainNats {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let process = spawn_nats(dir.path(), port, "");
+    PlainNats {
+        _process: process,
+        _dir: dir,
+        port,
+    }
+}
+
+/// `/usr/sbin/nats-server` on `port` with JetStream in `dir`, and `extra`
+/// config; ready on return.
+fn spawn_nats(dir: &Path, port: u16, extra: &str) -> Process {
+    let binary = need(
+        "/usr/sbin/nats-server",
+        "nats-server (Debian package `nats-server`)",
+    );
+    let config = write_file(
+        dir,
+        "nats.conf",
+        &format!(
+            r#"listen: "127.0.0.1:{port}"
+jetstream {{
+  store_dir: "{store}"
+}}
+{extra}"#,
+            store = dir.join("js").display(),
         ),
     );
-    let (log, file) = log_file(dir.path(), "nats.log");
+    let (log, file) = log_file(dir, "nats.log");
     let mut child = Command::new(binary)
         .arg("-c")
         .arg(&config)
@@ -576,14 +613,7 @@ tls {{
     wait_until(&mut child, "nats-server", &log, || {
         read_log(&log).contains("Server is ready")
     });
-    Nats {
-        _process: Process(child),
-        _dir: dir,
-        pki: pki.clone(),
-        port,
-        served,
-        require_client_cert,
-    }
+    Process(child)
 }
 
 impl Nats {

@@ -18,6 +18,7 @@ mod ordered;
 mod report;
 mod rss;
 mod setup;
+mod tls;
 mod transports;
 mod writers;
 
@@ -635,6 +636,67 @@ async fn transports_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
             }
         });
         runs.push(run.json());
+    }
+    // TLS beside plaintext, each pair in the same run on servers of its own.
+    let pki = outbox_relay_tests::tls::Pki::new();
+    let goal = 0.7;
+    for (name, figure) in [
+        (
+            "webhook",
+            "webhook over HTTPS (the target's own client, sandbox.tls) vs HTTP, Postgres",
+        ),
+        (
+            "nats",
+            "nats over TLS (tls://, outbox:relay/tls) vs plaintext, own nats-server, Postgres",
+        ),
+    ] {
+        let (plain, tls) = if name == "webhook" {
+            (
+                tls::webhook(n, args.payload, args.batch_size, None).await,
+                tls::webhook(n, args.payload, args.batch_size, Some(&pki)).await,
+            )
+        } else {
+            (
+                tls::nats(n, args.payload, args.batch_size, None).await,
+                tls::nats(n, args.payload, args.batch_size, Some(&pki)).await,
+            )
+        };
+        let target = format!("≥ {goal}× plaintext");
+        let row = match (&plain, &tls) {
+            (
+                Ok(transports::TransportRun::Measured { rate: p, .. }),
+                Ok(transports::TransportRun::Measured { rate: t, check, .. }),
+            ) => {
+                let ratio = t / p;
+                Row::new("transports", figure, format!("{} msg/s", thousands(*t)))
+                    .ratio(format!("{ratio:.2}× plaintext"))
+                    .target(target, ratio >= goal)
+                    .note(format!(
+                        "plaintext in the same run: {} msg/s; {check}",
+                        thousands(*p)
+                    ))
+            }
+            _ => {
+                let why = |r: &anyhow::Result<transports::TransportRun>| match r {
+                    Ok(transports::TransportRun::NotMeasured { reason, .. }) => reason.clone(),
+                    Ok(_) => "measured".into(),
+                    Err(e) => format!("{e:#}"),
+                };
+                let reason = format!("plaintext: {}; TLS: {}", why(&plain), why(&tls));
+                eprintln!("  {name} over TLS: not measured: {reason}");
+                let mut row = Row::new("transports", figure, "not measured")
+                    .note(format!("not measured: {reason}"));
+                row.target = target;
+                row
+            }
+        };
+        rows.push(row);
+        for run in [plain, tls] {
+            runs.push(match run {
+                Ok(run) => run.json(),
+                Err(e) => json!({ "transport": format!("{name}-tls-pair"), "not_measured": format!("{e:#}") }),
+            });
+        }
     }
     // Kafka, with librdkafka as the peer in the same run.
     let goal = 0.8;

@@ -118,7 +118,7 @@ impl TransportRun {
 }
 
 /// Drains `n` messages through the target `name` configured by `body`.
-async fn drain_through(
+pub(crate) async fn drain_through(
     db: &BenchDb,
     name: &str,
     body: &str,
@@ -240,29 +240,63 @@ sandbox = {{ allow_tcp = ["{server}"] }}
     })
 }
 
+/// What the NATS client runs over: plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Just enough of the NATS protocol to manage a JetStream stream through its
 /// JSON API (request/reply); the transport under test is the component.
 pub struct Nats {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: BufReader<tokio::io::ReadHalf<Box<dyn Io>>>,
+    writer: tokio::io::WriteHalf<Box<dyn Io>>,
     sid: u64,
 }
 
 impl Nats {
     pub async fn connect(server: &str) -> anyhow::Result<Self> {
-        let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(server))
+        Self::connect_with(server, None).await
+    }
+
+    /// Over TLS (started after the server's INFO, as NATS does), checking
+    /// the server as `name` with `config`.
+    pub async fn connect_with(
+        server: &str,
+        tls: Option<(&str, outbox_relay_tests::tls::rustls::ClientConfig)>,
+    ) -> anyhow::Result<Self> {
+        let mut stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(server))
             .await
             .context("connecting timed out")??;
-        let (read, writer) = stream.into_split();
+        // The INFO line, a byte at a time: nothing after it may be lost.
+        let mut info = Vec::new();
+        while !info.ends_with(b"\n") {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await? == 0 || info.len() > 65_536 {
+                bail!("NATS sent no INFO line");
+            }
+            info.push(byte[0]);
+        }
+        if !info.starts_with(b"INFO ") {
+            bail!("expected INFO, got {:?}", String::from_utf8_lossy(&info));
+        }
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(stream),
+            Some((name, config)) => {
+                let name = outbox_relay_tests::tls::rustls::pki_types::ServerName::try_from(
+                    name.to_owned(),
+                )?;
+                Box::new(
+                    tokio_rustls::TlsConnector::from(Arc::new(config))
+                        .connect(name, stream)
+                        .await?,
+                )
+            }
+        };
+        let (read, writer) = tokio::io::split(io);
         let mut nats = Self {
             reader: BufReader::new(read),
             writer,
             sid: 0,
         };
-        let info = nats.line().await?;
-        if !info.starts_with("INFO ") {
-            bail!("expected INFO, got {info:?}");
-        }
         nats.writer
             .write_all(
                 b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false}\r\nPING\r\n",
