@@ -229,8 +229,18 @@ impl Pki {
     /// `require_client_cert`, it refuses clients without a certificate from
     /// the client CA; without, it asks for none.
     pub fn server_config(&self, served: Served, require_client_cert: bool) -> ServerConfig {
+        self.server_config_with(served, require_client_cert, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`Pki::server_config`] speaking only `versions`.
+    pub fn server_config_with(
+        &self,
+        served: Served,
+        require_client_cert: bool,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> ServerConfig {
         let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap();
         let builder = if require_client_cert {
             let mut roots = RootCertStore::empty();
@@ -1595,11 +1605,33 @@ pub fn front(
     port: u16,
     upstream: &str,
 ) -> Front {
+    front_with(
+        pki,
+        served,
+        require_client_cert,
+        port,
+        upstream,
+        rustls::DEFAULT_VERSIONS,
+    )
+}
+
+/// [`front`] speaking only TLS `versions`.
+pub fn front_with(
+    pki: &Pki,
+    served: Served,
+    require_client_cert: bool,
+    port: u16,
+    upstream: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Front {
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config(served, require_client_cert)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config_with(
+        served,
+        require_client_cert,
+        versions,
+    )));
     let upstream = upstream.to_owned();
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {

@@ -264,6 +264,7 @@ pub async fn check_targets(
     names: &[String],
 ) -> Result<Vec<(String, Result<(), AppError>)>, AppError> {
     config.require_targets()?;
+    config.check_tls()?;
     let runtime = Arc::new(
         PluginRuntime::new(&config.relay.cache_dir).map_err(|cause| AppError::Plugin {
             target: "(all)".into(),
@@ -298,6 +299,7 @@ pub async fn check_target(config: &Config, name: &str) -> Result<(), AppError> {
 /// Builds a relay from `config`: storage migrated, plugins loaded and checked.
 pub async fn build_relay(config: &Config) -> Result<Relay, AppError> {
     config.require_targets()?;
+    config.check_tls()?;
     for warning in config.warnings() {
         tracing::warn!(config = %config.source.display(), "{warning}");
     }

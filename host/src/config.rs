@@ -205,7 +205,8 @@ pub enum KeyAlgorithm {
     /// Webhooks secret `whsec_<base64>` (24 to 64 bytes once decoded).
     #[serde(rename = "HS256")]
     Hs256,
-    /// Ed25519; the key is a PKCS#8 PEM private key or a base64 32-byte seed.
+    /// Ed25519; the key is a PKCS#8 PEM private key, a base64 32-byte seed,
+    /// a NATS user NKey seed (`SU…`) or a NATS `.creds` file (its seed).
     #[serde(rename = "EdDSA")]
     EdDsa,
 }
@@ -566,11 +567,29 @@ impl Config {
             }
             // `allow_tcp` and `allow_http` entries were checked as they were
             // parsed (see `sandbox_address`).
-            if let Some(tls) = &sandbox.tls {
-                // Builds the client once: every file (and the key) is read
-                // and checked now, so a bad one stops the start.
-                tls.client()
-                    .map_err(|e| self.invalid(field(&format!("tls.{}", e.field)), e.message))?;
+        }
+        Ok(())
+    }
+
+    /// Running or checking a relay needs its targets' TLS files (`status`,
+    /// `migrate` and the dead-letter tools do not, nor the key): each
+    /// `sandbox.tls` is built once here, every file and the key read and
+    /// checked, so a bad one stops the start with its field.
+    pub fn check_tls(&self) -> Result<(), ConfigError> {
+        for (name, target) in &self.targets {
+            let sandboxes = std::iter::once((format!("targets.{name}.sandbox"), &target.sandbox))
+                .chain(target.injectors.iter().enumerate().map(|(i, injector)| {
+                    (
+                        format!("targets.{name}.injectors[{i}].sandbox"),
+                        &injector.sandbox,
+                    )
+                }));
+            for (prefix, sandbox) in sandboxes {
+                if let Some(tls) = &sandbox.tls {
+                    tls.client().map_err(|e| {
+                        self.invalid(format!("{prefix}.tls.{}", e.field), e.message)
+                    })?;
+                }
             }
         }
         Ok(())

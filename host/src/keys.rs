@@ -10,6 +10,7 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 
 use crate::config::{KeyAlgorithm, KeyConfig};
+use crate::nats_creds;
 use crate::snapshot::SnapshotKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +46,20 @@ fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
         name: name.to_string(),
         message,
     };
-    let raw = match (&config.env, &config.file) {
-        (Some(var), None) => std::env::var(var)
-            .map_err(|_| error(format!("environment variable {var} is not set")))?,
-        (None, Some(file)) => read_secret_file(file).map_err(error)?,
+    let (raw, from) = match (&config.env, &config.file) {
+        (Some(var), None) => (
+            std::env::var(var)
+                .map_err(|_| error(format!("environment variable {var} is not set")))?,
+            format!("environment variable {var}"),
+        ),
+        (None, Some(file)) => (
+            read_secret_file(file).map_err(error)?,
+            file.display().to_string(),
+        ),
         _ => return Err(error("set exactly one of `env` and `file`".into())),
     };
+    // Every message below names where the key came from, never what it holds.
+    let error = |message: String| error(format!("{from}: {message}"));
     let raw = raw.trim_end_matches(['\n', '\r']);
     if raw.is_empty() {
         return Err(error("the key is empty".into()));
@@ -80,13 +89,27 @@ fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
             Ok(SnapshotKey::Hs256(raw.as_bytes().to_vec()))
         }
         KeyAlgorithm::EdDsa => {
-            let key = if raw.trim_start().starts_with("-----BEGIN") {
+            let text = raw.trim();
+            let key = if nats_creds::is_creds(text) {
+                // A NATS `.creds` file: its user seed (the JWT is for the
+                // plugin, through `{ creds_jwt = ... }`).
+                let seed = nats_creds::creds_seed(text).map_err(error)?;
+                SigningKey::from_bytes(&seed)
+            } else if nats_creds::looks_like_seed(text) {
+                SigningKey::from_bytes(&nats_creds::user_seed(text).map_err(error)?)
+            } else if text.starts_with("-----BEGIN") {
                 SigningKey::from_pkcs8_pem(raw)
                     .map_err(|_| error("not a PKCS#8 PEM Ed25519 private key".into()))?
             } else {
                 let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(raw.trim())
-                    .map_err(|_| error("not base64 (expected a 32-byte Ed25519 seed)".into()))?;
+                    .decode(text)
+                    .map_err(|_| {
+                        error(
+                            "not base64 (expected a 32-byte Ed25519 seed, a PKCS#8 PEM key, \
+                             an NKey user seed or a NATS .creds file)"
+                                .into(),
+                        )
+                    })?;
                 let seed: [u8; 32] = bytes
                     .try_into()
                     .map_err(|_| error("an Ed25519 seed is 32 bytes".into()))?;
@@ -134,6 +157,10 @@ impl SigningGrant {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use ed25519_dalek::Signer as _;
+
     use super::*;
 
     fn load_from_file(text: &str) -> Result<SnapshotKey, KeyError> {
@@ -162,5 +189,64 @@ mod tests {
         assert!(e.contains("base64"), "{e}");
         let e = load_from_file("whsec_c2hvcnQ=").unwrap_err().to_string();
         assert!(e.contains("24 to 64 bytes"), "{e}");
+    }
+
+    fn load_eddsa(text: &str) -> (Result<SnapshotKey, KeyError>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("user.creds");
+        std::fs::write(&file, text).unwrap();
+        let key = load_key(
+            "nats",
+            &KeyConfig {
+                algorithm: KeyAlgorithm::EdDsa,
+                env: None,
+                file: Some(file.clone()),
+            },
+        );
+        (key, file)
+    }
+
+    #[test]
+    fn an_nkey_user_seed_or_a_creds_file_is_an_ed25519_key() {
+        let user = nkeys::KeyPair::new_user();
+        let seed = user.seed().unwrap();
+        let creds = format!(
+            "-----BEGIN NATS USER JWT-----\neyJhIjoxfQ.eyJiIjoyfQ.c2ln\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        );
+        for text in [format!("{seed}\n"), creds] {
+            let (key, _) = load_eddsa(&text);
+            let Ok(SnapshotKey::EdDsa(key)) = key else {
+                panic!("not EdDSA: {key:?}")
+            };
+            // Signs as the user: nkeys verifies with the user's public key.
+            let signature = key.sign(b"nonce");
+            nkeys::KeyPair::from_public_key(&user.public_key())
+                .unwrap()
+                .verify(b"nonce", &signature.to_bytes())
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_nkey_or_creds_file_names_the_key_and_the_file_not_the_content() {
+        let account = nkeys::KeyPair::new_account().seed().unwrap();
+        let (key, file) = load_eddsa(&account);
+        let e = key.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("key \"nats\": {}: ", file.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains("not a user seed") && !e.contains(&account[2..]),
+            "{e}"
+        );
+        let jwt_only = "-----BEGIN NATS USER JWT-----\neyJhIjoxfQ.eyJiIjoyfQ.c2ln\n------END NATS USER JWT------\n";
+        let e = load_eddsa(jwt_only).0.unwrap_err().to_string();
+        assert!(
+            e.contains("without a -----BEGIN USER NKEY SEED----- block"),
+            "{e}"
+        );
+        assert!(!e.contains("eyJ"), "{e}");
     }
 }

@@ -64,6 +64,8 @@ pub mod keys;
 #[cfg(feature = "relay")]
 pub mod metrics;
 #[cfg(feature = "relay")]
+pub mod nats_creds;
+#[cfg(feature = "relay")]
 pub mod plugin;
 #[cfg(feature = "relay")]
 pub mod plugin_config;

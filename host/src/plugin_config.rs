@@ -4,12 +4,20 @@
 //! sits in neither the config file nor the environment override's history,
 //! only in the host and the plugin that needs it.
 //!
-//! Only a table with exactly one key, `env` or `file`, whose value is a
-//! string, is such a reference; any other table is passed on as it is. A
-//! file's trailing newline is dropped; a relative path is the config file's
-//! (resolved with the other paths, in `config.rs`).
+//! A value written `{ creds_jwt = "path/user.creds" }` is replaced by the
+//! user JWT of that NATS `.creds` file, and only that: the file's NKey seed
+//! stays in the host (granted as `[keys.<name>]`, which signs for the
+//! plugin). A `{ file = ... }` or `{ env = ... }` whose text holds an NKey
+//! seed is refused, so that a seed cannot reach a plugin by mistake.
+//!
+//! Only a table with exactly one key, `env`, `file` or `creds_jwt`, whose
+//! value is a string, is such a reference; any other table is passed on as
+//! it is. A file's trailing newline is dropped; a relative path is the config
+//! file's (resolved with the other paths, in `config.rs`).
 
 use std::path::{Path, PathBuf};
+
+use crate::nats_creds;
 
 /// Where a secret value is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,38 +41,82 @@ pub fn secret_ref(value: &toml::Value) -> Option<SecretRef> {
     }
 }
 
-/// Makes each `{ file = ... }` path of `table` absolute against `base`.
+/// What a plugin config value the host replaces refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ValueRef {
+    Secret(SecretRef),
+    /// `{ creds_jwt = "path" }`: the user JWT of a NATS `.creds` file.
+    CredsJwt(PathBuf),
+}
+
+fn value_ref(value: &toml::Value) -> Option<ValueRef> {
+    if let Some(secret) = secret_ref(value) {
+        return Some(ValueRef::Secret(secret));
+    }
+    let table = value.as_table()?;
+    match (table.len(), table.get("creds_jwt")) {
+        (1, Some(toml::Value::String(path))) => Some(ValueRef::CredsJwt(PathBuf::from(path))),
+        _ => None,
+    }
+}
+
+/// Makes each `{ file = ... }` and `{ creds_jwt = ... }` path of `table`
+/// absolute against `base`.
 pub fn rebase_files(table: &mut toml::Table, base: &Path) {
     for (_, value) in table.iter_mut() {
-        if let Some(SecretRef::File(path)) = secret_ref(value)
-            && !path.is_absolute()
-        {
+        let (key, path) = match value_ref(value) {
+            Some(ValueRef::Secret(SecretRef::File(path))) => ("file", path),
+            Some(ValueRef::CredsJwt(path)) => ("creds_jwt", path),
+            _ => continue,
+        };
+        if !path.is_absolute() {
             *value = toml::Value::Table(toml::Table::from_iter([(
-                "file".to_string(),
+                key.to_string(),
                 toml::Value::String(base.join(path).display().to_string()),
             )]));
         }
     }
 }
 
-/// `table` as JSON with its secret references read. An error names the key
+/// `table` as JSON with its references read. An error names the key
 /// (`sasl_password: environment variable KAFKA_PASSWORD is not set`), never
 /// a value.
 pub fn to_json(table: &toml::Table) -> Result<String, (String, String)> {
     let mut resolved = table.clone();
     for (key, value) in resolved.iter_mut() {
-        let Some(reference) = secret_ref(value) else {
+        let Some(reference) = value_ref(value) else {
             continue;
         };
+        let fail = |message: String| (key.clone(), message);
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))
+        };
         let text = match &reference {
-            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-                (
-                    key.clone(),
-                    format!("environment variable {name} is not set"),
-                )
-            })?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| (key.clone(), format!("cannot read {}: {e}", path.display())))?,
+            ValueRef::Secret(SecretRef::Env(name)) => {
+                let text = std::env::var(name)
+                    .map_err(|_| fail(format!("environment variable {name} is not set")))?;
+                if nats_creds::holds_seed(&text) {
+                    return Err(fail(format!(
+                        "environment variable {name} holds an NKey seed, which must stay in the host: \
+                         grant it as [keys.<name>] (env = \"{name}\") and give the plugin the JWT alone"
+                    )));
+                }
+                text
+            }
+            ValueRef::Secret(SecretRef::File(path)) => {
+                let text = read(path)?;
+                if nats_creds::holds_seed(&text) {
+                    return Err(fail(format!(
+                        "{}: this file holds an NKey seed, which must stay in the host: \
+                         grant it as [keys.<name>] and use {{ creds_jwt = ... }}",
+                        path.display()
+                    )));
+                }
+                text
+            }
+            ValueRef::CredsJwt(path) => nats_creds::jwt(&read(path)?)
+                .map_err(|e| fail(format!("{}: {e}", path.display())))?,
         };
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);
@@ -124,5 +176,76 @@ mod tests {
             message.starts_with("cannot read /nonexistent/secret"),
             "{message}"
         );
+    }
+
+    /// A `.creds` file for a fresh user; returns its path, its JWT and its seed.
+    fn creds_file(dir: &Path) -> (PathBuf, String, String) {
+        let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJzdWIiOiJVIn0.c2ln";
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let path = dir.join("user.creds");
+        std::fs::write(
+            &path,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        (path, jwt.to_string(), seed)
+    }
+
+    #[test]
+    fn creds_jwt_is_the_jwt_of_the_creds_file_and_never_its_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, jwt, seed) = creds_file(dir.path());
+        let mut t = table(r#"jwt = { creds_jwt = "user.creds" }"#);
+        rebase_files(&mut t, dir.path());
+        let json = to_json(&t).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["jwt"], jwt.as_str());
+        assert!(!json.contains(&seed), "{json}");
+
+        let t = table(r#"jwt = { creds_jwt = "/nonexistent/user.creds" }"#);
+        let (key, message) = to_json(&t).unwrap_err();
+        assert_eq!(key, "jwt");
+        assert!(
+            message.starts_with("cannot read /nonexistent/user.creds"),
+            "{message}"
+        );
+        std::fs::write(dir.path().join("pw"), "s3cret-password\n").unwrap();
+        let mut t = table(r#"jwt = { creds_jwt = "pw" }"#);
+        rebase_files(&mut t, dir.path());
+        let (key, message) = to_json(&t).unwrap_err();
+        assert_eq!(key, "jwt");
+        assert!(message.contains("/pw: not a NATS .creds file"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
+    fn a_file_or_variable_holding_an_nkey_seed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, seed) = creds_file(dir.path());
+        std::fs::write(dir.path().join("user.nk"), format!("{seed}\n")).unwrap();
+        for file in ["user.creds", "user.nk"] {
+            let mut t = table(&format!(r#"token = {{ file = "{file}" }}"#));
+            rebase_files(&mut t, dir.path());
+            let (key, message) = to_json(&t).unwrap_err();
+            assert_eq!(key, "token");
+            assert!(
+                message.contains(&format!(
+                    "{file}: this file holds an NKey seed, which must stay in the host"
+                )),
+                "{message}"
+            );
+            assert!(message.contains("{ creds_jwt = ... }"), "{message}");
+            assert!(!message.contains(&seed), "{message}");
+        }
+        let creds = std::fs::read_to_string(path).unwrap();
+        // SAFETY: a variable only this test reads.
+        unsafe { std::env::set_var("OUTBOX_TEST_PLUGIN_CREDS_8", creds) };
+        let t = table(r#"token = { env = "OUTBOX_TEST_PLUGIN_CREDS_8" }"#);
+        let (_, message) = to_json(&t).unwrap_err();
+        assert!(message.contains("holds an NKey seed"), "{message}");
+        assert!(!message.contains(&seed), "{message}");
     }
 }

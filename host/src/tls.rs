@@ -181,12 +181,48 @@ static SYSTEM_ROOTS: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
     found.certs
 });
 
+/// The most a CA bundle, certificate or key file may hold.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Reads `path` for `field`: a regular file of at most [`MAX_FILE`] bytes.
+/// A "path" that holds PEM text (a key pasted where its path belongs, or
+/// set so by an environment override) is refused without being repeated.
+fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    let text = path.as_os_str().to_string_lossy();
+    if text.contains("-----BEGIN") || text.contains('\n') {
+        return Err(setup_error(
+            field,
+            "holds PEM text where a path belongs (in the file, or from an OUTBOX_RELAY__ environment override): write it to a file and give its path, or for the key use { env = \"NAME\" }",
+        ));
+    }
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| setup_error(field, format!("cannot read {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(setup_error(field, format!("{shown} is not a regular file")));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(setup_error(
+            field,
+            format!(
+                "{shown} holds {} bytes: more than a PEM file of certificates or a key (1 MiB)",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    use std::io::Read as _;
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE).read_to_end(&mut bytes))
+        .map_err(|e| setup_error(field, format!("cannot read {shown}: {e}")))?;
+    Ok(bytes)
+}
+
 fn read_certs(
     field: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let text = std::fs::read(path)
-        .map_err(|e| setup_error(field, format!("cannot read {}: {e}", path.display())))?;
+    let text = read_file(field, path)?;
     let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
@@ -209,12 +245,7 @@ fn read_certs(
 
 fn read_key(source: &KeySource) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     let (text, from) = match &source.0 {
-        SecretRef::File(path) => (
-            std::fs::read(path).map_err(|e| {
-                setup_error("client_key", format!("cannot read {}: {e}", path.display()))
-            })?,
-            path.display().to_string(),
-        ),
+        SecretRef::File(path) => (read_file("client_key", path)?, path.display().to_string()),
         SecretRef::Env(name) => (
             std::env::var(name)
                 .map_err(|_| {
@@ -227,6 +258,12 @@ fn read_key(source: &KeySource) -> Result<PrivateKeyDer<'static>, TlsSetupError>
             format!("environment variable {name}"),
         ),
     };
+    if text.len() as u64 > MAX_FILE {
+        return Err(setup_error(
+            "client_key",
+            format!("{from}: more than 1 MiB"),
+        ));
+    }
     // The error of a parse never quotes the text.
     PrivateKeyDer::from_pem_slice(&text).map_err(|_| {
         setup_error(
@@ -245,19 +282,73 @@ pub enum Failure {
     Other,
 }
 
+/// What this side of a connection knows when a handshake fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    /// Whether a client certificate is configured.
+    pub has_cert: bool,
+    /// Whether the server asked for one (`None`: not known).
+    pub asked: Option<bool>,
+}
+
 /// What `err`, from a TLS handshake, read or write, means. `host` is the
-/// name that was checked; `client_cert` whether one was configured.
-pub fn explain(err: &std::io::Error, host: &str, client_cert: bool) -> Failure {
+/// name that was checked.
+pub fn explain(err: &std::io::Error, host: &str, side: Side) -> Failure {
     let Some(tls) = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     else {
         return Failure::Other;
     };
-    Failure::Handshake(explain_tls(tls, host, client_cert))
+    Failure::Handshake(explain_tls(tls, host, side))
 }
 
-fn explain_tls(err: &rustls::Error, host: &str, client_cert: bool) -> String {
+/// [`explain`] for an error anywhere in `err`'s chain of sources (an HTTP
+/// client's error): `None` if no TLS error is in it.
+pub fn explain_chain(
+    err: &(dyn std::error::Error + 'static),
+    host: &str,
+    side: Side,
+) -> Option<String> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(explain_tls(tls, host, side));
+        }
+        // An `io::Error`'s source is its inner error's source, not the
+        // inner error itself (which is where tokio-rustls puts rustls's,
+        // and an HTTP connector may wrap that in an `io::Error` again).
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(found) = explain_chain(inner, host, side)
+        {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The alerts a server sends when it does not accept the client's
+/// certificate, or its lack of one (in different words: OpenSSL's
+/// CertificateRequired, Go's BadCertificate, Erlang's HandshakeFailure).
+fn refuses_client(alert: AlertDescription) -> bool {
+    use AlertDescription as A;
+    matches!(
+        alert,
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::HandshakeFailure
+    )
+}
+
+fn explain_tls(err: &rustls::Error, host: &str, side: Side) -> String {
     use rustls::Error as E;
     let why = match err {
         E::InvalidCertificate(cert) => match cert {
@@ -276,37 +367,31 @@ fn explain_tls(err: &rustls::Error, host: &str, client_cert: bool) -> String {
             CertificateError::Revoked => format!("the certificate of {host} is revoked"),
             other => format!("the certificate of {host} is not accepted: {other}"),
         },
-        E::AlertReceived(alert) => match alert {
-            AlertDescription::CertificateRequired if !client_cert => format!(
-                "{host} requires a client certificate (set sandbox.tls.client_cert and client_key)"
-            ),
-            // Servers say "no certificate" in different words (Go's:
-            // BadCertificate; OpenSSL's: CertificateRequired).
-            AlertDescription::BadCertificate
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::AccessDenied
-                if !client_cert =>
+        E::AlertReceived(alert) => {
+            let alert = *alert;
+            let required = side.asked == Some(true)
+                || (side.asked.is_none() && alert == AlertDescription::CertificateRequired);
+            if side.has_cert && refuses_client(alert) {
+                format!("{host} refused the client certificate (alert {alert:?})")
+            } else if !side.has_cert && required && refuses_client(alert) {
+                format!(
+                    "{host} requires a client certificate, and none is configured: set sandbox.tls.client_cert and client_key (alert {alert:?})"
+                )
+            } else if !side.has_cert && side.asked.is_none() && refuses_client(alert) {
+                format!(
+                    "{host} ended the handshake (alert {alert:?}): it may require a client certificate (sandbox.tls.client_cert and client_key)"
+                )
+            } else if alert == AlertDescription::HandshakeFailure
+                || alert == AlertDescription::ProtocolVersion
+                || alert == AlertDescription::InsufficientSecurity
             {
                 format!(
-                    "{host} refused the handshake (alert {alert:?}): it requires a client certificate, and none is configured (set sandbox.tls.client_cert and client_key)"
+                    "{host} ended the handshake (alert {alert:?}): it shares no TLS version (1.2, 1.3) or cipher suite with this host"
                 )
+            } else {
+                format!("{host} ended the handshake (alert {alert:?})")
             }
-            AlertDescription::HandshakeFailure if !client_cert => format!(
-                "{host} ended the handshake (alert HandshakeFailure): it may require a client certificate (sandbox.tls.client_cert) or a TLS version or cipher this host does not offer"
-            ),
-            AlertDescription::CertificateRequired
-            | AlertDescription::BadCertificate
-            | AlertDescription::UnknownCA
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::AccessDenied
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-                if client_cert =>
-            {
-                format!("{host} refused the client certificate (alert {alert:?})")
-            }
-            other => format!("{host} ended the handshake (alert {other:?})"),
-        },
+        }
         E::PeerIncompatible(why) => {
             format!("{host} and this host share no TLS version or cipher: {why:?}")
         }
@@ -318,13 +403,55 @@ fn explain_tls(err: &rustls::Error, host: &str, client_cert: bool) -> String {
     format!("TLS handshake failed: {why}")
 }
 
-/// Why a server closed a TLS connection right after the handshake, before
-/// it sent a byte, when no client certificate is configured: some servers
-/// (Erlang's) reset the connection rather than send an alert.
+/// Why a server that asked for a client certificate, and got none, closed
+/// the connection right after the handshake, before it sent a byte: some
+/// servers (Erlang's) reset the connection rather than send an alert.
 pub fn closed_after_handshake(host: &str) -> String {
     format!(
-        "TLS handshake failed: {host} closed the connection right after the handshake, before it sent anything: it probably requires a client certificate, and none is configured (set sandbox.tls.client_cert and client_key)"
+        "TLS handshake failed: {host} asked for a client certificate, got none, and closed the connection: set sandbox.tls.client_cert and client_key"
     )
+}
+
+/// A client-certificate resolver that notes whether the server asked, and
+/// answers as `inner` does. One per connection: the flag is that
+/// connection's.
+#[derive(Debug)]
+pub struct AskedRecorder {
+    inner: Arc<dyn rustls::client::ResolvesClientCert>,
+    asked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AskedRecorder {
+    /// `config` with a recorder of its own, and the flag it sets.
+    pub fn install(
+        config: &rustls::ClientConfig,
+    ) -> (
+        Arc<rustls::ClientConfig>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut config = config.clone();
+        config.client_auth_cert_resolver = Arc::new(AskedRecorder {
+            inner: config.client_auth_cert_resolver.clone(),
+            asked: asked.clone(),
+        });
+        (Arc::new(config), asked)
+    }
+}
+
+impl rustls::client::ResolvesClientCert for AskedRecorder {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +504,19 @@ mod tests {
     }
 
     #[test]
+    fn pem_text_where_a_path_belongs_is_refused_unrepeated_and_devices_are_not_read() {
+        let pasted = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n";
+        let e = read_key(&KeySource(SecretRef::File(pasted.into()))).unwrap_err();
+        assert!(e.message.contains("PEM text where a path belongs"), "{e}");
+        assert!(!e.to_string().contains("MIGHAgEA"), "{e}");
+        let e = settings(Some(Path::new("/dev/zero"))).client().unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = settings(Some(dir.path())).client().unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
     fn only_ca_without_one_trusts_nothing_and_says_so() {
         let none = TlsSettings {
             system_roots: false,
@@ -409,18 +549,51 @@ mod tests {
 
     #[test]
     fn handshake_failures_say_which_one_it_was() {
+        let none = Side {
+            has_cert: false,
+            asked: Some(false),
+        };
         let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        assert!(explain_tls(&unknown, "mq", false).contains("unknown authority"));
+        assert!(explain_tls(&unknown, "mq", none).contains("unknown authority"));
         let name = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
-        assert!(explain_tls(&name, "mq", false).contains("not valid for the name mq"));
+        assert!(explain_tls(&name, "mq", none).contains("not valid for the name mq"));
         let expired = rustls::Error::InvalidCertificate(CertificateError::Expired);
-        assert!(explain_tls(&expired, "mq", false).contains("expired"));
+        assert!(explain_tls(&expired, "mq", none).contains("expired"));
+        // Asked for a certificate: any refusing alert means "required".
+        let asked = Side {
+            has_cert: false,
+            asked: Some(true),
+        };
+        for alert in [
+            AlertDescription::CertificateRequired,
+            AlertDescription::BadCertificate,
+            AlertDescription::HandshakeFailure,
+        ] {
+            let e = rustls::Error::AlertReceived(alert);
+            assert!(
+                explain_tls(&e, "mq", asked).contains("requires a client certificate, and none"),
+                "{alert:?}"
+            );
+        }
+        // Not asked: a HandshakeFailure is about versions or ciphers.
+        let failure = rustls::Error::AlertReceived(AlertDescription::HandshakeFailure);
+        assert!(explain_tls(&failure, "mq", none).contains("shares no TLS version"));
+        // Not known whether asked: only CertificateRequired is certain.
+        let unknown_side = Side {
+            has_cert: false,
+            asked: None,
+        };
         let wants = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
-        assert!(explain_tls(&wants, "mq", false).contains("requires a client certificate"));
-        assert!(explain_tls(&wants, "mq", true).contains("refused the client certificate"));
+        assert!(explain_tls(&wants, "mq", unknown_side).contains("requires a client certificate"));
+        assert!(explain_tls(&failure, "mq", unknown_side).contains("it may require"));
+        let has = Side {
+            has_cert: true,
+            asked: Some(true),
+        };
+        assert!(explain_tls(&wants, "mq", has).contains("refused the client certificate"));
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, unknown);
-        assert!(matches!(explain(&io, "mq", false), Failure::Handshake(_)));
+        assert!(matches!(explain(&io, "mq", none), Failure::Handshake(_)));
         let plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(explain(&plain, "mq", false), Failure::Other);
+        assert_eq!(explain(&plain, "mq", none), Failure::Other);
     }
 }

@@ -18,6 +18,7 @@ mod injectors;
 mod kafka;
 mod mqtt;
 mod nats;
+mod nats_creds;
 mod operate;
 mod pipeline;
 mod postgres;

@@ -304,6 +304,29 @@ sandbox = {{ allow_http = ["{unknown_host}"], tls = {{ ca = "{ca}", client_cert 
             ),
         ));
     }
+    // Attack on issue 14: the key's PEM text set where its path belongs
+    // (an environment override of `client_key`) was repeated in the error.
+    let out = Command::new(relay_binary())
+        .args(["check", "--config", config])
+        .env(
+            "OUTBOX_RELAY__TARGETS__FROM-FILE__SANDBOX__TLS__CLIENT_KEY",
+            &key_text,
+        )
+        .env("OUTBOX_TEST_TLS_KEY", &key_text)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("targets.from-file.sandbox.tls.client_key")
+            && text.contains("PEM text where a path belongs"),
+        "{text}"
+    );
+    outputs.push(("`check` with the key's text as its path".into(), text));
     for (what, text) in &outputs {
         for secret in &secrets {
             assert!(
@@ -312,4 +335,15 @@ sandbox = {{ allow_http = ["{unknown_host}"], tls = {{ ca = "{ca}", client_cert 
             );
         }
     }
+    // ... and `status` needed the key: the operator's tools read no TLS file.
+    std::fs::remove_file(&pki.client.key).unwrap();
+    let out = Command::new(relay_binary())
+        .args(["status", "--config", config])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status without the key file or its variable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -46,6 +46,9 @@ pub struct HttpGate {
     /// host holds a call's responses until all are in; 20,000 requests in
     /// one call once held 2.6 GB.
     response_budget: usize,
+    /// Whether the client presents a certificate (`sandbox.tls`), for the
+    /// words of a failed handshake.
+    client_cert: bool,
 }
 
 impl HttpGate {
@@ -60,7 +63,15 @@ impl HttpGate {
             allowed: allowed.into(),
             in_flight: (in_flight as usize).max(1),
             response_budget,
+            client_cert: false,
         }
+    }
+
+    /// Notes that the client presents a certificate.
+    #[must_use]
+    pub fn with_client_cert(mut self, client_cert: bool) -> Self {
+        self.client_cert = client_cert;
+        self
     }
 
     /// The host's shared client: pooled, keep-alive, no redirects.
@@ -188,8 +199,16 @@ impl HttpGate {
         for (name, value) in request.headers {
             builder = builder.header(name, value);
         }
+        let side = crate::tls::Side {
+            has_cert: self.client_cert,
+            asked: None,
+        };
+        let host = url.host_str().unwrap_or_default().to_owned();
         let classify = |e: reqwest::Error| {
-            let text = format!("{}: {}", redacted(&url), error_chain(&e));
+            // A failed handshake in the host's words; anything else as
+            // the HTTP client puts it.
+            let why = crate::tls::explain_chain(&e, &host, side).unwrap_or_else(|| error_chain(&e));
+            let text = format!("{}: {why}", redacted(&url));
             if e.is_timeout() {
                 wit::Error::Timeout(text)
             } else if e.is_builder() {

@@ -159,6 +159,12 @@ impl InstanceCtx {
                 self.sandbox.max_sockets,
                 // Half the memory cap: the guest must still hold them.
                 self.sandbox.memory_mb as usize * 512 * 1024,
+            )
+            .with_client_cert(
+                self.sandbox
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.has_client_cert()),
             ),
             tls.config,
         )

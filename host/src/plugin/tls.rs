@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use wasmtime::component::Resource;
 use super::bindings::outbox::relay::tls::{self as wit, Error};
 use super::sandbox::PluginState;
 use crate::sandbox_address::HostPort;
-use crate::tls::{Failure, TlsSettings};
+use crate::tls::{AskedRecorder, Failure, Side, TlsSettings};
 
 /// The most one `read` hands back.
 const MAX_READ: u32 = 256 * 1024;
@@ -40,6 +41,8 @@ pub struct Connection {
     host: String,
     client: Arc<rustls::ClientConfig>,
     client_cert: bool,
+    /// Whether the server asked for a client certificate in the handshake.
+    asked: Arc<AtomicBool>,
     /// Whether anything was read since the handshake.
     received: bool,
 }
@@ -99,8 +102,8 @@ fn millis(ms: u32) -> Duration {
 }
 
 /// What a failed connect, read or write tells the guest.
-fn failure(e: &io::Error, host: &str, client_cert: bool) -> Error {
-    if let Failure::Handshake(why) = crate::tls::explain(e, host, client_cert) {
+fn failure(e: &io::Error, host: &str, side: Side) -> Error {
+    if let Failure::Handshake(why) = crate::tls::explain(e, host, side) {
         return Error::Handshake(why);
     }
     use io::ErrorKind::*;
@@ -121,10 +124,21 @@ impl Connection {
         ))
     }
 
+    fn side(&self) -> Side {
+        Side {
+            has_cert: self.client_cert,
+            asked: Some(self.asked.load(Ordering::Relaxed)),
+        }
+    }
+
     fn failure(&self, e: &io::Error) -> Error {
-        match failure(e, &self.host, self.client_cert) {
+        let side = self.side();
+        match failure(e, &self.host, side) {
             Error::Closed(_)
-                if matches!(self.link, Link::Tls(_)) && !self.client_cert && !self.received =>
+                if matches!(self.link, Link::Tls(_))
+                    && !side.has_cert
+                    && side.asked == Some(true)
+                    && !self.received =>
             {
                 Error::Handshake(crate::tls::closed_after_handshake(&self.host))
             }
@@ -143,7 +157,9 @@ impl Connection {
         let name = ServerName::try_from(self.host.clone()).map_err(|e| {
             Error::Denied(format!("{:?} is not a name TLS can check: {e}", self.host))
         })?;
-        let tls = tokio_rustls::TlsConnector::from(self.client.clone())
+        let (client, asked) = AskedRecorder::install(&self.client);
+        self.asked = asked;
+        let tls = tokio_rustls::TlsConnector::from(client)
             .connect(name, tcp)
             .await
             .map_err(|e| self.failure(&e))?;
@@ -246,6 +262,7 @@ impl PluginState {
             host: entry.host().to_string(),
             client,
             client_cert: self.tls.client_cert,
+            asked: Arc::default(),
             received: false,
         })
     }

@@ -2,12 +2,19 @@
 //! inbox `SUB`, a `PING` answered by `PONG`), reading server operations
 //! against a deadline, and the check between batches that the server has not
 //! closed it.
+//!
+//! Decentralised auth (a user JWT and its NKey seed, as in a `.creds` file):
+//! the seed stays in the host. `CONNECT` carries the JWT and `sig`, the
+//! signature of the `INFO` nonce that the host makes with the granted key
+//! (`outbox:relay/signing`).
 
 use std::io::{self, Read as _, Write as _};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use outbox_relay_guest::net::{Stream, TlsStream};
-use outbox_relay_guest::{Error, log, net, random};
+use outbox_relay_guest::{Error, log, net, random, signing};
 
 use crate::proto::{self, ServerOp};
 
@@ -28,6 +35,14 @@ pub struct Auth {
     pub user: Option<String>,
     pub password: Option<String>,
     pub token: Option<String>,
+    pub user_jwt: Option<UserJwt>,
+}
+
+/// A user JWT and the host key that holds the user's seed.
+pub struct UserJwt {
+    pub jwt: String,
+    /// The name of the granted signing key (`nkey_key`).
+    pub key: String,
 }
 
 /// One connection to the server.
@@ -111,6 +126,27 @@ impl Conn {
         }
         conn.max_payload = info.max_payload.unwrap_or(u64::MAX);
 
+        let sig = match (&s.auth.user_jwt, &info.nonce) {
+            (Some(user), Some(nonce)) => Some(
+                sign_nonce(nonce, |m| {
+                    signing::sign(&user.key, m).map_err(Error::into_message)
+                })
+                .map_err(|e| {
+                    format!(
+                        "signing the nonce of {} with key {:?} (nkey_key): {e}",
+                        s.addr, user.key
+                    )
+                })?,
+            ),
+            (Some(_), None) => {
+                log::debug(&format!(
+                    "{} sent no nonce: sending the JWT without a signature",
+                    s.addr
+                ));
+                None
+            }
+            (None, _) => None,
+        };
         let mut out = Vec::new();
         let connect = proto::Connect {
             verbose: false,
@@ -126,6 +162,8 @@ impl Conn {
             user: s.auth.user.as_deref(),
             pass: s.auth.password.as_deref(),
             auth_token: s.auth.token.as_deref(),
+            jwt: s.auth.user_jwt.as_ref().map(|u| u.jwt.as_str()),
+            sig: sig.as_deref(),
         };
         proto::encode_connect(&mut out, &connect)?;
         proto::encode_sub(&mut out, &format!("{}.*", conn.inbox), 1);
@@ -137,9 +175,7 @@ impl Conn {
                 ServerOp::Ping => conn
                     .write(b"PONG\r\n", s.connect_timeout)
                     .map_err(handshake)?,
-                ServerOp::Err(err) => {
-                    return Err(format!("{} refused the connection: {err}", s.addr));
-                }
+                ServerOp::Err(err) => return Err(refused(s, &err)),
                 _ => {}
             }
         }
@@ -230,6 +266,51 @@ impl Conn {
     }
 }
 
+/// base64url (no padding) of the signature `sign` makes of the nonce's bytes,
+/// as `sig` in `CONNECT`.
+pub fn sign_nonce(
+    nonce: &str,
+    sign: impl FnOnce(&[u8]) -> core::result::Result<Vec<u8>, String>,
+) -> core::result::Result<String, String> {
+    let signature = sign(nonce.as_bytes())?;
+    if signature.len() != 64 {
+        return Err(format!(
+            "the signature is {} bytes, not the 64 of Ed25519",
+            signature.len()
+        ));
+    }
+    Ok(URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// Why the server refused the handshake, with what to check when it refused
+/// the credentials.
+pub fn refused(s: &Settings, err: &str) -> String {
+    if !err.eq_ignore_ascii_case("Authorization Violation") {
+        return format!("{} refused the connection: {err}", s.addr);
+    }
+    let hint = if let Some(user) = &s.auth.user_jwt {
+        format!(
+            "the server did not accept the user JWT (`jwt`) signed with key {:?} (`nkey_key`): \
+             check that the JWT and the key's seed come from the same .creds file, that the \
+             server knows the user's account (its resolver) and that the JWT has not expired \
+             or been revoked",
+            user.key
+        )
+    } else if s.auth.user.is_some() {
+        "check `user` and `password`".to_string()
+    } else if s.auth.token.is_some() {
+        "check `token`".to_string()
+    } else {
+        "the server requires credentials: set `user` and `password`, `token`, or `jwt` and \
+         `nkey_key` (a .creds file)"
+            .to_string()
+    };
+    format!(
+        "{} refused the credentials (Authorization Violation): {hint}",
+        s.addr
+    )
+}
+
 pub fn is_timeout(err: &io::Error) -> bool {
     matches!(
         err.kind(),
@@ -250,7 +331,7 @@ pub fn url_auth(url: &str) -> Auth {
         Some((user, pass)) => Auth {
             user: Some(user.to_owned()),
             password: Some(pass.to_owned()),
-            token: None,
+            ..Auth::default()
         },
         None => Auth {
             token: Some(userinfo.to_owned()),

@@ -16,6 +16,7 @@
 //! | `connect_timeout_ms` | 5000    | connect and handshake time-out                            |
 //! | `user`, `password`   | —       | user/password authentication                             |
 //! | `token`              | —       | token authentication                                     |
+//! | `jwt`, `nkey_key`    | —       | decentralised auth: the user JWT (`{ creds_jwt = "user.creds" }`) and the granted host key holding the user's NKey seed |
 //!
 //! Each message is one `HPUB` with a reply subject of its own on this
 //! connection's inbox, and headers `Nats-Msg-Id` (the message id, which
@@ -25,20 +26,26 @@
 //! kept across batches and dropped after any I/O error, protocol error or ack
 //! time-out; the next batch reconnects. `docs/transports/nats.md` has the
 //! whole contract.
+//!
+//! With `jwt` and `nkey_key`, the server's nonce is signed by the host with
+//! the key `nkey_key` names (`outbox:relay/signing`): the seed never enters
+//! the plugin.
 
 use std::time::{Duration, Instant};
 
-use outbox_relay_guest::{Config, Envelope, Error, Outcome, Result, Template, Transport, log, net};
+use outbox_relay_guest::{
+    Config, Envelope, Error, Outcome, Result, Template, Transport, log, net, signing,
+};
 
 mod ack;
 mod conn;
 mod proto;
 
 use ack::Ack;
-use conn::{Conn, Settings, is_timeout, url_auth};
+use conn::{Conn, Settings, UserJwt, is_timeout, url_auth};
 use proto::ServerOp;
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 9] = [
     "url",
     "subject",
     "ack_timeout_ms",
@@ -46,6 +53,8 @@ const KEYS: [&str; 7] = [
     "user",
     "password",
     "token",
+    "jwt",
+    "nkey_key",
 ];
 const DEFAULT_PORT: u16 = 4222;
 /// The headers this transport sets itself; envelope headers of these names
@@ -88,6 +97,10 @@ impl Transport for Nats {
         }
         if let Some(token) = config.get_opt_str("token")? {
             auth.token = Some(token.to_owned());
+        }
+        auth.user_jwt = user_jwt(config)?;
+        if let Some(user) = &auth.user_jwt {
+            check_nkey_key(&user.key, signing::algorithm(&user.key))?;
         }
         let ack_timeout = millis("ack_timeout_ms")?;
         let settings = Settings {
@@ -256,6 +269,51 @@ impl Nats {
     }
 }
 
+/// `jwt` and `nkey_key`: both or neither.
+fn user_jwt(config: &Config) -> Result<Option<UserJwt>> {
+    match (config.get_opt_str("jwt")?, config.get_opt_str("nkey_key")?) {
+        (None, None) => Ok(None),
+        (Some(jwt), Some(key)) => {
+            let jwt = jwt.trim();
+            let parts: Vec<&str> = jwt.split('.').collect();
+            if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+                return Err(Error::new(
+                    "config: key `jwt`: not a JWT (header.claims.signature); \
+                     write `jwt = { creds_jwt = \"user.creds\" }`",
+                ));
+            }
+            Ok(Some(UserJwt {
+                jwt: jwt.to_owned(),
+                key: key.to_owned(),
+            }))
+        }
+        (Some(_), None) => Err(Error::new(
+            "config: key `jwt` needs `nkey_key`: the name of the signing key, granted to \
+             the target, that holds the user's NKey seed ([keys.<name>] with the .creds file)",
+        )),
+        (None, Some(_)) => Err(Error::new(
+            "config: key `nkey_key` needs `jwt`: the user JWT, e.g. \
+             `jwt = { creds_jwt = \"user.creds\" }`",
+        )),
+    }
+}
+
+/// The key `nkey_key` names must be a granted EdDSA key (`algorithm` is what
+/// the host answered for it).
+fn check_nkey_key(key: &str, algorithm: Result<String>) -> Result<()> {
+    match algorithm {
+        Err(e) => Err(Error::new(format!(
+            "config: key `nkey_key`: {}",
+            e.message()
+        ))),
+        Ok(alg) if alg == "EdDSA" => Ok(()),
+        Ok(alg) => Err(Error::new(format!(
+            "config: key `nkey_key`: key {key:?} is {alg}; NATS needs an Ed25519 key: \
+             [keys.{key}] with algorithm = \"EdDSA\" and the user's NKey seed or .creds file"
+        ))),
+    }
+}
+
 /// The batch index that a reply subject `<inbox>.<token>` answers, if any,
 /// for a batch whose tokens are `base..base + len`.
 fn index_of(inbox: &str, subject: &str, base: u64, len: usize) -> Option<usize> {
@@ -421,6 +479,91 @@ mod tests {
         assert!(e.message().contains("unknown key `subjet`"), "{e}");
         let e = init(r#"{"url":"h","subject":"s","password":"x"}"#);
         assert!(e.message().contains("`password` needs `user`"), "{e}");
+        let e = init(r#"{"url":"h","subject":"s","jwt":"a.b.c"}"#);
+        assert!(e.message().contains("`jwt` needs `nkey_key`"), "{e}");
+        let e = init(r#"{"url":"h","subject":"s","nkey_key":"k"}"#);
+        assert!(e.message().contains("`nkey_key` needs `jwt`"), "{e}");
+        let e = init(r#"{"url":"h","subject":"s","jwt":"SUAsecret","nkey_key":"k"}"#);
+        assert!(e.message().contains("key `jwt`: not a JWT"), "{e}");
+        assert!(!e.message().contains("SUAsecret"), "{e}");
+        // Outside a component, the host's answer: the key is looked up.
+        let e = init(r#"{"url":"h","subject":"s","jwt":"a.b.c","nkey_key":"k"}"#);
+        assert!(e.message().contains("key `nkey_key`"), "{e}");
+    }
+
+    #[test]
+    fn the_nkey_key_must_be_an_eddsa_key() {
+        assert!(check_nkey_key("nats", Ok("EdDSA".into())).is_ok());
+        let e = check_nkey_key("nats", Ok("HS256".into())).unwrap_err();
+        assert!(e.message().contains("key \"nats\" is HS256"), "{e}");
+        let e = check_nkey_key("nats", Err(Error::new("key \"nats\" is not granted"))).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "config: key `nkey_key`: key \"nats\" is not granted"
+        );
+    }
+
+    #[test]
+    fn the_nonce_is_signed_and_sent_base64url_without_padding() {
+        let mut signed = Vec::new();
+        let sig = conn::sign_nonce("pQmN2bB1x_yW5-g", |m| {
+            signed = m.to_vec();
+            Ok(vec![0xfb; 64])
+        })
+        .unwrap();
+        assert_eq!(signed, b"pQmN2bB1x_yW5-g");
+        assert_eq!(sig.len(), 86, "64 bytes, no padding");
+        assert!(
+            sig.starts_with("-_v7") && !sig.contains(['=', '+', '/']),
+            "{sig}"
+        );
+        let e = conn::sign_nonce("n", |_| Ok(vec![0; 32])).unwrap_err();
+        assert!(e.contains("not the 64 of Ed25519"), "{e}");
+        let e = conn::sign_nonce("n", |_| Err("no host".into())).unwrap_err();
+        assert_eq!(e, "no host");
+    }
+
+    #[test]
+    fn an_authorization_violation_says_what_to_check() {
+        let settings = |auth| Settings {
+            name: "n".into(),
+            addr: "h:4222".into(),
+            tls: false,
+            connect_timeout: Duration::from_secs(1),
+            auth,
+        };
+        let jwt = settings(conn::Auth {
+            user_jwt: Some(UserJwt {
+                jwt: "a.b.c".into(),
+                key: "nats".into(),
+            }),
+            ..conn::Auth::default()
+        });
+        let e = conn::refused(&jwt, "Authorization Violation");
+        assert!(
+            e.starts_with("h:4222 refused the credentials (Authorization Violation): "),
+            "{e}"
+        );
+        assert!(
+            e.contains("key \"nats\" (`nkey_key`)") && e.contains("same .creds file"),
+            "{e}"
+        );
+        assert!(!e.contains("a.b.c"), "{e}");
+        let e = conn::refused(
+            &settings(url_auth("nats://u:p@h")),
+            "Authorization Violation",
+        );
+        assert!(e.ends_with("check `user` and `password`"), "{e}");
+        let e = conn::refused(&settings(conn::Auth::default()), "Authorization Violation");
+        assert!(e.contains("requires credentials"), "{e}");
+        let e = conn::refused(
+            &settings(conn::Auth::default()),
+            "Maximum Connections Exceeded",
+        );
+        assert_eq!(
+            e,
+            "h:4222 refused the connection: Maximum Connections Exceeded"
+        );
     }
 
     #[test]

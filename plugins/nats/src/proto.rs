@@ -121,6 +121,9 @@ pub struct Info {
     #[serde(default)]
     pub jetstream: bool,
     pub version: Option<String>,
+    /// Sent by a server that takes NKey or JWT authentication: the client
+    /// signs it with the user's seed (`sig` in `CONNECT`).
+    pub nonce: Option<String>,
 }
 
 /// The `CONNECT` options this transport sends.
@@ -142,6 +145,12 @@ pub struct Connect<'a> {
     pub pass: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<&'a str>,
+    /// The user JWT (decentralised auth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<&'a str>,
+    /// base64url (no padding) of the Ed25519 signature of the `INFO` nonce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<&'a str>,
 }
 
 /// Appends `CONNECT {...}\r\n`.
@@ -354,6 +363,8 @@ mod tests {
             user: None,
             pass: None,
             auth_token: Some("t"),
+            jwt: None,
+            sig: None,
         };
         encode_connect(&mut out, &connect).unwrap();
         encode_sub(&mut out, "_INBOX.a.*", 1);
@@ -362,6 +373,35 @@ mod tests {
         assert!(text.contains("\"headers\":true,\"no_responders\":true"));
         assert!(text.contains("\"auth_token\":\"t\"") && !text.contains("\"user\""));
         assert!(text.ends_with("}\r\nSUB _INBOX.a.* 1\r\n"), "{text}");
+        assert!(
+            !text.contains("\"jwt\"") && !text.contains("\"sig\""),
+            "{text}"
+        );
+
+        let mut out = Vec::new();
+        let connect = Connect {
+            auth_token: None,
+            jwt: Some("h.c.s"),
+            sig: Some("c2ln"),
+            ..connect
+        };
+        encode_connect(&mut out, &connect).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(",\"jwt\":\"h.c.s\",\"sig\":\"c2ln\"}\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn info_carries_the_nonce() {
+        let info: Info = serde_json::from_str(
+            r#"{"server_id":"N","headers":true,"auth_required":true,"nonce":"pQmN2bB1x_yW5-g"}"#,
+        )
+        .unwrap();
+        assert_eq!(info.nonce.as_deref(), Some("pQmN2bB1x_yW5-g"));
+        let info: Info = serde_json::from_str(r#"{"headers":true}"#).unwrap();
+        assert_eq!(info.nonce, None);
     }
 
     #[test]
