@@ -3,15 +3,14 @@
 //! plugin may use only the keys its target was granted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 
 use crate::config::{KeyAlgorithm, KeyConfig};
-use crate::nats_creds;
 use crate::snapshot::SnapshotKey;
+use crate::{nats_creds, secret_source};
 
 #[derive(Debug, thiserror::Error)]
 #[error("key {name:?}: {message}")]
@@ -48,13 +47,12 @@ fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
     };
     let (raw, from) = match (&config.env, &config.file) {
         (Some(var), None) => (
-            std::env::var(var)
-                .map_err(|_| error(format!("environment variable {var} is not set")))?,
-            format!("environment variable {var}"),
+            secret_source::read_env(var).map_err(error)?,
+            secret_source::env_source(var),
         ),
         (None, Some(file)) => (
-            read_secret_file(file).map_err(error)?,
-            file.display().to_string(),
+            secret_source::read_text(file).map_err(error)?,
+            secret_source::shown_path(file),
         ),
         _ => return Err(error("set exactly one of `env` and `file`".into())),
     };
@@ -118,10 +116,6 @@ fn load_key(name: &str, config: &KeyConfig) -> Result<SnapshotKey, KeyError> {
             Ok(SnapshotKey::EdDsa(key))
         }
     }
-}
-
-fn read_secret_file(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 /// The signing a plugin instance may do: the key ring, and the key names its

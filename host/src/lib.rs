@@ -76,6 +76,8 @@ pub mod routes;
 #[cfg(feature = "relay")]
 pub mod sandbox_address;
 #[cfg(feature = "relay")]
+pub mod secret_source;
+#[cfg(feature = "relay")]
 pub mod tls;
 #[cfg(feature = "relay")]
 pub mod transport;

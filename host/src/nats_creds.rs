@@ -28,6 +28,8 @@
 const USER_PREFIX: u8 = 20 << 3;
 /// An encoded seed is 58 characters: `S`, the key type, base32.
 const SEED_LEN: usize = 58;
+/// Characters of an encoded NKey private key: base32 of 1 + 64 + 2 bytes.
+const PRIVATE_KEY_LEN: usize = 108;
 
 /// The user JWT of a `.creds` file's text.
 pub fn jwt(text: &str) -> Result<String, String> {
@@ -73,14 +75,24 @@ pub fn user_seed(seed: &str) -> Result<[u8; 32], String> {
 }
 
 /// Whether `text` is, or holds, a NATS credential a plugin must not get:
-/// a `.creds` seed block, or an NKey seed on a line of its own.
+/// a `.creds` seed block, or an NKey seed or private key anywhere in it (in
+/// a line of its own, `NAME=SU…`, JSON, quotes: any run of the base32
+/// alphabet that decodes as one).
 pub fn holds_seed(text: &str) -> bool {
     text.lines()
         .any(|line| line.contains("NKEY SEED") && is_marker(line.trim()))
         || text
-            .lines()
-            .map(str::trim)
-            .any(|line| looks_like_seed(line) && nkeys::decode_seed(line).is_ok())
+            .split(|c: char| !(c.is_ascii_uppercase() || ('2'..='7').contains(&c)))
+            .any(|run| {
+                (looks_like_seed(run) && nkeys::decode_seed(run).is_ok())
+                    || looks_like_private_key(run)
+            })
+}
+
+/// Whether `run` has the shape of an NKey private key (`P…`: the 64-byte
+/// Ed25519 key, base32 with its prefix and checksum).
+fn looks_like_private_key(run: &str) -> bool {
+    run.len() == PRIVATE_KEY_LEN && run.starts_with('P')
 }
 
 /// Whether `text` is a `.creds` file (as opposed to a bare seed or a PEM

@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::nats_creds;
+use crate::{nats_creds, secret_source};
 
 /// Where a secret value is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,15 +88,12 @@ pub fn to_json(table: &toml::Table) -> Result<String, (String, String)> {
             continue;
         };
         let fail = |message: String| (key.clone(), message);
-        let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))
-        };
+        let read = |path: &Path| secret_source::read_text(path).map_err(fail);
         let text = match &reference {
             ValueRef::Secret(SecretRef::Env(name)) => {
-                let text = std::env::var(name)
-                    .map_err(|_| fail(format!("environment variable {name} is not set")))?;
+                let text = secret_source::read_env(name).map_err(fail)?;
                 if nats_creds::holds_seed(&text) {
+                    let name = secret_source::shown(name);
                     return Err(fail(format!(
                         "environment variable {name} holds an NKey seed, which must stay in the host: \
                          grant it as [keys.<name>] (env = \"{name}\") and give the plugin the JWT alone"
@@ -110,13 +107,13 @@ pub fn to_json(table: &toml::Table) -> Result<String, (String, String)> {
                     return Err(fail(format!(
                         "{}: this file holds an NKey seed, which must stay in the host: \
                          grant it as [keys.<name>] and use {{ creds_jwt = ... }}",
-                        path.display()
+                        secret_source::shown_path(path)
                     )));
                 }
                 text
             }
             ValueRef::CredsJwt(path) => nats_creds::jwt(&read(path)?)
-                .map_err(|e| fail(format!("{}: {e}", path.display())))?,
+                .map_err(|e| fail(format!("{}: {e}", secret_source::shown_path(path))))?,
         };
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);

@@ -181,41 +181,11 @@ static SYSTEM_ROOTS: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
     found.certs
 });
 
-/// The most a CA bundle, certificate or key file may hold.
-const MAX_FILE: u64 = 1 << 20;
-
-/// Reads `path` for `field`: a regular file of at most [`MAX_FILE`] bytes.
-/// A "path" that holds PEM text (a key pasted where its path belongs, or
-/// set so by an environment override) is refused without being repeated.
+/// Reads `path` for `field` (see [`crate::secret_source`]: a regular file
+/// of at most 1 MiB, and a secret pasted where the path belongs is not
+/// repeated).
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
-    let text = path.as_os_str().to_string_lossy();
-    if text.contains("-----BEGIN") || text.contains('\n') {
-        return Err(setup_error(
-            field,
-            "holds PEM text where a path belongs (in the file, or from an OUTBOX_RELAY__ environment override): write it to a file and give its path, or for the key use { env = \"NAME\" }",
-        ));
-    }
-    let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| setup_error(field, format!("cannot read {shown}: {e}")))?;
-    if !meta.is_file() {
-        return Err(setup_error(field, format!("{shown} is not a regular file")));
-    }
-    if meta.len() > MAX_FILE {
-        return Err(setup_error(
-            field,
-            format!(
-                "{shown} holds {} bytes: more than a PEM file of certificates or a key (1 MiB)",
-                meta.len()
-            ),
-        ));
-    }
-    let mut bytes = Vec::new();
-    use std::io::Read as _;
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE).read_to_end(&mut bytes))
-        .map_err(|e| setup_error(field, format!("cannot read {shown}: {e}")))?;
-    Ok(bytes)
+    crate::secret_source::read_file(path).map_err(|e| setup_error(field, e))
 }
 
 fn read_certs(
@@ -223,47 +193,30 @@ fn read_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let text = read_file(field, path)?;
+    let shown = crate::secret_source::shown_path(path);
     let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            setup_error(
-                field,
-                format!("{}: not PEM certificates: {e}", path.display()),
-            )
-        })?;
+        .map_err(|e| setup_error(field, format!("{shown}: not PEM certificates: {e}")))?;
     if certs.is_empty() {
         return Err(setup_error(
             field,
-            format!(
-                "{}: holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
-                path.display()
-            ),
+            format!("{shown}: holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"),
         ));
     }
     Ok(certs)
 }
 
 fn read_key(source: &KeySource) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    use crate::secret_source as source_of;
     let (text, from) = match &source.0 {
-        SecretRef::File(path) => (read_file("client_key", path)?, path.display().to_string()),
+        SecretRef::File(path) => (read_file("client_key", path)?, source_of::shown_path(path)),
         SecretRef::Env(name) => (
-            std::env::var(name)
-                .map_err(|_| {
-                    setup_error(
-                        "client_key",
-                        format!("environment variable {name} is not set"),
-                    )
-                })?
+            source_of::read_env(name)
+                .map_err(|e| setup_error("client_key", e))?
                 .into_bytes(),
-            format!("environment variable {name}"),
+            source_of::env_source(name),
         ),
     };
-    if text.len() as u64 > MAX_FILE {
-        return Err(setup_error(
-            "client_key",
-            format!("{from}: more than 1 MiB"),
-        ));
-    }
     // The error of a parse never quotes the text.
     PrivateKeyDer::from_pem_slice(&text).map_err(|_| {
         setup_error(
@@ -507,7 +460,7 @@ mod tests {
     fn pem_text_where_a_path_belongs_is_refused_unrepeated_and_devices_are_not_read() {
         let pasted = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n";
         let e = read_key(&KeySource(SecretRef::File(pasted.into()))).unwrap_err();
-        assert!(e.message.contains("PEM text where a path belongs"), "{e}");
+        assert!(e.message.contains("not repeated"), "{e}");
         assert!(!e.to_string().contains("MIGHAgEA"), "{e}");
         let e = settings(Some(Path::new("/dev/zero"))).client().unwrap_err();
         assert!(e.message.contains("not a regular file"), "{e}");

@@ -514,3 +514,136 @@ token = { file = "user.creds" }
 fn creds_jwt_of(creds: &str) -> String {
     creds.lines().nth(1).unwrap().to_string()
 }
+
+/// Second attack on issue 14: a seed (or a whole `.creds` text) pasted
+/// where a path or a variable name belongs came back in the error; a seed
+/// inside other text (`NAME=SU…`, JSON) was handed to a plugin; `{ file }`
+/// and `[keys] file` read `/dev/zero` without bound; a server that sends
+/// no nonce got the JWT unsigned. Each is refused now, and says why,
+/// without the seed.
+#[tokio::test]
+async fn seeds_where_they_do_not_belong_are_refused_unrepeated() {
+    let user = KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let account = KeyPair::new_account();
+    let creds_text = creds(&user_jwt(&account, &user, "relay"), &seed);
+    let scratch = Scratch::new();
+    std::fs::write(
+        scratch.path().join("env.txt"),
+        format!("NATS_SEED={seed}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        scratch.path().join("secrets.json"),
+        format!("{{\"nats\": \"{seed}\"}}"),
+    )
+    .unwrap();
+    // A JSON string is a TOML basic string too.
+    let toml = |s: &str| serde_json::to_string(s).unwrap();
+    let cases = [
+        // [keys] with the seed or the .creds text where its path or variable belongs.
+        (
+            format!("[keys.nats]\nalgorithm = \"EdDSA\"\nfile = {}", toml(&seed)),
+            "not repeated",
+        ),
+        (
+            format!("[keys.nats]\nalgorithm = \"EdDSA\"\nenv = {}", toml(&seed)),
+            "not repeated",
+        ),
+        (
+            format!(
+                "[keys.nats]\nalgorithm = \"EdDSA\"\nfile = {}",
+                toml(&creds_text)
+            ),
+            "not repeated",
+        ),
+        (
+            "[keys.nats]\nalgorithm = \"EdDSA\"\nfile = \"/dev/zero\"".to_string(),
+            "not a regular file",
+        ),
+        // Plugin config references.
+        (
+            format!(
+                "[targets.bus.config.extra]\ncreds_jwt = {}",
+                toml(&creds_text)
+            ),
+            "not repeated",
+        ),
+        (
+            "[targets.bus.config.extra]\nfile = \"env.txt\"".to_string(),
+            "holds an NKey seed",
+        ),
+        (
+            "[targets.bus.config.extra]\nfile = \"secrets.json\"".to_string(),
+            "holds an NKey seed",
+        ),
+        (
+            "[targets.bus.config.extra]\nfile = \"/dev/zero\"".to_string(),
+            "not a regular file",
+        ),
+    ];
+    for (extra, says) in cases {
+        let path = scratch.write_config(&format!(
+            r#"
+[[routes]]
+events = ["*"]
+targets = ["bus"]
+
+[targets.bus]
+plugin = "nats"
+sandbox = {{ allow_tcp = ["127.0.0.1:4222"] }}
+
+[targets.bus.config]
+url = "nats://127.0.0.1:4222"
+subject = "orders.{{event}}"
+
+{extra}
+"#
+        ));
+        let (ok, out) = cli(&["check", "--config", path.to_str().unwrap()]);
+        assert!(!ok, "{extra}: {out}");
+        assert!(out.contains(says), "{extra}: should say {says:?}: {out}");
+        assert_no_seed(&extra, &out, &seed);
+    }
+}
+
+/// A server that sends no nonce does not check JWTs: the JWT is not sent.
+#[tokio::test]
+async fn a_jwt_is_not_handed_to_a_server_that_sends_no_nonce() {
+    let user = KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let account = KeyPair::new_account();
+    let scratch = Scratch::new();
+    std::fs::write(
+        scratch.path().join("user.creds"),
+        creds(&user_jwt(&account, &user, "relay"), &seed),
+    )
+    .unwrap();
+    // The shared server on :4222 runs without authentication.
+    let path = scratch.write_config(
+        r#"
+[keys.nats]
+algorithm = "EdDSA"
+file = "user.creds"
+
+[[routes]]
+events = ["*"]
+targets = ["bus"]
+
+[targets.bus]
+plugin = "nats"
+keys = ["nats"]
+sandbox = { allow_tcp = ["127.0.0.1:4222"] }
+
+[targets.bus.config]
+url = "nats://127.0.0.1:4222"
+subject = "orders.{event}"
+jwt = { creds_jwt = "user.creds" }
+nkey_key = "nats"
+"#,
+    );
+    let (ok, out) = cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("sent no nonce"), "{out}");
+    assert_no_seed("check", &out, &seed);
+}

@@ -228,14 +228,15 @@ async fn rabbitmq_over_tls() {
     let mtls = tls::rabbitmq(&pki, Served::Good, true);
     let queue = mtls.queue("event.#").await;
     let exchange = queue.exchange.clone();
-    let config_of = |url: &str| format!(r#"{{ url = "{url}", exchange = "{exchange}" }}"#);
 
     // The password from a key of its own, read by the host from a file
     // (`{ file = ... }`), wins over a wrong one in the URL.
     let scratch = Scratch::new();
     let password = scratch.path().join("rabbitmq.password");
     std::fs::write(&password, "guest\n").unwrap();
-    let url = mtls.url().replacen("guest:guest@", "guest:not-the-password@", 1);
+    let url = mtls
+        .url()
+        .replacen("guest:guest@", "guest:not-the-password@", 1);
     assert!(url.contains("not-the-password"), "{url}");
     let config = one_target(
         &scratch,

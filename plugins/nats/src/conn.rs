@@ -138,12 +138,13 @@ impl Conn {
                     )
                 })?,
             ),
+            // A server that does not check JWTs would take the bearer JWT
+            // unsigned and prove nothing: refuse to hand it over.
             (Some(_), None) => {
-                log::debug(&format!(
-                    "{} sent no nonce: sending the JWT without a signature",
+                return Err(format!(
+                    "{} sent no nonce, so it does not run JWT authentication: the user JWT (key `jwt`) is not sent; remove `jwt`/`nkey_key` for this server",
                     s.addr
                 ));
-                None
             }
             (None, _) => None,
         };
