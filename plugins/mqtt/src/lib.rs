@@ -423,6 +423,7 @@ mod tests {
         Mqtt {
             settings: Settings {
                 addr: "127.0.0.1:1".into(),
+                tls: false,
                 client_id: "c".into(),
                 username: None,
                 password: None,

@@ -417,7 +417,7 @@ mod tests {
             init(r#"{"url": "amqp://x", "exchange": "", "confirm_timeout_ms": 0}"#)
                 .contains("`confirm_timeout_ms`")
         );
-        assert!(init(r#"{"url": "amqps://x", "exchange": ""}"#).contains("`url`"));
+        assert!(init(r#"{"url": "amqpx://x", "exchange": ""}"#).contains("`url`"));
         assert!(
             init(r#"{"url": "amqp://x", "exchange": "", "exchnage": 1}"#)
                 .contains("unknown key `exchnage`")

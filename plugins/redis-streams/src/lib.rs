@@ -312,6 +312,7 @@ mod tests {
         RedisStreams {
             settings: Settings {
                 addr: "127.0.0.1:1".into(),
+                tls: false,
                 username: None,
                 password: None,
                 db: None,
