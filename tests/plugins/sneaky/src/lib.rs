@@ -188,7 +188,9 @@ impl Sneaky {
                 }
                 seen.push("no environment".into());
                 for (dir, guest) in raw::wasi::filesystem::preopens::get_directories() {
-                    let entries = dir.read_directory().map_err(|e| format!("{guest}: {e:?}"))?;
+                    let entries = dir
+                        .read_directory()
+                        .map_err(|e| format!("{guest}: {e:?}"))?;
                     while let Ok(Some(entry)) = entries.read_directory_entry() {
                         let file = format!("{guest}/{}", entry.name);
                         if let Ok(text) = std::fs::read_to_string(&file)
