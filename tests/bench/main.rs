@@ -13,6 +13,7 @@
 
 mod adopted;
 mod drain;
+mod fanout;
 mod latency;
 mod ordered;
 mod report;
@@ -54,9 +55,12 @@ enum Scenario {
     /// A backlog in spakky-outbox's table: the seed's real relay versus
     /// outbox-relay through `adopt spakky --backfill`.
     Adopted,
+    /// One backlog to 1, 4 and 16 `null` targets, and the database's own
+    /// streaming read of the same rows (the read ceiling), per database.
+    Fanout,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Drain,
     Scenario::SeedBaseline,
     Scenario::WasmOverhead,
@@ -66,6 +70,7 @@ const ALL: [Scenario; 9] = [
     Scenario::Transports,
     Scenario::Rss,
     Scenario::Adopted,
+    Scenario::Fanout,
 ];
 
 /// Benchmarks of outbox-relay. Results go to bench/results/ (with --quick, to
@@ -272,6 +277,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .await
             }
             Scenario::Rss => rss_scenario(&args).await,
+            Scenario::Fanout => fanout_scenario(&args).await,
             Scenario::Adopted => {
                 adopted::scenario(args.pick(None, 3_000, 500), args.payload.min(1024)).await
             }
@@ -310,6 +316,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Ordered => "ordered",
         Scenario::Rss => "rss",
         Scenario::Adopted => "adopted",
+        Scenario::Fanout => "fanout",
     }
 }
 
@@ -750,6 +757,85 @@ async fn transports_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
     Ok(ScenarioResult {
         name: "transports",
         params: json!({ "messages": n, "payload_bytes": args.payload, "batch_size": args.batch_size.unwrap_or(100), "nats": args.nats }),
+        data: json!({ "runs": runs }),
+        rows,
+    })
+}
+
+async fn fanout_scenario(args: &Args) -> anyhow::Result<ScenarioResult> {
+    let params = DrainParams {
+        messages: args.pick(args.messages, 100_000, 5_000),
+        payload: args.payload,
+        batch_size: args.batch_size,
+    };
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
+    for &kind in &args.databases {
+        let db = BenchDb::new(kind).await?;
+        let (_, config) = db.config("fanout-seed", &setup::relay_lines(params.batch_size), "")?;
+        drain::seed(&db, &config, &params).await?;
+        let (ceiling_rows, ceiling_time) = fanout::read_ceiling(&db).await?;
+        let ceiling = setup::rate(ceiling_rows, ceiling_time);
+        let mut one = None;
+        for n in [1u32, 4, 16] {
+            let run = fanout::fanout(&db, &params, n).await?;
+            let rate = run.messages_per_s();
+            let base = *one.get_or_insert(rate);
+            let mut row = Row::new(
+                "fanout",
+                format!(
+                    "{} × {} B → {n} `null` target{}, {}",
+                    thousands(params.messages as f64),
+                    params.payload,
+                    if n == 1 { "" } else { "s" },
+                    kind.label()
+                ),
+                format!("{} msg/s", thousands(rate)),
+            )
+            .note(format!(
+                "{} deliveries/s (all targets)",
+                thousands(rate * f64::from(n))
+            ));
+            if n > 1 {
+                let goal = if n == 4 { 0.8 } else { 0.5 };
+                row = row
+                    .ratio(format!("{:.2}× 1 target", rate / base))
+                    .target(format!("≥ {goal}× 1 target"), rate / base >= goal);
+            }
+            rows.push(row);
+            runs.push(json!({ "database": kind.label(), "run": run.json() }));
+        }
+        let one = one.unwrap_or(0.0);
+        let ceiling_figure = match kind {
+            DbKind::Postgres => {
+                "COPY (the relay's read, ORDER BY xact_id, seq) TO STDOUT (FORMAT binary)"
+            }
+            DbKind::Sqlite => "a plain SELECT loop of the relay's columns, ORDER BY seq",
+        };
+        let mut row = Row::new(
+            "read-ceiling",
+            format!("{ceiling_figure}, {}", kind.label()),
+            format!("{} rows/s", thousands(ceiling)),
+        )
+        .ratio(format!("1 target at {:.2}× of it", one / ceiling))
+        .note(format!(
+            "{ceiling_rows} rows in {:.2} s; the single-target drain of the same rows in this run: {} msg/s (batch_size {})",
+            ceiling_time.as_secs_f64(),
+            thousands(one),
+            params.batch_size.unwrap_or(100)
+        ));
+        if kind == DbKind::Postgres {
+            row = row.target("1 target ≥ 0.5× ceiling", one / ceiling >= 0.5);
+        }
+        rows.push(row);
+        runs.push(json!({
+            "database": kind.label(),
+            "read_ceiling": { "rows": ceiling_rows, "elapsed_s": drain::secs(ceiling_time), "rows_per_s": ceiling.round() },
+        }));
+    }
+    Ok(ScenarioResult {
+        name: "fanout",
+        params: drain_params_json(&params),
         data: json!({ "runs": runs }),
         rows,
     })
