@@ -39,12 +39,11 @@ impl PartitionWorker {
             let last = entries.last().map_or(read_from, entry_position);
             let read_ahead =
                 full && started.elapsed() < RETRY_CHECK_INTERVAL && !self.renewal_due(&state.held);
-            let storage = self.storage.clone();
+            let log = self.log.clone();
             let max_payload = self.settings.max_payload_bytes;
             let reading = read_ahead.then(|| {
                 tokio::spawn(async move {
-                    storage
-                        .fetch_pending(partition, last, batch_size, max_payload)
+                    log.fetch_pending(partition, last, batch_size, max_payload)
                         .await
                 })
             });

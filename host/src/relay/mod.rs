@@ -35,6 +35,7 @@ mod lease;
 mod ordered;
 mod pipeline;
 mod retries;
+mod shared_reads;
 mod worker;
 #[cfg(test)]
 mod worker_tests;
@@ -192,6 +193,11 @@ impl Relay {
             tokio::spawn(prune_forever(storage, targets, settings))
         });
 
+        let log = Arc::new(shared_reads::SharedLog::new(
+            self.storage.clone(),
+            self.targets.len(),
+            partitions,
+        ));
         let mut workers = JoinSet::new();
         for target in &self.targets {
             for partition in 0..partitions {
@@ -199,6 +205,7 @@ impl Relay {
                     target: target.clone(),
                     partition,
                     storage: self.storage.clone(),
+                    log: log.clone(),
                     transports: self.transports.clone(),
                     routes: self.routes.clone(),
                     settings: self.settings.clone(),

@@ -42,6 +42,8 @@ pub(super) struct PartitionWorker {
     pub target: TargetSpec,
     pub partition: u32,
     pub storage: Arc<dyn Storage>,
+    /// The log's reads, shared with the other targets' workers.
+    pub log: Arc<super::shared_reads::SharedLog>,
     pub transports: Arc<dyn TransportFactory>,
     pub routes: Arc<Routes>,
     pub settings: RelaySettings,
@@ -179,7 +181,7 @@ impl PartitionWorker {
 
         let batch_size = self.target.batch_size;
         let entries = self
-            .storage
+            .log
             .fetch_pending(
                 self.partition,
                 lease.position,

@@ -291,6 +291,11 @@ fn harness_with_ttl(
         target: target.clone(),
         partition: 0,
         storage: Arc::new(storage.clone()),
+        log: Arc::new(super::shared_reads::SharedLog::new(
+            Arc::new(storage.clone()),
+            1,
+            1,
+        )),
         transports: Arc::new(fake.clone()),
         routes: Arc::new(Routes::from_patterns([("t", ["*"].as_slice())]).unwrap()),
         settings: settings.clone(),
