@@ -714,13 +714,29 @@ fn describe(errors: figment::Error) -> String {
                         ),
                     }
                 }
-                kind if key.is_empty() => kind.to_string(),
-                kind => format!("field `{key}`: {kind}"),
+                kind if key.is_empty() => without_snippet(&kind.to_string()),
+                kind => format!("field `{key}`: {}", without_snippet(&kind.to_string())),
             };
             format!("{}{what}", from_env.unwrap_or_default())
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A TOML syntax error without the quoted source line under it (`3 | password
+/// = "..."`): the line and column say where, and the line may hold a secret.
+fn without_snippet(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            let t = line.trim_start();
+            let t = t
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !(t.starts_with('|') || t.is_empty())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The known key nearest to `found`, if it is near enough to be a typo.
@@ -776,6 +792,16 @@ pub use crate::storage::redact_url;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_syntax_error_names_line_and_column_but_not_the_line() {
+        let text = "database = \"sqlite://x.db\"\n[targets.t]\nplugin = \"webhook\"\nconfig = { password = \"hunter2-secret\n";
+        let e = Config::from_toml(text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
     use super::*;
 
     #[test]

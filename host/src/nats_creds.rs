@@ -79,14 +79,23 @@ pub fn user_seed(seed: &str) -> Result<[u8; 32], String> {
 /// a line of its own, `NAME=SU…`, JSON, quotes: any run of the base32
 /// alphabet that decodes as one).
 pub fn holds_seed(text: &str) -> bool {
-    text.lines()
-        .any(|line| line.contains("NKEY SEED") && is_marker(line.trim()))
-        || text
-            .split(|c: char| !(c.is_ascii_uppercase() || ('2'..='7').contains(&c)))
+    let found = |text: &str| {
+        text.split(|c: char| !(c.is_ascii_uppercase() || ('2'..='7').contains(&c)))
             .any(|run| {
                 (looks_like_seed(run) && nkeys::decode_seed(run).is_ok())
                     || looks_like_private_key(run)
             })
+    };
+    // Also in lower or mixed case, and split by dashes, spaces or underscores.
+    let folded: String = text
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | '_' | '\t'))
+        .collect::<String>()
+        .to_ascii_uppercase();
+    text.lines()
+        .any(|line| line.contains("NKEY SEED") && is_marker(line.trim()))
+        || found(text)
+        || found(&folded)
 }
 
 /// Whether `run` has the shape of an NKey private key (`P…`: the 64-byte

@@ -103,6 +103,13 @@ pub fn to_json(table: &toml::Table) -> Result<String, (String, String)> {
             }
             ValueRef::Secret(SecretRef::File(path)) => {
                 let text = read(path)?;
+                if text.contains("PRIVATE KEY-----") {
+                    return Err(fail(format!(
+                        "{}: this file holds a private key, which stays in the host: \
+                         a TLS client key goes in sandbox.tls.client_key, a signing key in [keys.<name>]",
+                        secret_source::shown_path(path)
+                    )));
+                }
                 if nats_creds::holds_seed(&text) {
                     return Err(fail(format!(
                         "{}: this file holds an NKey seed, which must stay in the host: \
@@ -169,8 +176,10 @@ mod tests {
         let t = table(r#"p = { file = "/nonexistent/secret" }"#);
         let (key, message) = to_json(&t).unwrap_err();
         assert_eq!(key, "p");
+        // A name without an extension may be a pasted password: its
+        // directory is named, not it.
         assert!(
-            message.starts_with("cannot read /nonexistent/secret"),
+            message.starts_with("cannot read /nonexistent/(a file whose name is not shown"),
             "{message}"
         );
     }

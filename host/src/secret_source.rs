@@ -32,14 +32,68 @@ pub fn looks_secret(text: &str) -> bool {
             .any(|run| run.len() >= 40)
 }
 
-/// `text` for an error message, or a note that it is not shown.
-pub fn shown(text: &str) -> &str {
-    if looks_secret(text) { NOT_SHOWN } else { text }
+/// A variable's name for an error message, if it has the shape of one
+/// (`UPPER_SNAKE_CASE`, with an underscore once it is longer than 12
+/// characters), else a note that it is not shown: a short password or key
+/// written where the name belongs is not repeated either.
+pub fn shown(name: &str) -> &str {
+    let shaped = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+        && (name.len() <= 12 || name.contains('_'));
+    if shaped && !looks_secret(name) {
+        name
+    } else {
+        NOT_SHOWN
+    }
 }
 
-/// [`shown`] for a path.
+/// A path for an error message: as it is if the file exists; a path to a
+/// file that does not exist only if its name has the shape of one (a short
+/// lower-case extension: `hook.secret`, `ca.pem`, `user.creds`), else its
+/// directory alone (a password pasted where the path belongs would be the
+/// name).
 pub fn shown_path(path: &Path) -> String {
-    shown(&path.to_string_lossy()).to_string()
+    let text = path.to_string_lossy();
+    if looks_secret(&text) {
+        return NOT_SHOWN.to_string();
+    }
+    if path.exists() {
+        return text.into_owned();
+    }
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit_once('.'))
+        .is_some_and(|(stem, ext)| {
+            !stem.is_empty()
+                && (1..=8).contains(&ext.len())
+                && ext
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    match (named, path.parent()) {
+        (true, _) => text.into_owned(),
+        (false, Some(dir)) if !dir.as_os_str().is_empty() => {
+            format!(
+                "{}/(a file whose name is not shown: it may be a secret)",
+                dir.display()
+            )
+        }
+        _ => NOT_SHOWN.to_string(),
+    }
+}
+
+/// Paths whose "files" are the kernel's views of processes and devices
+/// (`/proc/self/environ` holds the whole environment).
+fn is_kernel_view(path: &Path) -> bool {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|p| real.starts_with(p))
 }
 
 /// Reads `path`: a regular file of at most [`MAX_BYTES`].
@@ -51,7 +105,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if !meta.is_file() {
+    if !meta.is_file() || is_kernel_view(path) {
         return Err(format!("{shown} is not a regular file"));
     }
     if meta.len() > MAX_BYTES {
@@ -112,6 +166,13 @@ mod tests {
             let e = read_env(secret).unwrap_err();
             assert!(!e.contains(&secret[..20]), "{e}");
         }
+        // Short ones too: a 32-character key, a password.
+        for secret in ["0123456789abcdef0123456789abcdef", "Tr0ub4dor&3", "hunter2"] {
+            let e = read_file(Path::new(secret)).unwrap_err();
+            assert!(!e.contains(secret), "{e}");
+            let e = read_env(secret).unwrap_err();
+            assert!(!e.contains(secret), "{e}");
+        }
         // Ordinary paths and names are named.
         let e = read_file(Path::new("/etc/relay/nope.key")).unwrap_err();
         assert!(e.contains("/etc/relay/nope.key"), "{e}");
@@ -121,6 +182,10 @@ mod tests {
 
     #[test]
     fn only_small_regular_files_are_read() {
+        for kernel in ["/proc/self/environ", "/proc/self/pagemap"] {
+            let e = read_file(Path::new(kernel)).unwrap_err();
+            assert!(e.contains("not a regular file"), "{kernel}: {e}");
+        }
         assert!(
             read_file(Path::new("/dev/zero"))
                 .unwrap_err()

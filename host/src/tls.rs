@@ -322,15 +322,21 @@ fn explain_tls(err: &rustls::Error, host: &str, side: Side) -> String {
         },
         E::AlertReceived(alert) => {
             let alert = *alert;
+            // A server that did not ask for a certificate is not refusing one.
+            let about_client = refuses_client(alert) && side.asked != Some(false);
             let required = side.asked == Some(true)
                 || (side.asked.is_none() && alert == AlertDescription::CertificateRequired);
-            if side.has_cert && refuses_client(alert) {
+            if about_client && side.has_cert && alert == AlertDescription::HandshakeFailure {
+                format!(
+                    "{host} asked for a client certificate and ended the handshake (alert HandshakeFailure): it may not accept ours, or shares no signature scheme, TLS version or cipher with this host"
+                )
+            } else if about_client && side.has_cert {
                 format!("{host} refused the client certificate (alert {alert:?})")
-            } else if !side.has_cert && required && refuses_client(alert) {
+            } else if about_client && required {
                 format!(
                     "{host} requires a client certificate, and none is configured: set sandbox.tls.client_cert and client_key (alert {alert:?})"
                 )
-            } else if !side.has_cert && side.asked.is_none() && refuses_client(alert) {
+            } else if about_client && side.asked.is_none() {
                 format!(
                     "{host} ended the handshake (alert {alert:?}): it may require a client certificate (sandbox.tls.client_cert and client_key)"
                 )
@@ -544,6 +550,16 @@ mod tests {
             asked: Some(true),
         };
         assert!(explain_tls(&wants, "mq", has).contains("refused the client certificate"));
+        // With a certificate, but the server asked for none: not about it.
+        let not_asked = Side {
+            has_cert: true,
+            asked: Some(false),
+        };
+        let e = explain_tls(&failure, "mq", not_asked);
+        assert!(
+            !e.contains("client certificate") && e.contains("shares no TLS version"),
+            "{e}"
+        );
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, unknown);
         assert!(matches!(explain(&io, "mq", none), Failure::Handshake(_)));
         let plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);

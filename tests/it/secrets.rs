@@ -348,3 +348,90 @@ sandbox = {{ allow_http = ["{unknown_host}"], tls = {{ ca = "{ca}", client_cert 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Third attack on issue 14: short secrets written where a variable's name
+/// or a file's path belongs came back in the error; a webhook URL read from
+/// a secret, with a token in its query, was repeated in the retry log and
+/// the dead letter; a plugin's `{ file }` could read `/proc/self/environ`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_secrets_and_secret_urls_are_not_repeated() {
+    let scratch = Scratch::new();
+    let hex_key = "0123456789abcdef0123456789abcdef";
+    let password = "Tr0ub4dor&3";
+    let cases = [
+        (
+            format!("[keys.k]\nalgorithm = \"HS256\"\nenv = \"{hex_key}\""),
+            hex_key,
+        ),
+        (
+            format!("[keys.k]\nalgorithm = \"HS256\"\nfile = \"{password}\""),
+            password,
+        ),
+        (
+            format!("[targets.t.config.extra]\nenv = \"{password}\""),
+            password,
+        ),
+    ];
+    for (extra, secret) in cases {
+        let path = scratch.write_config(&format!(
+            "[[routes]]\nevents = [\"*\"]\ntargets = [\"t\"]\n\n[targets.t]\nplugin = \"webhook\"\n\n[targets.t.config]\nurl = \"http://127.0.0.1:1/hook\"\n\n{extra}\n"
+        ));
+        let out = cli(&["check", "--config", path.to_str().unwrap()]);
+        assert!(
+            out.contains("not shown") || out.contains("not repeated"),
+            "{extra}: {out}"
+        );
+        assert!(!out.contains(secret), "{extra}: {out}");
+    }
+    let path = scratch.write_config(
+        "[[routes]]\nevents = [\"*\"]\ntargets = [\"t\"]\n\n[targets.t]\nplugin = \"webhook\"\n\n[targets.t.config]\nurl = \"http://127.0.0.1:1/hook\"\nextra = { file = \"/proc/self/environ\" }\n",
+    );
+    let out = cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.contains("not a regular file"), "{out}");
+
+    // The URL from a file, a token in its query; the receiver refuses.
+    let token = "tok-5e3cf1a9b7d2";
+    std::fs::write(
+        scratch.path().join("url.txt"),
+        format!("http://127.0.0.1:1/hook?token={token}\n"),
+    )
+    .unwrap();
+    let path = scratch.write_config(
+        r#"
+[[routes]]
+events = ["*"]
+targets = ["t"]
+
+[targets.t]
+plugin = "webhook"
+retry = { initial_backoff = "50ms", max_attempts = 2, jitter = 0.0 }
+config = { url = { file = "url.txt" } }
+sandbox = { allow_http = ["127.0.0.1:1"] }
+"#,
+    );
+    let storage = scratch.storage().await;
+    storage
+        .save(&[NewMessage::new("thing.happened", b"{}".to_vec())])
+        .await
+        .unwrap();
+    let log = scratch.path().join("relay.log");
+    let mut relay = Command::new(relay_binary())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let dead = eventually("the message dead-lettered", WAIT, || async {
+        let dead = storage
+            .list_dead_letters(&Default::default())
+            .await
+            .unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert!(terminate(&mut relay).success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(!format!("{dead:?}").contains(token), "{dead:?}");
+    assert!(!logs.contains(token), "the log holds the token:\n{logs}");
+}

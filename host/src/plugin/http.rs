@@ -205,6 +205,9 @@ impl HttpGate {
         };
         let host = url.host_str().unwrap_or_default().to_owned();
         let classify = |e: reqwest::Error| {
+            // Its URL may carry a token in its query (the target's URL can
+            // come from a secret): only the redacted one is shown.
+            let e = e.without_url();
             // A failed handshake in the host's words; anything else as
             // the HTTP client puts it.
             let why = crate::tls::explain_chain(&e, &host, side).unwrap_or_else(|| error_chain(&e));

@@ -494,7 +494,7 @@ pub struct FailureState {
 
 /// A URL with any password replaced, for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.split_once(':') {
@@ -503,7 +503,27 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    redact_password_params(&url)
+}
+
+/// `password=...` (and `sslpassword=...`) masked, in a URL's query
+/// (`?password=x&...`) or a `key=value` connection string
+/// (`host=db password=x`).
+fn redact_password_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(['&', ' ', ';', '#'])
+            .map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Milliseconds since the Unix epoch by this process's clock. Storage never
@@ -629,6 +649,22 @@ pub(crate) fn duration_ms(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_masked_wherever_a_database_url_carries_them() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=secret&x=1"),
+            "postgres://u@h/db?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("host=db user=u PASSWORD=secret dbname=x"),
+            "host=db user=u PASSWORD=*** dbname=x"
+        );
+    }
 
     #[test]
     fn transient_codes_are_exact() {

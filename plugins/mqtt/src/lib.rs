@@ -405,7 +405,7 @@ fn parse_url(url: &str) -> Result<Endpoint> {
         Scheme::tls("mqtts", 8883),
         Scheme::tls("ssl", 8883),
     ];
-    net::endpoint_of(url, &schemes).map_err(|e| e.context(format!("config: key `url` ({url:?})")))
+    net::endpoint_of(url, &schemes).map_err(|e| e.context("config: key `url`"))
 }
 
 outbox_relay_guest::export_transport!(Mqtt);

@@ -255,7 +255,7 @@ impl Conn {
 /// (credentials go in keys `username` and `password`, the database in key
 /// `db`).
 fn parse_url(url: &str) -> Result<Endpoint> {
-    let bad = |e: Error| e.context(format!("config: key `url` ({url:?})"));
+    let bad = |e: Error| e.context("config: key `url`");
     let schemes = [Scheme::plain("redis", 6379), Scheme::tls("rediss", 6379)];
     let endpoint = net::endpoint_of(url, &schemes).map_err(bad)?;
     if !endpoint.path.is_empty() {
