@@ -723,17 +723,26 @@ fn describe(errors: figment::Error) -> String {
         .join("\n")
 }
 
-/// A TOML syntax error without the quoted source line under it (`3 | password
-/// = "..."`): the line and column say where, and the line may hold a secret.
+/// A TOML syntax error with the quoted source line cut at its `=` (`3 |
+/// password = …`): the key and the line say where, and the value may be a
+/// secret. The caret line under it goes too.
 fn without_snippet(message: &str) -> String {
     message
         .lines()
-        .filter(|line| {
+        .filter_map(|line| {
             let t = line.trim_start();
-            let t = t
-                .trim_start_matches(|c: char| c.is_ascii_digit())
-                .trim_start();
-            !(t.starts_with('|') || t.is_empty())
+            let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let rest = t[digits..].trim_start();
+            match rest.strip_prefix('|') {
+                None if rest.is_empty() => None,
+                None => Some(line.trim().to_string()),
+                // `  |` or `  |     ^`: no source.
+                Some(_) if digits == 0 => None,
+                Some(source) => Some(match source.split_once('=') {
+                    Some((key, _)) => format!("`{}= …`", key.trim_start()),
+                    None => "(the line is not shown)".to_string(),
+                }),
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
