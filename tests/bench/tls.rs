@@ -134,24 +134,7 @@ pub async fn nats(
     let host = format!("localhost:{server}");
     let mut client =
         Nats::connect_with(&addr, pki.map(|pki| ("localhost", pki.client_config(None)))).await?;
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("OUTBOX_BENCH_{unique}");
-    let prefix = format!("outbox_bench.{unique}");
-    let created = client
-        .request(
-            &format!("$JS.API.STREAM.CREATE.{stream}"),
-            &json!({
-                "name": stream,
-                "subjects": [format!("{prefix}.>")],
-                "storage": "file",
-                "duplicate_window": 120_000_000_000u64,
-            }),
-        )
-        .await?;
-    anyhow::ensure!(
-        created.get("error").is_none(),
-        "JetStream refused the stream: {created}"
-    );
+    let (stream, prefix) = client.create_stream().await?.map_err(anyhow::Error::msg)?;
     let (scheme, tls) = match pki {
         Some(pki) => (
             "tls",

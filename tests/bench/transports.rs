@@ -189,23 +189,10 @@ pub async fn nats(
         Ok(c) => c,
         Err(e) => return not_measured(format!("NATS is not reachable at {server}: {e:#}")),
     };
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("OUTBOX_BENCH_{unique}");
-    let prefix = format!("outbox_bench.{unique}");
-    let created = client
-        .request(
-            &format!("$JS.API.STREAM.CREATE.{stream}"),
-            &json!({
-                "name": stream,
-                "subjects": [format!("{prefix}.>")],
-                "storage": "file",
-                "duplicate_window": 120_000_000_000u64,
-            }),
-        )
-        .await?;
-    if created.get("error").is_some() {
-        return not_measured(format!("JetStream refused the stream: {created}"));
-    }
+    let (stream, prefix) = match client.create_stream().await? {
+        Ok(created) => created,
+        Err(refused) => return not_measured(refused),
+    };
     let db = BenchDb::new(DbKind::Postgres).await?;
     let body = format!(
         r#"
@@ -312,6 +299,30 @@ impl Nats {
             }
         }
         Ok(nats)
+    }
+
+    /// A JetStream stream for one run (file storage, a two-minute
+    /// duplicate window) over `<prefix>.>`: `Ok((stream, prefix))`, or why
+    /// JetStream refused it.
+    pub async fn create_stream(&mut self) -> anyhow::Result<Result<(String, String), String>> {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let stream = format!("OUTBOX_BENCH_{unique}");
+        let prefix = format!("outbox_bench.{unique}");
+        let created = self
+            .request(
+                &format!("$JS.API.STREAM.CREATE.{stream}"),
+                &json!({
+                    "name": stream,
+                    "subjects": [format!("{prefix}.>")],
+                    "storage": "file",
+                    "duplicate_window": 120_000_000_000u64,
+                }),
+            )
+            .await?;
+        Ok(match created.get("error") {
+            None => Ok((stream, prefix)),
+            Some(_) => Err(format!("JetStream refused the stream: {created}")),
+        })
     }
 
     async fn line(&mut self) -> anyhow::Result<String> {
