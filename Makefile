@@ -46,7 +46,10 @@ producer-check:
 	@if cargo tree -q -p outbox-relay --no-default-features --features postgres -e normal | grep -q wasmtime; then \
 		echo "error: the Postgres producer API depends on wasmtime"; exit 1; fi
 	cargo check -q -p outbox-relay --no-default-features --features sqlite
+	@if cargo tree -q -p outbox-relay --no-default-features --features mysql -e normal | grep -q wasmtime; then \
+		echo "error: the MySQL producer API depends on wasmtime"; exit 1; fi
 	cargo check -q -p outbox-relay --no-default-features --features postgres
+	cargo check -q -p outbox-relay --no-default-features --features mysql
 
 lint: plugins
 	cargo fmt --all --check

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use outbox_relay::NewMessage;
 use outbox_relay::config::Config;
+use outbox_relay::storage::mysql::MySqlStorage;
 use outbox_relay::storage::postgres::PgStorage;
 use outbox_relay::storage::sqlite::SqliteStorage;
 use outbox_relay::storage::{DeadLetter, Storage};
@@ -60,6 +61,7 @@ pub struct Scratch {
     dir: tempfile::TempDir,
     database: String,
     pg_name: Option<String>,
+    mysql_name: Option<String>,
 }
 
 impl Default for Scratch {
@@ -72,6 +74,15 @@ impl Default for Scratch {
 pub fn postgres_admin_url() -> String {
     std::env::var("OUTBOX_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The MariaDB / MySQL server the tests use (root with an empty password on localhost by default).
+pub fn mysql_admin_url() -> String {
+    std::env::var("OUTBOX_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+fn mysql_url_for(database: &str) -> String {
+    format!("{}/{database}", mysql_admin_url().trim_end_matches('/'))
 }
 
 fn postgres_url_for(database: &str) -> String {
@@ -89,6 +100,7 @@ impl Scratch {
             dir,
             database,
             pg_name: None,
+            mysql_name: None,
         }
     }
 
@@ -109,7 +121,48 @@ impl Scratch {
             dir: tempfile::tempdir().unwrap(),
             database: postgres_url_for(&name),
             pg_name: Some(name),
+            mysql_name: None,
         }
+    }
+
+    /// A scratch with its own, new MariaDB / MySQL database. Panics (the
+    /// test fails loudly) when the server is not reachable.
+    pub async fn mysql() -> Self {
+        use sqlx::Connection;
+        let name = format!("outbox_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = mysql_admin_url();
+        let mut conn = sqlx::MySqlConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("MariaDB/MySQL is not reachable at {admin} ({e}); start it, e.g. `service mariadb start`")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            database: mysql_url_for(&name),
+            pg_name: None,
+            mysql_name: Some(name),
+        }
+    }
+
+    /// The name of this scratch's MySQL database (`None` on the others).
+    pub fn mysql_database(&self) -> Option<&str> {
+        self.mysql_name.as_deref()
+    }
+
+    /// A migrated MySQL storage handle for this scratch's database.
+    pub async fn mysql_storage(&self) -> MySqlStorage {
+        let storage = MySqlStorage::connect(&self.database_url()).await.unwrap();
+        storage.migrate().await.unwrap();
+        storage
+    }
+
+    /// A plain pool on this scratch's MySQL database, for checks.
+    pub async fn mysql_pool(&self) -> sqlx::MySqlPool {
+        sqlx::MySqlPool::connect(&self.database_url())
+            .await
+            .unwrap()
     }
 
     pub fn path(&self) -> &Path {
@@ -184,6 +237,28 @@ shutdown_grace = "5s"
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if let Some(name) = self.mysql_name.take() {
+            let admin = mysql_admin_url();
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::MySqlConnection::connect(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name}"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
         let Some(name) = self.pg_name.take() else {
             return;
         };

@@ -16,6 +16,7 @@ use crate::keys::{KeyError, KeyRing, SigningGrant};
 use crate::plugin::{PluginError, PluginRuntime, PluginSpec, TargetPlugins, WasmTransportFactory};
 use crate::relay::{Relay, TargetSpec, new_owner_id};
 use crate::routes::Routes;
+use crate::storage::mysql::MySqlStorage;
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
@@ -56,12 +57,12 @@ pub enum AppError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Opens the configured database (SQLite or Postgres, by URL scheme) and applies migrations.
+/// Opens the configured database (SQLite, Postgres or MySQL, by URL scheme) and applies migrations.
 pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
-    let storage: Arc<dyn Storage> = if config.database.starts_with("sqlite:") {
-        Arc::new(SqliteStorage::connect(&config.database).await?)
-    } else {
-        Arc::new(PgStorage::connect(&config.database).await?)
+    let storage: Arc<dyn Storage> = match Backend::of(&config.database) {
+        Backend::Sqlite => Arc::new(SqliteStorage::connect(&config.database).await?),
+        Backend::Postgres => Arc::new(PgStorage::connect(&config.database).await?),
+        Backend::MySql => Arc::new(MySqlStorage::connect(&config.database).await?),
     };
     storage.migrate().await?;
     Ok(storage)
@@ -77,17 +78,26 @@ pub async fn open_migrated_storage(config: &Config) -> Result<Arc<dyn Storage>, 
         reason,
         config: config.source.display().to_string(),
     };
-    let storage: Arc<dyn Storage> = if config.database.starts_with("sqlite:") {
-        let applied = sqlite_migrations(&config.database)
-            .await?
-            .ok_or_else(|| not_migrated("does not exist".into()))?;
-        schema_current(&applied, &crate::storage::sqlite::MIGRATOR).map_err(not_migrated)?;
-        Arc::new(SqliteStorage::connect(&config.database).await?)
-    } else {
-        let storage = PgStorage::connect(&config.database).await?;
-        let applied = pg_migrations(storage.pool()).await?;
-        schema_current(&applied, &crate::storage::postgres::MIGRATOR).map_err(not_migrated)?;
-        Arc::new(storage)
+    let storage: Arc<dyn Storage> = match Backend::of(&config.database) {
+        Backend::Sqlite => {
+            let applied = sqlite_migrations(&config.database)
+                .await?
+                .ok_or_else(|| not_migrated("does not exist".into()))?;
+            schema_current(&applied, &crate::storage::sqlite::MIGRATOR).map_err(not_migrated)?;
+            Arc::new(SqliteStorage::connect(&config.database).await?)
+        }
+        Backend::Postgres => {
+            let storage = PgStorage::connect(&config.database).await?;
+            let applied = pg_migrations(storage.pool()).await?;
+            schema_current(&applied, &crate::storage::postgres::MIGRATOR).map_err(not_migrated)?;
+            Arc::new(storage)
+        }
+        Backend::MySql => {
+            let storage = MySqlStorage::connect(&config.database).await?;
+            let applied = mysql_migrations(storage.pool()).await?;
+            schema_current(&applied, &crate::storage::mysql::MIGRATOR).map_err(not_migrated)?;
+            Arc::new(storage)
+        }
     };
     Ok(storage)
 }
@@ -140,6 +150,45 @@ async fn pg_migrations(pool: &sqlx::PgPool) -> Result<Vec<i64>, StorageError> {
             .fetch_all(pool)
             .await?,
     )
+}
+
+/// The migrations applied to the MySQL database (the URL's).
+async fn mysql_migrations(pool: &sqlx::MySqlPool) -> Result<Vec<i64>, StorageError> {
+    let has_table: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_table == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Which storage adapter a database URL names (the config has checked the scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Backend {
+    /// By URL scheme: `sqlite:`, `postgres://` / `postgresql://`, `mysql://` / `mariadb://`.
+    pub fn of(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Backend::MySql
+        } else {
+            Backend::Postgres
+        }
+    }
 }
 
 /// `Err` with what is missing unless every migration of `migrator` is applied.

@@ -410,14 +410,32 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| self.database.starts_with(scheme))
+        if ![
+            "sqlite:",
+            "postgres://",
+            "postgresql://",
+            "mysql://",
+            "mariadb://",
+        ]
+        .iter()
+        .any(|scheme| self.database.starts_with(scheme))
         {
             return Err(self.invalid(
                 "database",
                 format!(
-                    "unsupported database URL {:?}; expected sqlite://<path> or postgres://<user>@<host>/<db>",
+                    "unsupported database URL {:?}; expected sqlite://<path>, postgres://<user>@<host>/<db> \
+                     or mysql://<user>@<host>/<db>",
+                    redact_url(&self.database)
+                ),
+            ));
+        }
+        if (self.database.starts_with("mysql://") || self.database.starts_with("mariadb://"))
+            && mysql_database_name(&self.database).is_none()
+        {
+            return Err(self.invalid(
+                "database",
+                format!(
+                    "the MySQL URL {:?} names no database; expected mysql://<user>@<host>/<db>",
                     redact_url(&self.database)
                 ),
             ));
@@ -799,8 +817,31 @@ fn field_path(path: &[String]) -> String {
 
 pub use crate::storage::redact_url;
 
+/// The database a `mysql://user@host:port/db?...` URL names, if any.
+fn mysql_database_name(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let host = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let path = &host[host.find('/')? + 1..];
+    let name = path.split(['?', '#']).next().unwrap_or_default();
+    (!name.is_empty()).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mysql_url_must_name_its_database() {
+        assert_eq!(
+            mysql_database_name("mysql://root@127.0.0.1:3306/app"),
+            Some("app")
+        );
+        assert_eq!(
+            mysql_database_name("mysql://u:p/w@h/app?ssl-mode=required"),
+            Some("app")
+        );
+        assert_eq!(mysql_database_name("mysql://root@127.0.0.1:3306"), None);
+        assert_eq!(mysql_database_name("mariadb://root@h/?x=1"), None);
+    }
+
     #[test]
     fn a_syntax_error_names_line_and_column_but_not_the_line() {
         let text = "database = \"sqlite://x.db\"\n[targets.t]\nplugin = \"webhook\"\nconfig = { password = \"hunter2-secret\n";

@@ -81,6 +81,19 @@ pub struct MalformedMessage {
     pub reason: String,
 }
 
+impl MalformedMessage {
+    /// A failure record whose message was pruned from the log meanwhile.
+    pub fn gone(seq: i64, id: String) -> Self {
+        Self {
+            seq,
+            xid: 0,
+            id,
+            event_name: String::new(),
+            reason: "the message is no longer in the log".into(),
+        }
+    }
+}
+
 impl Message {
     pub fn position(&self) -> Position {
         Position {

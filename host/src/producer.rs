@@ -59,3 +59,19 @@ pub mod postgres {
         crate::storage::postgres::enqueue(conn, message).await
     }
 }
+
+#[cfg(feature = "mysql")]
+pub mod mysql {
+    use sqlx::MySqlConnection;
+
+    use crate::message::NewMessage;
+    use crate::storage::Result;
+
+    /// Enqueues `message` on `conn`, normally a transaction the caller
+    /// commits. The relay gives the row its partition and its place in
+    /// commit order once the transaction has committed.
+    pub async fn enqueue(conn: &mut MySqlConnection, message: &NewMessage) -> Result<()> {
+        let message = &*super::with_trace_context(message);
+        crate::storage::mysql::enqueue(conn, message).await
+    }
+}

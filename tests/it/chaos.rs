@@ -1,9 +1,10 @@
 //! Chaos: relays killed with SIGKILL at random moments, their Postgres
-//! backends terminated, and the NATS server restarted, while messages are
+//! backends terminated (or their MariaDB connections killed with `KILL
+//! CONNECTION`), and the NATS server restarted, while messages are
 //! being written and delivered to two targets (an ordered file target and
 //! NATS JetStream). Afterwards every message is looked for at every target.
 //!
-//! `short_soak` runs in the normal suite. `long_soak` is the recorded run of
+//! `short_soak` and `mariadb_short_soak` run in the normal suite. `long_soak` is the recorded run of
 //! docs/reliability.md (100,000 messages, at least 20 kills):
 //!
 //!     make soak
@@ -153,9 +154,185 @@ impl Drop for NatsServer {
     }
 }
 
-async fn soak(plan: Plan) -> Report {
+/// The database under the soak, and what is done to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Db {
+    /// Backends terminated with `pg_terminate_backend`.
+    Postgres,
+    /// Connections killed with `KILL CONNECTION`.
+    MariaDb,
+}
+
+/// The application's side of the soak: its writer pool, and the test's own
+/// connection that kills the relays' ones.
+enum Side {
+    Postgres {
+        writer: sqlx::PgPool,
+        admin: sqlx::PgPool,
+        database: String,
+    },
+    MariaDb {
+        writer: sqlx::MySqlPool,
+        admin: sqlx::MySqlConnection,
+        database: String,
+    },
+}
+
+impl Side {
+    async fn open(db: Db, scratch: &Scratch) -> Self {
+        let database = scratch
+            .database_url()
+            .rsplit_once('/')
+            .unwrap()
+            .1
+            .to_string();
+        match db {
+            Db::Postgres => {
+                scratch
+                    .pg_storage()
+                    .await
+                    .ensure_partitions(4)
+                    .await
+                    .unwrap();
+                Side::Postgres {
+                    writer: scratch.pg_pool().await,
+                    admin: scratch.pg_pool().await,
+                    database,
+                }
+            }
+            Db::MariaDb => {
+                use sqlx::Connection as _;
+                let storage = scratch.mysql_storage().await;
+                storage.ensure_partitions(4).await.unwrap();
+                storage.pool().close().await;
+                // The application writes as a user of its own with INSERT
+                // alone (all a producer needs), so the relays' connections
+                // are the root ones.
+                let user = format!("w{}", &database[database.len() - 12..]);
+                let mut admin = sqlx::MySqlConnection::connect(&scratch.database_url())
+                    .await
+                    .unwrap();
+                for sql in [
+                    format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"),
+                    format!("GRANT INSERT ON {database}.outbox_messages TO '{user}'@'%'"),
+                ] {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await
+                        .unwrap();
+                }
+                let writer = sqlx::MySqlPool::connect(&format!(
+                    "mysql://{user}:pw@127.0.0.1:3306/{database}"
+                ))
+                .await
+                .unwrap();
+                Side::MariaDb {
+                    writer,
+                    admin,
+                    database,
+                }
+            }
+        }
+    }
+
+    async fn write(&self, batch: &[NewMessage]) {
+        match self {
+            Side::Postgres { writer, .. } => {
+                let mut tx = writer.begin().await.unwrap();
+                for m in batch {
+                    outbox_relay::producer::postgres::enqueue(&mut tx, m)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+            Side::MariaDb { writer, .. } => {
+                let mut tx = writer.begin().await.unwrap();
+                for m in batch {
+                    outbox_relay::producer::mysql::enqueue(&mut tx, m)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+    }
+
+    /// Terminates every connection the relays have open; returns how many.
+    async fn terminate_relay_connections(&mut self) -> usize {
+        match self {
+            Side::Postgres {
+                admin, database, ..
+            } => {
+                let killed: Vec<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND application_name = 'outbox-relay'",
+                )
+                .bind(&*database)
+                .fetch_all(&*admin)
+                .await
+                .unwrap();
+                killed.len()
+            }
+            Side::MariaDb {
+                admin, database, ..
+            } => {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT id FROM information_schema.processlist
+                     WHERE db = ? AND user = 'root' AND id <> CONNECTION_ID()",
+                )
+                .bind(&*database)
+                .fetch_all(&mut *admin)
+                .await
+                .unwrap();
+                for id in &ids {
+                    // One may have closed on its own meanwhile.
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+                        .execute(&mut *admin)
+                        .await;
+                }
+                ids.len()
+            }
+        }
+    }
+
+    async fn ids(&mut self) -> Vec<String> {
+        match self {
+            Side::Postgres { admin, .. } => {
+                sqlx::query_scalar("SELECT id::text FROM outbox_messages")
+                    .fetch_all(&*admin)
+                    .await
+                    .unwrap()
+            }
+            Side::MariaDb { admin, .. } => sqlx::query_scalar("SELECT id FROM outbox_messages")
+                .fetch_all(&mut *admin)
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn close(self) {
+        if let Side::MariaDb {
+            writer,
+            mut admin,
+            database,
+        } = self
+        {
+            writer.close().await;
+            let user = format!("w{}", &database[database.len() - 12..]);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP USER '{user}'@'%'")))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+async fn soak(db: Db, plan: Plan) -> Report {
     let started = Instant::now();
-    let scratch = Scratch::postgres().await;
+    let scratch = match db {
+        Db::Postgres => Scratch::postgres().await,
+        Db::MariaDb => Scratch::mysql().await,
+    };
     let mut nats = NatsServer::start(&scratch.path().join("nats"));
     let client = async_nats::connect(nats.addr()).await.unwrap();
     let js = jetstream::new(client);
@@ -199,21 +376,13 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s", max_attempts = 1000 }}
     );
     // The schema and its partition count exist before the writers start: a
     // key's messages must all land in the partition they will be read from.
-    let storage = scratch.pg_storage().await;
-    storage.ensure_partitions(4).await.unwrap();
-    let admin = scratch.pg_pool().await;
-    let database = scratch
-        .database_url()
-        .rsplit_once('/')
-        .unwrap()
-        .1
-        .to_string();
+    let side = std::sync::Arc::new(tokio::sync::Mutex::new(Side::open(db, &scratch).await));
 
     // Writers: keyed messages, each carrying its place in its key's sequence.
     // They use a pool of their own (an application's), so the faults below,
-    // aimed at the relays' backends, leave them alone.
+    // aimed at the relays' connections, leave them alone.
     let writer = {
-        let pool = scratch.pg_pool().await;
+        let side = side.clone();
         let (total, spread) = (plan.messages, plan.chaos_for);
         tokio::spawn(async move {
             let chunk = 500;
@@ -230,13 +399,7 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s", max_attempts = 1000 }}
                             .with_header("x-seq", next_seq[key].to_string())
                     })
                     .collect();
-                let mut tx = pool.begin().await.unwrap();
-                for m in &batch {
-                    outbox_relay::producer::postgres::enqueue(&mut tx, m)
-                        .await
-                        .unwrap();
-                }
-                tx.commit().await.unwrap();
+                side.lock().await.write(&batch).await;
                 tokio::time::sleep(pause).await;
             }
         })
@@ -271,15 +434,8 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s", max_attempts = 1000 }}
                 report.sigkills += 1;
             }
             1 => {
-                let killed: Vec<bool> = sqlx::query_scalar(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE datname = $1 AND application_name = 'outbox-relay'",
-                )
-                .bind(&database)
-                .fetch_all(&admin)
-                .await
-                .unwrap();
-                assert!(!killed.is_empty(), "no relay backend to terminate");
+                let killed = side.lock().await.terminate_relay_connections().await;
+                assert!(killed > 0, "no relay connection to terminate");
                 report.backend_terminations += 1;
             }
             _ => {
@@ -292,10 +448,7 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s", max_attempts = 1000 }}
 
     // Let the relays finish on their own, then look for every message.
     let file = out.join("ledger.jsonl");
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM outbox_messages")
-        .fetch_all(&admin)
-        .await
-        .unwrap();
+    let ids: Vec<String> = side.lock().await.ids().await;
     assert_eq!(ids.len(), plan.messages, "every message was written");
     let stream = js.get_stream("CHAOS").await.unwrap();
     eventually(
@@ -358,6 +511,9 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s", max_attempts = 1000 }}
     report.nats_lost = ids.iter().filter(|id| !in_stream.contains_key(*id)).count();
     report.nats_duplicates_in_stream = in_stream.values().map(|n| n - 1).sum();
     drop(nats);
+    if let Ok(side) = std::sync::Arc::try_unwrap(side) {
+        side.into_inner().close().await;
+    }
     report
 }
 
@@ -382,13 +538,32 @@ fn check(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_soak() {
-    let report = soak(Plan {
-        messages: 4_000,
-        relays: 2,
-        kills: 5,
-        backend_terminations: 2,
-        chaos_for: Duration::from_secs(12),
-    })
+    let report = soak(
+        Db::Postgres,
+        Plan {
+            messages: 4_000,
+            relays: 2,
+            kills: 5,
+            backend_terminations: 2,
+            chaos_for: Duration::from_secs(12),
+        },
+    )
+    .await;
+    check(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_short_soak() {
+    let report = soak(
+        Db::MariaDb,
+        Plan {
+            messages: 4_000,
+            relays: 2,
+            kills: 5,
+            backend_terminations: 2,
+            chaos_for: Duration::from_secs(12),
+        },
+    )
     .await;
     check(&report);
 }
@@ -396,13 +571,16 @@ async fn short_soak() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the recorded soak of docs/reliability.md; run with `make soak`"]
 async fn long_soak() {
-    let report = soak(Plan {
-        messages: 100_000,
-        relays: 2,
-        kills: 24,
-        backend_terminations: 8,
-        chaos_for: Duration::from_secs(120),
-    })
+    let report = soak(
+        Db::Postgres,
+        Plan {
+            messages: 100_000,
+            relays: 2,
+            kills: 24,
+            backend_terminations: 8,
+            chaos_for: Duration::from_secs(120),
+        },
+    )
     .await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir).unwrap();

@@ -543,6 +543,16 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod mysql {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let scratch = outbox_relay_tests::Scratch::mysql().await;
+                    let storage = scratch.mysql_storage().await;
+                    super::$case(&storage).await;
+                }
+            )*
+        }
     };
 }
 
@@ -582,6 +592,29 @@ async fn postgres_a_rolled_back_enqueue_persists_nothing() {
     let storage = scratch.pg_storage().await;
     let mut tx = storage.pool().begin().await.unwrap();
     producer::postgres::enqueue(&mut tx, &NewMessage::new("e", b"{}".to_vec()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        storage
+            .fetch_pending(0, Position::default(), 10, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_messages")
+        .fetch_one(storage.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn mysql_a_rolled_back_enqueue_persists_nothing() {
+    let scratch = Scratch::mysql().await;
+    let storage = scratch.mysql_storage().await;
+    let mut tx = storage.pool().begin().await.unwrap();
+    producer::mysql::enqueue(&mut tx, &NewMessage::new("e", b"{}".to_vec()))
         .await
         .unwrap();
     tx.rollback().await.unwrap();

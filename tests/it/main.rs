@@ -17,6 +17,7 @@ mod hostile_input;
 mod injectors;
 mod kafka;
 mod mqtt;
+mod mysql;
 mod nats;
 mod nats_creds;
 mod operate;

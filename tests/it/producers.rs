@@ -1,11 +1,11 @@
 //! The plain-SQL inserts that docs/producers.md gives to producers in other
-//! languages, run as written against both databases.
+//! languages, run as written against each database.
 
 use outbox_relay::message::{Position, partition_of};
 use outbox_relay::storage::Storage;
 use outbox_relay_tests::Scratch;
 
-/// The ```sql blocks of docs/producers.md, in order: SQLite, then Postgres.
+/// The ```sql blocks of docs/producers.md, in order: SQLite, Postgres, MySQL.
 fn documented_sql() -> Vec<String> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/producers.md"))
         .unwrap();
@@ -17,7 +17,11 @@ fn documented_sql() -> Vec<String> {
         blocks.push(body[..end].to_string());
         rest = &body[end + 3..];
     }
-    assert_eq!(blocks.len(), 2, "one SQLite and one Postgres example");
+    assert_eq!(
+        blocks.len(),
+        3,
+        "one SQLite, one Postgres and one MySQL example"
+    );
     blocks
 }
 
@@ -87,6 +91,33 @@ async fn the_documented_postgres_insert_works_and_gets_the_same_partition_as_rus
         entries.len(),
         1,
         "the trigger put it in partition {partition}, as Rust would"
+    );
+    check(&entries[0]);
+}
+
+#[tokio::test]
+async fn the_documented_mysql_insert_works_and_gets_the_same_partition_as_rust() {
+    let scratch = Scratch::mysql().await;
+    let storage = scratch.mysql_storage().await;
+    storage.ensure_partitions(16).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)")
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(documented_sql()[2].clone()))
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    let id = uuid::Uuid::parse_str("01936f0e-7b2a-7cc3-9f1e-4a1f5f0c2b11").unwrap();
+    let partition = partition_of(Some("order-7"), &id, 16);
+    let entries = storage
+        .fetch_pending(partition, Position::default(), 10, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.len(),
+        1,
+        "the relay put it in partition {partition}, as Rust would"
     );
     check(&entries[0]);
 }

@@ -97,6 +97,9 @@ impl Database {
 
 /// One line per adopted table, for `status` (read only).
 pub async fn adopted_lines(config: &Config) -> anyhow::Result<Vec<String>> {
+    if crate::app::Backend::of(&config.database) == crate::app::Backend::MySql {
+        return Ok(Vec::new()); // nothing can be adopted there
+    }
     let db = Database::connect(config).await?;
     let mut lines = Vec::new();
     for (table, shape, at_ms) in db.adopted().await? {
@@ -128,6 +131,12 @@ impl Database {
 
     /// The configured database, neither migrated nor checked.
     async fn connect(config: &Config) -> anyhow::Result<Database> {
+        if crate::app::Backend::of(&config.database) == crate::app::Backend::MySql {
+            anyhow::bail!(
+                "`adopt` works on SQLite and Postgres outboxes; on MySQL, point the producers \
+                 at outbox_messages (docs/producers.md) instead"
+            );
+        }
         Ok(if config.database.starts_with("sqlite:") {
             Database::Sqlite(
                 SqliteStorage::connect(&config.database)

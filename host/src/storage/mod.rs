@@ -28,6 +28,8 @@
 //! keeps a message until every registered target has passed it. A target
 //! leaves the registry only through [`Storage::forget_target`].
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "sqlite")]
 mod observed;
 #[cfg(feature = "postgres")]
@@ -73,6 +75,10 @@ pub enum StorageError {
     TargetServed { target: String, owners: Vec<String> },
     #[error("target {0:?} is not registered and has no cursors: nothing to forget")]
     UnknownTarget(String),
+    #[error("the database's user lacks {grant} (grant it to the relay's user): {cause}")]
+    Privilege { grant: String, cause: sqlx::Error },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -112,6 +118,10 @@ fn sqlx_is_transient(e: &sqlx::Error) -> bool {
             if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 return sqlstate_transient(pg.code());
             }
+            #[cfg(feature = "mysql")]
+            if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return mysql_transient(my.number());
+            }
             false
         }
         _ => false,
@@ -132,6 +142,18 @@ fn sqlite_transient(code: &str) -> bool {
 #[cfg(feature = "postgres")]
 fn sqlstate_transient(code: &str) -> bool {
     matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+}
+
+/// A MySQL / MariaDB error number worth retrying: 1205 lock wait timeout,
+/// 1213 deadlock, 1040 too many connections, 1053 server shutdown, 1317
+/// query interrupted, 1927 connection killed (MariaDB), 2006 / 2013 server
+/// gone or lost, 4031 disconnected by the server for inactivity (MySQL).
+#[cfg(feature = "mysql")]
+fn mysql_transient(number: u16) -> bool {
+    matches!(
+        number,
+        1205 | 1213 | 1040 | 1053 | 1317 | 1927 | 2006 | 2013 | 4031
+    )
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -555,6 +577,46 @@ pub(crate) fn encode_served(serving: &[ServedTarget]) -> String {
     serde_json::to_string(serving).unwrap_or_else(|_| "[]".into())
 }
 
+/// Refuses to forget `target` while a relay among `live` serves it.
+pub(crate) fn refuse_if_served(target: &str, live: &[LiveRelay]) -> Result<()> {
+    let owners = serving(live, target);
+    if owners.is_empty() {
+        Ok(())
+    } else {
+        Err(StorageError::TargetServed {
+            target: target.to_string(),
+            owners,
+        })
+    }
+}
+
+/// What forgetting `target` removed (rows of the registry, cursors and
+/// failure records): the cursor count, or [`StorageError::UnknownTarget`]
+/// when there was nothing at all.
+pub(crate) fn forgotten(target: &str, removed: [u64; 3]) -> Result<u64> {
+    if removed == [0, 0, 0] {
+        Err(StorageError::UnknownTarget(target.to_string()))
+    } else {
+        Ok(removed[1])
+    }
+}
+
+/// [`StorageError::LeaseLost`] for `lease`.
+pub(crate) fn lease_lost(lease: &Lease) -> StorageError {
+    StorageError::LeaseLost {
+        target: lease.target.clone(),
+        partition: lease.partition,
+        owner: lease.owner.clone(),
+    }
+}
+
+/// Rows of `(owner, targets)` as live relays.
+pub(crate) fn live_relays_of(rows: Vec<(String, String)>) -> Vec<LiveRelay> {
+    rows.into_iter()
+        .map(|(owner, targets)| live_relay(owner, &targets))
+        .collect()
+}
+
 /// A live relay's row; unreadable `targets` text serves nothing.
 pub(crate) fn live_relay(owner: String, targets: &str) -> LiveRelay {
     LiveRelay {
@@ -599,17 +661,18 @@ pub(crate) fn served_by(live: &[LiveRelay], target: &str) -> Vec<ServedBy> {
         .collect()
 }
 
-/// A [`DeadLetterFilter::event_pattern`] as a SQL `LIKE` pattern with `\` as
-/// its escape character (Postgres).
-#[cfg(feature = "postgres")]
-pub(crate) fn glob_to_like(glob: &str) -> String {
+/// A [`DeadLetterFilter::event_pattern`] as a SQL `LIKE` pattern whose
+/// escape character is `escape` (Postgres `\`, MySQL `|`: a backslash there
+/// would depend on `sql_mode`).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn glob_to_like(glob: &str, escape: char) -> String {
     let mut out = String::with_capacity(glob.len() + 4);
     for c in glob.chars() {
         match c {
             '*' => out.push('%'),
             '?' => out.push('_'),
-            '%' | '_' | '\\' => {
-                out.push('\\');
+            c if c == '%' || c == '_' || c == escape => {
+                out.push(escape);
                 out.push(c);
             }
             c => out.push(c),

@@ -45,7 +45,7 @@ use super::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
     OpenTransaction, Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus,
     dead_letter_row, decode_history, disposition_columns, due_in, duration_ms, encode_served,
-    glob_to_like, live_relay, served_by,
+    glob_to_like, served_by,
 };
 use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
@@ -259,10 +259,7 @@ impl PgStorage {
         ))
         .fetch_all(&mut *conn)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(owner, targets)| live_relay(owner, &targets))
-            .collect())
+        Ok(super::live_relays_of(rows))
     }
 
     /// The transaction the horizon waits for, when committed rows are
@@ -526,11 +523,7 @@ impl Storage for PgStorage {
             None => cursor.execute(&self.pool).await?,
         };
         if updated.rows_affected() == 0 {
-            return Err(StorageError::LeaseLost {
-                target: lease.target.clone(),
-                partition: lease.partition,
-                owner: lease.owner.clone(),
-            });
+            return Err(super::lease_lost(lease));
         }
         let Some(mut tx) = tx else {
             return Ok(());
@@ -622,13 +615,10 @@ impl Storage for PgStorage {
                 let entry = if found.is_some() {
                     decode_entry(row, partitions, usize::MAX)?
                 } else {
-                    Err(MalformedMessage {
-                        seq: row.try_get("d_seq")?,
-                        xid: 0,
-                        id: row.try_get("d_id")?,
-                        event_name: String::new(),
-                        reason: "the message is no longer in the log".into(),
-                    })
+                    Err(MalformedMessage::gone(
+                        row.try_get("d_seq")?,
+                        row.try_get("d_id")?,
+                    ))
                 };
                 Ok(DueRetry {
                     entry,
@@ -757,7 +747,7 @@ impl Storage for PgStorage {
              ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT $5",
         )
         .bind(filter.target.as_deref())
-        .bind(filter.event_pattern.as_deref().map(glob_to_like))
+        .bind(filter.event_pattern.as_deref().map(|g| glob_to_like(g, '\\')))
         .bind(filter.since_ms)
         .bind(filter.until_ms)
         .bind(i64::from(filter.limit))
@@ -903,10 +893,7 @@ impl Storage for PgStorage {
         .bind(encode_served(serving))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(owner, targets)| live_relay(owner, &targets))
-            .collect())
+        Ok(super::live_relays_of(rows))
     }
 
     async fn registered_targets(&self) -> Result<Vec<String>> {
@@ -919,13 +906,7 @@ impl Storage for PgStorage {
 
     async fn forget_target(&self, target: &str) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let owners = super::serving(&self.live_relays(&mut tx).await?, target);
-        if !owners.is_empty() {
-            return Err(StorageError::TargetServed {
-                target: target.to_string(),
-                owners,
-            });
-        }
+        super::refuse_if_served(target, &self.live_relays(&mut tx).await?)?;
         let mut removed = [0u64; 3];
         for (i, sql) in [
             "DELETE FROM outbox_targets WHERE name = $1",
@@ -941,11 +922,9 @@ impl Storage for PgStorage {
                 .await?
                 .rows_affected();
         }
-        if removed == [0, 0, 0] {
-            return Err(StorageError::UnknownTarget(target.to_string()));
-        }
+        let forgotten = super::forgotten(target, removed)?;
         tx.commit().await?;
-        Ok(removed[1])
+        Ok(forgotten)
     }
 
     async fn leave(&self, owner: &str) -> Result<()> {

@@ -574,11 +574,7 @@ impl Storage for SqliteStorage {
         .await?;
         if updated.rows_affected() == 0 {
             tx.rollback().await?;
-            return Err(StorageError::LeaseLost {
-                target: lease.target.clone(),
-                partition: lease.partition,
-                owner: lease.owner.clone(),
-            });
+            return Err(super::lease_lost(lease));
         }
         for seq in &ack.resolved {
             sqlx::query("DELETE FROM outbox_deliveries WHERE target = ? AND seq = ?")
@@ -701,13 +697,10 @@ impl Storage for SqliteStorage {
                 let entry = if found.is_some() {
                     decode_entry(row, partitions, usize::MAX)?
                 } else {
-                    Err(MalformedMessage {
-                        seq: row.try_get("d_seq")?,
-                        xid: 0,
-                        id: row.try_get("d_id")?,
-                        event_name: String::new(),
-                        reason: "the message is no longer in the log".into(),
-                    })
+                    Err(MalformedMessage::gone(
+                        row.try_get("d_seq")?,
+                        row.try_get("d_id")?,
+                    ))
                 };
                 Ok(DueRetry {
                     entry,
@@ -1020,13 +1013,9 @@ impl Storage for SqliteStorage {
 
     async fn forget_target(&self, target: &str) -> Result<u64> {
         let mut tx = self.begin_write().await?;
-        let owners = super::serving(&self.live_relays(&mut tx).await?.0, target);
-        if !owners.is_empty() {
+        if let Err(e) = super::refuse_if_served(target, &self.live_relays(&mut tx).await?.0) {
             tx.rollback().await?;
-            return Err(StorageError::TargetServed {
-                target: target.to_string(),
-                owners,
-            });
+            return Err(e);
         }
         let mut removed = [0u64; 3];
         for (i, sql) in [
@@ -1043,12 +1032,12 @@ impl Storage for SqliteStorage {
                 .await?
                 .rows_affected();
         }
-        if removed == [0, 0, 0] {
-            tx.rollback().await?;
-            return Err(StorageError::UnknownTarget(target.to_string()));
+        let forgotten = super::forgotten(target, removed);
+        match forgotten {
+            Ok(_) => tx.commit().await?,
+            Err(_) => tx.rollback().await?,
         }
-        tx.commit().await?;
-        Ok(removed[1])
+        forgotten
     }
 
     async fn leave(&self, owner: &str) -> Result<()> {
