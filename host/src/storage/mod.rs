@@ -11,7 +11,13 @@
 //! | `mark_published` | [`Storage::mark_published`]: one cursor write per batch |
 //! | `increment_retry` | the failures carried by [`Ack`], and [`Storage::settle_retries`] |
 //!
-//! Every backend runs the same conformance tests (`tests/it/conformance.rs`).
+//! Every backend (SQLite, Postgres, MySQL/MariaDB) runs the same conformance
+//! tests (`tests/it/conformance.rs`). Each adapter keeps its SQL and its
+//! column types; what is the same for all of them lives here (row decoding
+//! in [`crate::message::decode_row`], dead-letter rows, the forget and
+//! lease rules). How each keeps late commits from being skipped is in its
+//! own docs: Postgres reads below a transaction horizon, MySQL writes the
+//! commit order itself, SQLite's writes are serialised.
 //!
 //! # Time
 //!
@@ -643,6 +649,36 @@ where
         attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
         last_error: r.try_get("last_error")?,
         dead_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+/// A row of [`Storage::dead_letter`], on any backend: the letter's columns
+/// `target`, `d_seq`, `message_id`, `d_event_name`, `attempts` (a bigint),
+/// `last_error`, `updated_at_ms` and `history` (its JSON text), with
+/// `message` already decoded from the same row by the adapter.
+pub(crate) fn dead_letter_detail<R>(
+    r: &R,
+    message: Option<crate::message::LogEntry>,
+) -> Result<DeadLetterDetail>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let history: Option<String> = r.try_get("history")?;
+    Ok(DeadLetterDetail {
+        letter: DeadLetter {
+            target: r.try_get("target")?,
+            seq: r.try_get("d_seq")?,
+            message_id: r.try_get("message_id")?,
+            event_name: r.try_get("d_event_name")?,
+            attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+            last_error: r.try_get("last_error")?,
+            dead_at_ms: r.try_get("updated_at_ms")?,
+        },
+        message,
+        history: decode_history(history.as_deref().unwrap_or("[]")),
     })
 }
 

@@ -44,8 +44,8 @@ use sqlx::{Connection, PgConnection, Row};
 use super::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
     OpenTransaction, Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus,
-    dead_letter_row, decode_history, disposition_columns, due_in, duration_ms, encode_served,
-    glob_to_like, served_by,
+    dead_letter_row, disposition_columns, due_in, duration_ms, encode_served, glob_to_like,
+    served_by,
 };
 use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
@@ -759,7 +759,7 @@ impl Storage for PgStorage {
     async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {
         let partitions = self.partitions().await?;
         let sql = format!(
-            "SELECT d.target, d.seq AS d_seq, d.message_id, d.attempts, d.last_error, d.updated_at_ms,
+            "SELECT d.target, d.seq AS d_seq, d.message_id, d.attempts::bigint AS attempts, d.last_error, d.updated_at_ms,
                     d.history::text AS history, m.event_name AS d_event_name, {}
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
              WHERE d.target = $1 AND d.seq = $2 AND d.state = 'dead'",
@@ -777,20 +777,7 @@ impl Storage for PgStorage {
             Some(_) => Some(decode_entry(&row, partitions, usize::MAX)?),
             None => None,
         };
-        let history: String = row.try_get("history")?;
-        Ok(Some(DeadLetterDetail {
-            letter: DeadLetter {
-                target: row.try_get("target")?,
-                seq: row.try_get("d_seq")?,
-                message_id: row.try_get("message_id")?,
-                event_name: row.try_get("d_event_name")?,
-                attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
-                last_error: row.try_get("last_error")?,
-                dead_at_ms: row.try_get("updated_at_ms")?,
-            },
-            message,
-            history: decode_history(&history),
-        }))
+        super::dead_letter_detail(&row, message).map(Some)
     }
 
     async fn replay_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64> {

@@ -36,8 +36,8 @@ use super::observed::{Observations, Sight};
 use super::{
     Ack, DeadLetter, DeadLetterDetail, DeadLetterFilter, DueRetry, FailureState, Lease, LiveRelay,
     Result, ServedTarget, Settlement, Storage, StorageError, TargetStatus, dead_letter_row,
-    decode_history, disposition_columns, due_in, duration_ms, encode_served, glob_to_sqlite_glob,
-    live_relay, served_by,
+    disposition_columns, due_in, duration_ms, encode_served, glob_to_sqlite_glob, live_relay,
+    served_by,
 };
 use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, decode_row};
 
@@ -867,20 +867,7 @@ impl Storage for SqliteStorage {
             Some(_) => Some(decode_entry(&row, partitions, usize::MAX)?),
             None => None,
         };
-        let history: Option<String> = row.try_get("history")?;
-        Ok(Some(DeadLetterDetail {
-            letter: DeadLetter {
-                target: row.try_get("target")?,
-                seq: row.try_get("d_seq")?,
-                message_id: row.try_get("message_id")?,
-                event_name: row.try_get("d_event_name")?,
-                attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                last_error: row.try_get("last_error")?,
-                dead_at_ms: row.try_get("updated_at_ms")?,
-            },
-            message,
-            history: decode_history(history.as_deref().unwrap_or("[]")),
-        }))
+        super::dead_letter_detail(&row, message).map(Some)
     }
 
     async fn replay_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64> {
