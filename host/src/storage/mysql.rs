@@ -16,10 +16,12 @@
 //!    `commit_seq`, in `seq` order: only committed rows are visible to it;
 //! 2. in one transaction: lock the `commit_seq` counter in `outbox_settings`
 //!    (`SELECT … FOR UPDATE`, so passes of several relays run one after the
-//!    other), give those rows `commit_seq = counter + (seq - first seq + 1)`
+//!    other), give those rows the next numbers of the counter in `seq` order
 //!    and their `partition` (FNV-1a of the key or id, as on the other
 //!    backends), only where `commit_seq` is still empty, and move the counter
-//!    past them; commit.
+//!    past them; commit. One `UPDATE` joins the plan (a JSON array, through
+//!    `JSON_TABLE`) to the rows by primary key, so no other row is touched
+//!    and no open transaction's row lock is waited for.
 //!
 //! Delivery reads a partition in `commit_seq` order, after the cursor. A
 //! pass's numbers are all higher than every earlier pass's, and a pass
@@ -38,6 +40,10 @@
 //!
 //! The price: one `UPDATE` per pass (by primary key, up to
 //! [`SEQUENCE_PASS`] rows), on the relay's side, never on the producer's.
+//!
+//! Sessions pin `autocommit = 1` and `REPEATABLE READ` (a server default of
+//! `READ UNCOMMITTED` would let the pass see rows not yet committed, and
+//! `SERIALIZABLE` would make its plain read wait on them).
 //! The relay's user needs `UPDATE` on `outbox_messages`; without it the pass
 //! fails with [`StorageError::Privilege`], which names the grant. Producers
 //! need `INSERT` on `outbox_messages` only: no triggers, no stored
@@ -142,6 +148,17 @@ impl MySqlStorage {
             return Err(StorageError::Unsupported(reason));
         }
         let pool = MySqlPoolOptions::new()
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(
+                        "SET SESSION autocommit = 1;
+                         SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                    )
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+                })
+            })
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
@@ -179,18 +196,10 @@ impl MySqlStorage {
         .bind(SEQUENCE_PASS)
         .fetch_all(&self.pool)
         .await?;
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        if rows.is_empty() {
             return Ok(0);
-        };
-        let (first, last) = (first.0, last.0);
-        let partitions = self.partitions().await?;
-        let mut by_partition: std::collections::BTreeMap<u32, Vec<i64>> = Default::default();
-        for (seq, id, key) in &rows {
-            by_partition
-                .entry(partition_of_row(key.as_deref(), id, partitions))
-                .or_default()
-                .push(*seq);
         }
+        let partitions = self.partitions().await?;
         let mut tx = self.pool.begin().await?;
         let counter: String = sqlx::query_scalar(
             "SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE",
@@ -198,34 +207,35 @@ impl MySqlStorage {
         .fetch_one(&mut *tx)
         .await?;
         let base: i64 = counter.trim().parse().unwrap_or(0);
-        let mut sequenced = 0;
-        for (partition, seqs) in &by_partition {
-            // The seqs are numbers this pass read: literals, not input. The
-            // rows are reached by primary key alone (`FORCE INDEX`): any scan
-            // (a full one, which the optimizer picks for a small table, or
-            // one of the `commit_seq` index) would lock, and so wait for,
-            // rows of transactions still open. A row another relay's pass
-            // sequenced meanwhile keeps its values (assignments run left to
-            // right, so `partition` is decided before `commit_seq` changes).
-            let sql = format!(
-                "UPDATE outbox_messages FORCE INDEX (PRIMARY) SET
-                    `partition` = IF(commit_seq IS NULL, ?, `partition`),
-                    commit_seq = IF(commit_seq IS NULL, ? + (seq - ?) + 1, commit_seq)
-                 WHERE seq IN ({})",
-                join(seqs)
-            );
-            sequenced += sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent(false)
-                .bind(i64::from(*partition))
-                .bind(base)
-                .bind(first)
-                .execute(&mut *tx)
-                .await
-                .map_err(privilege("UPDATE on outbox_messages"))?
-                .rows_affected();
-        }
+        // [seq, partition, commit_seq] for each row, numbered in seq order
+        // after the counter.
+        let plan: Vec<[i64; 3]> = (1..)
+            .zip(&rows)
+            .map(|(rank, (seq, id, key))| {
+                let partition = partition_of_row(key.as_deref(), id, partitions);
+                [*seq, i64::from(partition), base + rank]
+            })
+            .collect();
+        let top = base + i64::try_from(plan.len()).unwrap_or(i64::MAX);
+        // The rows are reached from the plan by primary key alone
+        // (STRAIGHT_JOIN, FORCE INDEX): a scan of the table (which the
+        // optimizer picks for a small one) or of the `commit_seq` index
+        // would lock, and so wait for, rows of transactions still open. A
+        // row another relay's pass sequenced meanwhile keeps its numbers.
+        let sequenced = sqlx::query(
+            "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (
+                    s BIGINT PATH '$[0]', p INT PATH '$[1]', o BIGINT PATH '$[2]')) plan
+                STRAIGHT_JOIN outbox_messages m FORCE INDEX (PRIMARY) ON m.seq = plan.s
+             SET m.`partition` = plan.p, m.commit_seq = plan.o
+             WHERE m.commit_seq IS NULL",
+        )
+        .bind(serde_json::to_string(&plan).unwrap_or_else(|_| "[]".into()))
+        .execute(&mut *tx)
+        .await
+        .map_err(privilege("UPDATE on outbox_messages"))?
+        .rows_affected();
         sqlx::query("UPDATE outbox_settings SET value = ? WHERE `key` = 'commit_seq'")
-            .bind((base + (last - first) + 1).to_string())
+            .bind(top.to_string())
             .execute(&mut *tx)
             .await
             .map_err(privilege("UPDATE on outbox_settings"))?;
