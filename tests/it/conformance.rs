@@ -521,6 +521,77 @@ async fn the_registry_holds_retention_until_a_target_is_forgotten(storage: &dyn 
     );
 }
 
+async fn dead_letters_filter_by_error_page_and_count(storage: &dyn Storage) {
+    let sent = enqueue_settled(storage, 7).await;
+    let l = lease(storage, "a").await;
+    let entries = storage
+        .fetch_pending(0, l.position, 10, usize::MAX)
+        .await
+        .unwrap();
+    let failures = entries
+        .iter()
+        .zip(&sent)
+        .map(|(e, m)| Failure {
+            seq: e.as_ref().unwrap().seq,
+            message_id: m.id.to_string(),
+            attempts: 1,
+            error: if e.as_ref().unwrap().seq % 2 == 0 {
+                "HTTP 503 from the Receiver".into()
+            } else {
+                "connection refused".into()
+            },
+            disposition: Disposition::Dead,
+        })
+        .collect();
+    storage
+        .mark_published(
+            &l,
+            &Ack {
+                position: entries.last().unwrap().as_ref().unwrap().position(),
+                failures,
+                resolved: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let all = outbox_relay::storage::DeadLetterFilter::default();
+    assert_eq!(storage.count_dead_letters(&all).await.unwrap(), 7);
+    let receiver = outbox_relay::storage::DeadLetterFilter {
+        error_contains: Some("503 FROM THE receiver".into()),
+        ..Default::default()
+    };
+    let even = storage.list_dead_letters(&receiver).await.unwrap();
+    assert!(
+        !even.is_empty() && even.iter().all(|d| d.seq % 2 == 0),
+        "{even:?}"
+    );
+    assert_eq!(
+        storage.count_dead_letters(&receiver).await.unwrap(),
+        even.len() as u64
+    );
+    // Pages of 3, newest first, cover the listing once, in its order.
+    let whole = storage.list_dead_letters(&all).await.unwrap();
+    let mut paged = Vec::new();
+    let mut page = outbox_relay::storage::DeadLetterFilter {
+        limit: 3,
+        ..Default::default()
+    };
+    loop {
+        let got = storage.list_dead_letters(&page).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        page.older_than = Some(got.last().unwrap().key());
+        paged.extend(got);
+    }
+    assert_eq!(paged, whole);
+    let other = outbox_relay::storage::DeadLetterFilter {
+        target: Some("no-such-target".into()),
+        ..Default::default()
+    };
+    assert_eq!(storage.count_dead_letters(&other).await.unwrap(), 0);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -566,6 +637,7 @@ conformance!(
     an_expired_claim_is_taken_over,
     retention_prunes_only_what_every_target_passed_and_nothing_refers_to,
     the_registry_holds_retention_until_a_target_is_forgotten,
+    dead_letters_filter_by_error_page_and_count,
 );
 
 #[tokio::test]

@@ -86,6 +86,9 @@ pub struct FilterArgs {
     /// Only those dead-lettered before this time (same forms as --since).
     #[arg(long, value_name = "DURATION|RFC3339", value_parser = parse_time)]
     pub until: Option<i64>,
+    /// Only those whose last error contains this text (ignoring ASCII case).
+    #[arg(long, value_name = "TEXT")]
+    error: Option<String>,
     /// At most this many, newest first (list: 100 by default; replay and purge: all).
     #[arg(long)]
     pub limit: Option<u32>,
@@ -98,6 +101,8 @@ impl FilterArgs {
             event_pattern: self.event.clone(),
             since_ms: self.since,
             until_ms: self.until,
+            error_contains: self.error.clone(),
+            older_than: None,
             limit: self.limit.unwrap_or(default_limit),
         }
     }

@@ -215,6 +215,9 @@ impl Storage for MemoryStorage {
     async fn list_dead_letters(&self, _: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
         unused()
     }
+    async fn count_dead_letters(&self, _: &DeadLetterFilter) -> Result<u64> {
+        unused()
+    }
     async fn dead_letter(&self, _: &str, _: i64) -> Result<Option<DeadLetterDetail>> {
         unused()
     }

@@ -244,14 +244,41 @@ pub struct DeadLetter {
 ///
 /// `since_ms` (inclusive) and `until_ms` (exclusive) bound the time the
 /// message was dead-lettered ([`DeadLetter::dead_at_ms`]).
+///
+/// `error_contains` keeps the dead letters whose last error contains the
+/// text, without regard to case (ASCII letters).
+///
+/// `older_than` pages: only the dead letters after this one in the listing's
+/// order (newest first, then by target, then newest seq first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterFilter {
     pub target: Option<String>,
     pub event_pattern: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    pub error_contains: Option<String>,
+    pub older_than: Option<DeadLetterKey>,
     /// At most this many, newest first.
     pub limit: u32,
+}
+
+/// Where a dead letter stands in a listing: the key of keyset paging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterKey {
+    pub dead_at_ms: i64,
+    pub target: String,
+    pub seq: i64,
+}
+
+impl DeadLetter {
+    /// This dead letter's place in a listing (for [`DeadLetterFilter::older_than`]).
+    pub fn key(&self) -> DeadLetterKey {
+        DeadLetterKey {
+            dead_at_ms: self.dead_at_ms,
+            target: self.target.clone(),
+            seq: self.seq,
+        }
+    }
 }
 
 impl Default for DeadLetterFilter {
@@ -262,6 +289,8 @@ impl Default for DeadLetterFilter {
             event_pattern: None,
             since_ms: None,
             until_ms: None,
+            error_contains: None,
+            older_than: None,
             limit: u32::MAX,
         }
     }
@@ -452,6 +481,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Dead letters matching `filter`, newest first (by the time they were
     /// dead-lettered), at most `filter.limit`.
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>>;
+
+    /// How many dead letters match `filter` (its `limit` and `older_than`
+    /// left aside).
+    async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64>;
 
     /// One dead letter of `target` with its message and attempt history;
     /// `None` if (`target`, `seq`) is not a dead letter.

@@ -314,6 +314,36 @@ fn partition_of_row(key: Option<&str>, id: &str, partitions: u32) -> u32 {
     }
 }
 
+/// The dead letters a [`DeadLetterFilter`] matches, as SQL over
+/// `outbox_deliveries d LEFT JOIN outbox_messages m`, with the ten
+/// parameters of [`bind_dead_letter_filter`].
+const DEAD_LETTERS_MATCHING: &str = "d.state = 'dead' AND (? IS NULL OR d.target = ?)
+               AND (? IS NULL OR m.event_name LIKE ? ESCAPE '|')
+               AND (? IS NULL OR d.updated_at_ms >= ?)
+               AND (? IS NULL OR d.updated_at_ms < ?)
+               AND (? IS NULL OR LOCATE(LOWER(?), LOWER(d.last_error)) > 0)";
+
+fn bind_dead_letter_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+    filter: &'q DeadLetterFilter,
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    let pattern = filter
+        .event_pattern
+        .as_deref()
+        .map(|g| glob_to_like(g, '|'));
+    query
+        .bind(filter.target.as_deref())
+        .bind(filter.target.as_deref())
+        .bind(filter.event_pattern.as_deref())
+        .bind(pattern)
+        .bind(filter.since_ms)
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .bind(filter.until_ms)
+        .bind(filter.error_contains.as_deref())
+        .bind(filter.error_contains.as_deref())
+}
+
 /// Numbers as a SQL list.
 fn join(values: &[i64]) -> String {
     values
@@ -846,28 +876,36 @@ impl Storage for MySqlStorage {
     }
 
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT d.target, d.seq, d.message_id, m.event_name, CAST(d.attempts AS SIGNED) AS attempts,
                     d.last_error, d.updated_at_ms
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.state = 'dead' AND (? IS NULL OR d.target = ?)
-               AND (? IS NULL OR m.event_name LIKE ? ESCAPE '|')
-               AND (? IS NULL OR d.updated_at_ms >= ?)
-               AND (? IS NULL OR d.updated_at_ms < ?)
-             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT ?",
-        )
-        .bind(filter.target.as_deref())
-        .bind(filter.target.as_deref())
-        .bind(filter.event_pattern.as_deref())
-        .bind(filter.event_pattern.as_deref().map(|g| glob_to_like(g, '|')))
-        .bind(filter.since_ms)
-        .bind(filter.since_ms)
-        .bind(filter.until_ms)
-        .bind(filter.until_ms)
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE {DEAD_LETTERS_MATCHING}
+               AND (? IS NULL OR (d.updated_at_ms, ?, d.seq) < (?, d.target, ?))
+             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT ?"
+        );
+        let older = filter.older_than.as_ref();
+        let rows = bind_dead_letter_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .bind(older.map(|k| k.dead_at_ms))
+            .bind(older.map(|k| k.target.as_str()))
+            .bind(older.map(|k| k.dead_at_ms))
+            .bind(older.map(|k| k.seq))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(dead_letter_row).collect()
+    }
+
+    async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE {DEAD_LETTERS_MATCHING}"
+        );
+        let count: i64 = bind_dead_letter_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {

@@ -330,6 +330,32 @@ pub(crate) async fn stored_partitions(conn: &mut PgConnection) -> Result<u32> {
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
 }
 
+/// The dead letters a [`DeadLetterFilter`] matches, as SQL over
+/// `outbox_deliveries d LEFT JOIN outbox_messages m`, with the parameters
+/// $1..$5 of [`bind_dead_letter_filter`].
+const DEAD_LETTERS_MATCHING: &str = r"d.state = 'dead' AND ($1::text IS NULL OR d.target = $1)
+               AND ($2::text IS NULL OR m.event_name LIKE $2 ESCAPE '\')
+               AND ($3::bigint IS NULL OR d.updated_at_ms >= $3)
+               AND ($4::bigint IS NULL OR d.updated_at_ms < $4)
+               AND ($5::text IS NULL OR strpos(lower(d.last_error), lower($5)) > 0)";
+
+fn bind_dead_letter_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    filter: &'q DeadLetterFilter,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(filter.target.as_deref())
+        .bind(
+            filter
+                .event_pattern
+                .as_deref()
+                .map(|g| glob_to_like(g, '\\')),
+        )
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .bind(filter.error_contains.as_deref())
+}
+
 fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
@@ -737,23 +763,34 @@ impl Storage for PgStorage {
     }
 
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            r"SELECT d.target, d.seq, d.message_id, m.event_name, d.attempts::bigint AS attempts, d.last_error, d.updated_at_ms
+        let sql = format!(
+            "SELECT d.target, d.seq, d.message_id, m.event_name, d.attempts::bigint AS attempts, d.last_error, d.updated_at_ms
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.state = 'dead' AND ($1::text IS NULL OR d.target = $1)
-               AND ($2::text IS NULL OR m.event_name LIKE $2 ESCAPE '\')
-               AND ($3::bigint IS NULL OR d.updated_at_ms >= $3)
-               AND ($4::bigint IS NULL OR d.updated_at_ms < $4)
-             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT $5",
-        )
-        .bind(filter.target.as_deref())
-        .bind(filter.event_pattern.as_deref().map(|g| glob_to_like(g, '\\')))
-        .bind(filter.since_ms)
-        .bind(filter.until_ms)
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE {DEAD_LETTERS_MATCHING}
+               AND ($6::bigint IS NULL OR (d.updated_at_ms, $7::text, d.seq) < ($6, d.target, $8::bigint))
+             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT $9"
+        );
+        let older = filter.older_than.as_ref();
+        let rows = bind_dead_letter_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .bind(older.map(|k| k.dead_at_ms))
+            .bind(older.map(|k| k.target.as_str()))
+            .bind(older.map(|k| k.seq))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(dead_letter_row).collect()
+    }
+
+    async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE {DEAD_LETTERS_MATCHING}"
+        );
+        let count: i64 = bind_dead_letter_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {

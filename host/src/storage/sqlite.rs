@@ -338,6 +338,27 @@ pub(crate) async fn stored_partitions(conn: &mut SqliteConnection) -> Result<u32
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
 }
 
+/// The dead letters a [`DeadLetterFilter`] matches, as SQL over
+/// `outbox_deliveries d LEFT JOIN outbox_messages m`, with the parameters
+/// ?1..?5 of [`bind_dead_letter_filter`].
+const DEAD_LETTERS_MATCHING: &str = "d.state = 'dead' AND (?1 IS NULL OR d.target = ?1)
+               AND (?2 IS NULL OR CAST(m.event_name AS TEXT) GLOB ?2)
+               AND (?3 IS NULL OR d.updated_at_ms >= ?3)
+               AND (?4 IS NULL OR d.updated_at_ms < ?4)
+               AND (?5 IS NULL OR instr(lower(d.last_error), lower(?5)) > 0)";
+
+fn bind_dead_letter_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    filter: &'q DeadLetterFilter,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(filter.target.as_deref())
+        .bind(filter.event_pattern.as_deref().map(glob_to_sqlite_glob))
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .bind(filter.error_contains.as_deref())
+}
+
 /// A text column read as bytes, so a value that is not UTF-8 makes the row
 /// malformed instead of failing the whole read.
 fn text(row: &SqliteRow, column: &str) -> Result<Result<Option<String>, String>> {
@@ -825,24 +846,35 @@ impl Storage for SqliteStorage {
     }
 
     async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT d.target, d.seq, d.message_id, CAST(m.event_name AS TEXT) AS event_name, d.attempts,
                     d.last_error, d.updated_at_ms
              FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
-             WHERE d.state = 'dead' AND (?1 IS NULL OR d.target = ?1)
-               AND (?2 IS NULL OR CAST(m.event_name AS TEXT) GLOB ?2)
-               AND (?3 IS NULL OR d.updated_at_ms >= ?3)
-               AND (?4 IS NULL OR d.updated_at_ms < ?4)
-             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT ?5",
-        )
-        .bind(filter.target.as_deref())
-        .bind(filter.event_pattern.as_deref().map(glob_to_sqlite_glob))
-        .bind(filter.since_ms)
-        .bind(filter.until_ms)
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE {DEAD_LETTERS_MATCHING}
+               AND (?6 IS NULL OR d.updated_at_ms < ?6
+                    OR (d.updated_at_ms = ?6 AND (d.target > ?7 OR (d.target = ?7 AND d.seq < ?8))))
+             ORDER BY d.updated_at_ms DESC, d.target, d.seq DESC LIMIT ?9"
+        );
+        let older = filter.older_than.as_ref();
+        let rows = bind_dead_letter_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .bind(older.map(|k| k.dead_at_ms))
+            .bind(older.map(|k| k.target.as_str()))
+            .bind(older.map(|k| k.seq))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(dead_letter_row).collect()
+    }
+
+    async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM outbox_deliveries d LEFT JOIN outbox_messages m ON m.seq = d.seq
+             WHERE {DEAD_LETTERS_MATCHING}"
+        );
+        let row = bind_dead_letter_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
     }
 
     async fn dead_letter(&self, target: &str, seq: i64) -> Result<Option<DeadLetterDetail>> {
