@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: Prometheus `/metrics`, `/healthz` (the process is
-//! up) and `/readyz` (the database answers and the plugins are loaded). Off
-//! unless `[admin] listen` is set; meant for localhost or a private network.
+//! up) and `/readyz` (the database answers and the plugins are loaded), and
+//! the web console at `/` when `[admin.console]` is set ([`crate::console`]).
+//! Off unless `[admin] listen` is set; meant for localhost or a private network.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Each target's state, as the relay's workers report it.
     pub health: crate::relay::health::Health,
+    /// The running config (the console's target pages read it).
+    pub config: Arc<RwLock<Arc<crate::config::Config>>>,
+    /// The console's access rules, when `[admin.console]` is set.
+    pub console: Option<crate::console::session::Access>,
 }
 
 /// Serves until `shutdown`, and refreshes the lag gauges every `lag_every`.
@@ -40,11 +45,17 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "admin endpoint listening");
     let lag = tokio::spawn(refresh_lag(state.clone(), lag_every));
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(state);
+        .with_state(state.clone());
+    if let Some(access) = state.console.clone() {
+        app = app.merge(crate::console::router(crate::console::Console {
+            admin: state,
+            access,
+        }));
+    }
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

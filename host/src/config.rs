@@ -128,6 +128,8 @@ pub struct AdminConfig {
     /// How often the lag gauges are refreshed from the database.
     #[serde(with = "humantime_serde")]
     pub lag_refresh: Duration,
+    /// The web console at `/`; off unless its token is set.
+    pub console: Option<ConsoleConfig>,
 }
 
 impl Default for AdminConfig {
@@ -135,8 +137,21 @@ impl Default for AdminConfig {
         Self {
             listen: None,
             lag_refresh: Duration::from_secs(5),
+            console: None,
         }
     }
+}
+
+/// `[admin.console]`: the operator's web console (docs/console.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The login token: `{ env = "NAME" }` or `{ file = "path" }` (or a
+    /// path). Anyone who has it can replay and purge dead letters.
+    pub token: crate::tls::KeySource,
+    /// Look, never change: replay and purge are refused.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Sends every event whose name matches one of `events` (globs: `*`, `?`, `[a-z]`,
@@ -393,6 +408,12 @@ impl Config {
                 }
                 crate::plugin_config::rebase_files(&mut injector.config, base);
             }
+        }
+        if let Some(console) = &mut self.admin.console
+            && let crate::tls::KeySource(crate::plugin_config::SecretRef::File(path)) =
+                &mut console.token
+        {
+            *path = rebase(path);
         }
         for key in self.keys.values_mut() {
             if let Some(file) = &key.file {

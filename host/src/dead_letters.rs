@@ -126,6 +126,22 @@ impl Selection {
         Ok(Self { action, by_target })
     }
 
+    /// The dead letters picked one by one (`(target, seq)`), for `action`.
+    pub fn of(
+        config: &Config,
+        action: Action,
+        picks: impl IntoIterator<Item = (String, i64)>,
+    ) -> Result<Self, DeadLetterError> {
+        let mut by_target: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (target, seq) in picks {
+            by_target.entry(target).or_default().push(seq);
+        }
+        if action == Action::Replay {
+            check_replayable(config, by_target.keys().map(String::as_str))?;
+        }
+        Ok(Self { action, by_target })
+    }
+
     pub fn action(&self) -> Action {
         self.action
     }

@@ -56,6 +56,8 @@ pub mod cli;
 #[cfg(feature = "relay")]
 pub mod config;
 #[cfg(feature = "relay")]
+pub mod console;
+#[cfg(feature = "relay")]
 pub mod dead_letters;
 #[cfg(feature = "relay")]
 pub mod injector;

@@ -7,6 +7,7 @@ mod adopt;
 mod authoring;
 mod chaos;
 mod conformance;
+mod console;
 mod crash;
 mod dead_letters;
 mod delivery;

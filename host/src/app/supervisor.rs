@@ -68,6 +68,7 @@ pub async fn run(path: &Path, config: Config, shutdown: CancellationToken) -> Re
         if let Some(admin) = &admin {
             *admin.storage.write().await = new_relay.storage.clone();
             *admin.targets.write().await = target_names(&new_config);
+            *admin.config.write().await = Arc::new(new_config.clone());
         }
         relay = new_relay;
         tracing::info!(targets = new_config.targets.len(), "config reloaded");
@@ -95,12 +96,21 @@ fn serve_admin(
     shutdown: &CancellationToken,
 ) -> Result<AdminState, AppError> {
     let metrics = crate::metrics::install().ok_or(AppError::Metrics)?;
+    let console = match &config.admin.console {
+        Some(console) => Some(crate::console::session::Access::new(
+            console_token(config, console)?,
+            console.read_only,
+        )),
+        None => None,
+    };
     let state = AdminState {
         metrics,
         storage: Arc::new(RwLock::new(relay.storage.clone())),
         targets: Arc::new(RwLock::new(target_names(config))),
         ready: Arc::new(AtomicBool::new(false)),
         health: relay.health.clone(),
+        config: Arc::new(RwLock::new(Arc::new(config.clone()))),
+        console,
     };
     let serving = state.clone();
     let stop = shutdown.clone();
@@ -111,6 +121,35 @@ fn serve_admin(
         }
     });
     Ok(state)
+}
+
+/// The console's login token, read once at start from its file or variable
+/// (at least 16 characters: it guards replay and purge).
+fn console_token(
+    config: &Config,
+    console: &crate::config::ConsoleConfig,
+) -> Result<String, AppError> {
+    use crate::plugin_config::SecretRef;
+    use crate::secret_source as source;
+    let invalid = |message: String| {
+        AppError::Config(crate::config::ConfigError::Invalid {
+            file: config.source.display().to_string(),
+            field: "admin.console.token".into(),
+            message,
+        })
+    };
+    let token = match &console.token.0 {
+        SecretRef::File(path) => source::read_text(path).map_err(invalid)?,
+        SecretRef::Env(name) => source::read_env(name).map_err(invalid)?,
+    };
+    let token = token.trim().to_string();
+    if token.chars().count() < 16 {
+        return Err(invalid(format!(
+            "the token is {} characters long; use at least 16 (e.g. `openssl rand -hex 32`)",
+            token.chars().count()
+        )));
+    }
+    Ok(token)
 }
 
 /// SIGHUP, and (if `watch_file`) a change of the config file's modification

@@ -12,7 +12,7 @@ use crate::storage::{ServedTarget, now_ms};
 use crate::transport::TransportError;
 
 /// One partition's state, or a target's in [`Health::summary`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TargetHealth {
     Running,

@@ -1,0 +1,380 @@
+//! The web console over HTTP, against the real binary and a real database:
+//! login, refusals (no token, wrong token, no CSRF token, read-only), the
+//! overview, a dead letter's page, a filtered replay delivered at the
+//! target, a purge after confirming, and hostile text shown escaped.
+//! (The browser test is tests/console/.)
+
+use std::time::Duration;
+
+use outbox_relay::NewMessage;
+use outbox_relay::storage::Storage;
+use outbox_relay_tests::{Scratch, eventually, read_jsonl};
+
+use crate::{free_port, spawn_relay, terminate};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "console-test-token-0123456789";
+
+struct Console {
+    base: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl Console {
+    fn new(port: u16) -> Self {
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        let res = req.send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, String, Option<String>) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        let res = req.send().await.unwrap();
+        let location = res
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        (res.status().as_u16(), res.text().await.unwrap(), location)
+    }
+
+    async fn login(&mut self) {
+        let res = self
+            .http
+            .post(format!("{}/login", self.base))
+            .form(&[("token", TOKEN)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 303, "login redirects");
+        let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        self.cookie = Some(cookie.split(';').next().unwrap().to_string());
+    }
+
+    /// The CSRF token of the page at `path`.
+    async fn csrf(&self, path: &str) -> String {
+        let (_, body) = self.get(path).await;
+        let at = body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token")
+            + 19;
+        body[at..at + 64].to_string()
+    }
+}
+
+fn config(scratch: &Scratch, port: u16, read_only: bool) -> std::path::PathBuf {
+    std::fs::write(scratch.path().join("console.token"), format!("{TOKEN}\n")).unwrap();
+    scratch.write_config(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{port}"
+console = {{ token = {{ file = "console.token" }}, read_only = {read_only} }}
+
+[[routes]]
+events = ["order.*"]
+targets = ["orders"]
+
+[[routes]]
+events = ["*"]
+targets = ["audit"]
+
+[targets.orders]
+plugin = "file"
+config = {{ path = "/out/orders.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
+
+[targets.audit]
+plugin = "flaky"
+config = {{ succeed_on_attempt = 2, path = "/out/audit.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
+retry = {{ max_attempts = 1 }}
+"#,
+        out = scratch.path().join("out").display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_logs_in_reads_replays_and_purges_and_strangers_get_nothing() {
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = config(&scratch, port, false);
+    let storage = scratch.storage().await;
+    let hostile = "<script>alert('x')</script>";
+    let mut messages: Vec<NewMessage> = (0..4)
+        .map(|i| {
+            NewMessage::new(
+                "order.created",
+                format!(r#"{{"order":{i},"note":"{hostile}"}}"#).into_bytes(),
+            )
+            .with_header("x-evil", hostile)
+        })
+        .collect();
+    messages.push(NewMessage::new(
+        format!("user.{hostile}"),
+        vec![0xff; 70 * 1024],
+    ));
+    storage.save(&messages).await.unwrap();
+    let mut relay = spawn_relay(&config);
+    let mut console = Console::new(port);
+    eventually("the console answers", WAIT, || async {
+        reqwest::get(format!("{}/healthz", console.base))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    // Strangers: no data, 401; a wrong token too; /metrics and /healthz stay open.
+    let (status, body) = console.get("/").await;
+    assert_eq!(status, 401);
+    assert!(
+        !body.contains("orders") && !body.contains("audit"),
+        "{body}"
+    );
+    let (status, body) = console.get("/dead-letters").await;
+    assert_eq!((status, body.contains("order.created")), (401, false));
+    let (status, _, _) = console.post("/login", &[("token", "wrong")]).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = console
+        .post(
+            "/dead-letters/act",
+            &[("op", "purge-matching"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(console.get("/healthz").await.0, 200);
+    assert_eq!(console.get("/metrics").await.0, 200);
+
+    console.login().await;
+    // Every message is dead at `audit` (flaky fails a first attempt, and
+    // one attempt is all it has).
+    eventually("five dead letters", WAIT, || async {
+        (outbox_relay_tests::dead_letters(&storage, "audit")
+            .await
+            .len()
+            == 5)
+            .then_some(())
+    })
+    .await;
+    let (status, overview) = console.get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        overview.contains("data-target=\"orders\"") && overview.contains("data-target=\"audit\"")
+    );
+    assert!(overview.contains("running"), "{overview}");
+
+    // A dead letter: payload (JSON, escaped), headers, history.
+    let letters = outbox_relay_tests::dead_letters(&storage, "audit").await;
+    let json_one = letters
+        .iter()
+        .find(|d| d.event_name.as_deref() == Some("order.created"))
+        .unwrap();
+    let (status, page) = console
+        .get(&format!("/dead-letters/audit/{}", json_one.seq))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        !page.contains(hostile),
+        "raw HTML from a payload or header: {page}"
+    );
+    assert!(
+        page.contains("&lt;script&gt;") || page.contains("&#60;script&#62;"),
+        "escaped, still readable: {page}"
+    );
+    assert!(page.contains("&quot;order&quot;") || page.contains("&#34;order&#34;"));
+    assert!(
+        page.contains("id=\"history\"") && page.contains("<tr><td>1</td>"),
+        "its attempt: {page}"
+    );
+    let big = letters
+        .iter()
+        .find(|d| d.event_name.as_deref() != Some("order.created"))
+        .unwrap();
+    let (_, page) = console
+        .get(&format!("/dead-letters/audit/{}", big.seq))
+        .await;
+    assert!(
+        page.contains("id=\"truncated\"") && page.contains("71680 bytes"),
+        "a huge payload is cut"
+    );
+    assert!(!page.contains(hostile));
+    let (_, list) = console.get("/dead-letters").await;
+    assert!(!list.contains(hostile), "event names escaped in the list");
+    assert!(list.contains("<strong id=\"count\">5</strong>"));
+
+    // Changes need the CSRF token.
+    let (status, _, _) = console
+        .post(
+            "/dead-letters/act",
+            &[("op", "purge-matching"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        outbox_relay_tests::dead_letters(&storage, "audit")
+            .await
+            .len(),
+        5
+    );
+
+    // Replay the filtered selection (the order events): confirm first, then
+    // see them delivered at `audit` on their second attempt.
+    let csrf = console.csrf("/dead-letters?event=order.*").await;
+    let (status, confirm, _) = console
+        .post(
+            "/dead-letters/act",
+            &[
+                ("csrf", &csrf),
+                ("op", "replay-matching"),
+                ("target", "audit"),
+                ("event", "order.*"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("Replay 4 dead letters?"), "{confirm}");
+    let (status, _, location) = console
+        .post(
+            "/dead-letters/act",
+            &[
+                ("csrf", &csrf),
+                ("op", "replay-matching"),
+                ("target", "audit"),
+                ("event", "order.*"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert!(location.unwrap().contains("replayed"));
+    let delivered = eventually("the replayed letters delivered", WAIT, || async {
+        let d = read_jsonl(&scratch.path().join("out/audit.jsonl"));
+        (d.len() >= 4).then_some(d)
+    })
+    .await;
+    assert_eq!(delivered.len(), 4);
+    assert!(delivered.iter().all(|l| l["attempt"] == 2), "{delivered:?}");
+    eventually("the dead-letter count falls to 1", WAIT, || async {
+        let (_, list) = console.get("/dead-letters").await;
+        list.contains("<strong id=\"count\">1</strong>")
+            .then_some(())
+    })
+    .await;
+    // The orders target got its four, once.
+    assert_eq!(
+        read_jsonl(&scratch.path().join("out/orders.jsonl")).len(),
+        4
+    );
+
+    // Purge the one left, after confirming.
+    let seq = big.seq.to_string();
+    let pick = format!("{seq}:audit");
+    let csrf = console.csrf(&format!("/dead-letters/audit/{seq}")).await;
+    let (_, confirm, _) = console
+        .post(
+            "/dead-letters/act",
+            &[("csrf", &csrf), ("op", "purge-selected"), ("pick", &pick)],
+        )
+        .await;
+    assert!(confirm.contains("Purge 1 dead letters?"), "{confirm}");
+    let (status, _, _) = console
+        .post(
+            "/dead-letters/act",
+            &[
+                ("csrf", &csrf),
+                ("op", "purge-selected"),
+                ("pick", &pick),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert!(
+        outbox_relay_tests::dead_letters(&storage, "audit")
+            .await
+            .is_empty()
+    );
+    let (_, list) = console.get("/dead-letters").await;
+    assert!(list.contains("<strong id=\"count\">0</strong>"));
+
+    // A script with the bearer token needs no CSRF token.
+    let res = console
+        .http
+        .get(format!("{}/relays", console.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.text().await.unwrap().contains("orders"));
+    assert!(terminate(&mut relay).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_console_shows_but_changes_nothing() {
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = config(&scratch, port, true);
+    let storage = scratch.storage().await;
+    storage
+        .save(&[NewMessage::new("user.created", b"{}".to_vec())])
+        .await
+        .unwrap();
+    let mut relay = spawn_relay(&config);
+    let mut console = Console::new(port);
+    eventually("a dead letter", WAIT, || async {
+        (outbox_relay_tests::dead_letters(&storage, "audit")
+            .await
+            .len()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    eventually("the console answers", WAIT, || async {
+        reqwest::get(format!("{}/healthz", console.base))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    console.login().await;
+    let (_, list) = console.get("/dead-letters").await;
+    assert!(list.contains("read-only") && !list.contains("id=\"purge-matching\""));
+    let csrf = console.csrf("/dead-letters").await;
+    let (status, body, _) = console
+        .post(
+            "/dead-letters/act",
+            &[
+                ("csrf", &csrf),
+                ("op", "purge-matching"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        outbox_relay_tests::dead_letters(&storage, "audit")
+            .await
+            .len(),
+        1
+    );
+    assert!(terminate(&mut relay).success());
+}
