@@ -42,6 +42,8 @@ pub mod storage;
 pub mod trace_context;
 
 #[cfg(feature = "relay")]
+pub mod activity;
+#[cfg(feature = "relay")]
 pub mod admin;
 #[cfg(feature = "relay")]
 pub mod adopt;

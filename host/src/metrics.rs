@@ -54,6 +54,7 @@ pub fn delivery(target: &str, outcome: Counted) {
     };
     metrics::counter!("outbox_deliveries_total", "target" => target.to_string(), "outcome" => label)
         .increment(1);
+    crate::activity::record(target, matches!(outcome, Counted::Delivered));
     match outcome {
         Counted::Retry => {
             metrics::counter!("outbox_retries_total", "target" => target.to_string()).increment(1)

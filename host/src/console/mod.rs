@@ -51,6 +51,9 @@ pub fn router(console: Console) -> Router {
         .route("/dead-letters/act", post(act))
         .route("/relays", get(relays_page))
         .route("/console.css", get(stylesheet))
+        .route("/assets/uplot.js", get(uplot_js))
+        .route("/assets/uplot.css", get(uplot_css))
+        .route("/assets/console.js", get(console_js))
         .with_state(Arc::new(console))
 }
 
@@ -104,6 +107,39 @@ async fn stylesheet() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("../../templates/console/console.css"),
+    )
+}
+
+/// A compiled-in asset, cached for a day.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn uplot_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/console/uPlot.iife.min.js"),
+    )
+}
+
+async fn uplot_css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../assets/console/uPlot.min.css"),
+    )
+}
+
+async fn console_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/console/console.js"),
     )
 }
 

@@ -69,6 +69,9 @@ pub struct TargetRow {
     pub leases: Vec<String>,
     pub served_by: Vec<String>,
     pub waiting_on: String,
+    /// This relay's last minutes at the target, for the chart: JSON
+    /// `[[unix seconds], [delivered/s], [failed/s]]`.
+    pub series: String,
 }
 
 impl TargetRow {
@@ -94,6 +97,7 @@ impl TargetRow {
             None => ("not served".into(), String::new()),
         };
         Self {
+            series: serde_json::to_string(&crate::activity::recent(&s.target)).unwrap_or_default(),
             lag: s.lag,
             oldest: s.oldest_pending_age_ms.map(age).unwrap_or_default(),
             retries: s.retries_pending,
