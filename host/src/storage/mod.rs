@@ -616,6 +616,45 @@ pub(crate) fn encode_served(serving: &[ServedTarget]) -> String {
     serde_json::to_string(serving).unwrap_or_else(|_| "[]".into())
 }
 
+/// How long opening a server database may take before it is reported as
+/// failed (a refused port fails at once; this bounds a silent one).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first connection to a server database, within [`CONNECT_TIMEOUT`];
+/// a failure names the (redacted) URL.
+pub(crate) async fn first_connection<C>(
+    shown_url: &str,
+    connect: impl std::future::Future<Output = std::result::Result<C, sqlx::Error>>,
+) -> Result<C> {
+    let connect_error = |cause| StorageError::Connect {
+        url: shown_url.to_string(),
+        cause,
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            connect_error(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            )))
+        })?
+        .map_err(connect_error)
+}
+
+/// The stored partition count against the configured one; remembered in
+/// `known` once they agree.
+pub(crate) fn agreed_partitions(
+    stored: u32,
+    configured: u32,
+    known: &std::sync::atomic::AtomicU32,
+) -> Result<u32> {
+    if stored != configured {
+        return Err(StorageError::PartitionMismatch { stored, configured });
+    }
+    known.store(stored, std::sync::atomic::Ordering::Relaxed);
+    Ok(stored)
+}
+
 /// Refuses to forget `target` while a relay among `live` serves it.
 pub(crate) fn refuse_if_served(target: &str, live: &[LiveRelay]) -> Result<()> {
     let owners = serving(live, target);

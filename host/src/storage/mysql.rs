@@ -77,9 +77,6 @@ use crate::message::{LogEntry, MalformedMessage, NewMessage, Position, RawRow, d
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
 
-/// How long opening the database may take before it is reported as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// At most this many rows are sequenced by one pass.
 pub const SEQUENCE_PASS: u32 = 5000;
 
@@ -131,15 +128,7 @@ impl MySqlStorage {
         };
         let options = MySqlConnectOptions::from_str(url).map_err(connect_error)?;
         let mut first =
-            tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
-                .await
-                .map_err(|_| {
-                    connect_error(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
-                    )))
-                })?
-                .map_err(connect_error)?;
+            super::first_connection(&shown, MySqlConnection::connect_with(&options)).await?;
         let version: String = sqlx::query_scalar("SELECT VERSION()")
             .fetch_one(&mut first)
             .await?;
@@ -469,12 +458,11 @@ impl Storage for MySqlStorage {
         .bind(cursors.max(sequenced))
         .execute(&mut *conn)
         .await?;
-        let stored = stored_partitions(&mut conn).await?;
-        if stored != configured {
-            return Err(StorageError::PartitionMismatch { stored, configured });
-        }
-        self.partitions.store(stored, Ordering::Relaxed);
-        Ok(stored)
+        super::agreed_partitions(
+            stored_partitions(&mut conn).await?,
+            configured,
+            &self.partitions,
+        )
     }
 
     async fn save(&self, messages: &[NewMessage]) -> Result<()> {

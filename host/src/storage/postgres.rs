@@ -54,10 +54,6 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "outbox_relay";
 
-/// How long opening the database may take before it is reported as failed
-/// (a refused port fails at once; this bounds a silent one).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The database's clock in ms since the Unix epoch, as SQL.
 macro_rules! now {
     () => {
@@ -151,15 +147,8 @@ impl PgStorage {
         let options = PgConnectOptions::from_str(url)
             .map_err(connect_error)?
             .application_name("outbox-relay");
-        let mut first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-            .await
-            .map_err(|_| {
-                connect_error(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
-                )))
-            })?
-            .map_err(connect_error)?;
+        let mut first =
+            super::first_connection(&shown, PgConnection::connect_with(&options)).await?;
         let privileged: bool = sqlx::query_scalar(
             "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
                  OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)",
@@ -402,12 +391,11 @@ impl Storage for PgStorage {
         if ahead {
             return Err(StorageError::CursorsAhead);
         }
-        let stored = stored_partitions(&mut conn).await?;
-        if stored != configured {
-            return Err(StorageError::PartitionMismatch { stored, configured });
-        }
-        self.partitions.store(stored, Ordering::Relaxed);
-        Ok(stored)
+        super::agreed_partitions(
+            stored_partitions(&mut conn).await?,
+            configured,
+            &self.partitions,
+        )
     }
 
     async fn save(&self, messages: &[NewMessage]) -> Result<()> {

@@ -422,11 +422,7 @@ impl Storage for SqliteStorage {
             .await?;
         let stored = stored_partitions(&mut tx).await?;
         tx.commit().await?;
-        if stored != configured {
-            return Err(StorageError::PartitionMismatch { stored, configured });
-        }
-        self.partitions.store(stored, Ordering::Relaxed);
-        Ok(stored)
+        super::agreed_partitions(stored, configured, &self.partitions)
     }
 
     async fn save(&self, messages: &[NewMessage]) -> Result<()> {
