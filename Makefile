@@ -15,7 +15,8 @@ export OUTBOX_RELAY__RELAY__PLUGIN_DIR := $(COMPONENTS)
 .PHONY: demo test plugins lint producer-check bench soak setup
 
 # What the tests need from the machine (faketime for the clock-skew test,
-# the Kafka and Spakky virtualenvs, a durable tansu broker: tests/setup.sh);
+# the Kafka and Spakky virtualenvs, Chromium and playwright-core for the
+# console's browser test, a durable tansu broker: tests/setup.sh);
 # idempotent, and quick when already installed.
 setup:
 	bash tests/setup.sh

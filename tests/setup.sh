@@ -24,6 +24,15 @@
 #   spakky-sqlalchemy imports sqlalchemy.ext.asyncio) and a database driver
 #   (psycopg[binary]). Every transitive dependency is pinned as well.
 #   Rebuilt only when missing or when the pins change (<venv>/.pins).
+# - Console browser test (tests/it/console.rs runs tests/console/browser.mjs):
+#   Debian's `chromium` (/usr/bin/chromium; the version Debian ships, 156 on
+#   bookworm-security now, as old ones leave the mirror; about 140 MiB to
+#   download, 125 packages, about 70 s cold) and `playwright-core`, pinned in
+#   tests/console/package.json and its package-lock.json, installed with
+#   `npm ci` into ${CARGO_TARGET_DIR:-<repo>/target}/console-browser/node_modules
+#   (about 5 s cold; 14 MiB). playwright-core downloads no browser; it drives
+#   Debian's. Needs Node.js 20+ and npm. Reinstalled only when missing or when
+#   the lock file changes (the copy beside node_modules is compared).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -87,6 +96,36 @@ fi
 "$spakky_venv/bin/python" -c 'import greenlet, psycopg, spakky.outbox, spakky.plugins.sqlalchemy.outbox.storage, spakky.plugins.rabbitmq.event.consumer' 2>/dev/null \
     || { echo "setup: $spakky_venv/bin/python cannot import spakky's outbox, sqlalchemy and rabbitmq plugins (rm -rf $spakky_venv and rerun)" >&2; exit 1; }
 echo "setup: spakky venv $spakky_venv: $("$spakky_venv/bin/python" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("spakky", "spakky-outbox", "spakky-sqlalchemy", "spakky-rabbitmq", "SQLAlchemy", "psycopg")))')"
+
+if [ ! -x /usr/bin/chromium ]; then
+    echo "setup: installing chromium (apt-get install chromium; about 140 MiB)"
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo=sudo
+    else
+        sudo=
+    fi
+    $sudo apt-get install -y -q chromium >/dev/null \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+[ -x /usr/bin/chromium ] || { echo "setup: /usr/bin/chromium is still missing (apt-get install chromium)" >&2; exit 1; }
+echo "setup: chromium $(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo present)"
+
+console_src="$repo/tests/console"
+console_dir="$target_dir/console-browser"
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    || { echo "setup: node and npm are missing (Node.js 20 or later; the console browser test needs them)" >&2; exit 1; }
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+    || { echo "setup: playwright-core needs Node.js >= 20; node is $(node --version)" >&2; exit 1; }
+if ! cmp -s "$console_src/package-lock.json" "$console_dir/package-lock.json" \
+    || [ ! -f "$console_dir/node_modules/playwright-core/package.json" ]; then
+    echo "setup: npm ci into $console_dir (playwright-core, pinned in tests/console/package-lock.json)"
+    rm -rf "$console_dir"
+    mkdir -p "$console_dir"
+    cp "$console_src/package.json" "$console_src/package-lock.json" "$console_dir/"
+    npm ci --prefix "$console_dir" --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null \
+        || { echo "setup: npm ci in $console_dir failed" >&2; rm -rf "$console_dir"; exit 1; }
+fi
+echo "setup: console browser test: playwright-core $(node -p "require('$console_dir/node_modules/playwright-core/package.json').version") in $console_dir"
 
 # - A durable tansu: the same broker built from crates.io with its `libsql`
 #   storage (a SQLite file), for the Kafka tests that restart the broker or

@@ -94,7 +94,7 @@ pub async fn open_migrated_storage(config: &Config) -> Result<Arc<dyn Storage>, 
         }
         Backend::MySql => {
             let storage = MySqlStorage::connect(&config.database).await?;
-            let applied = mysql_migrations(storage.pool()).await?;
+            let applied = crate::storage::mysql::applied_migrations(storage.pool()).await?;
             schema_current(&applied, &crate::storage::mysql::MIGRATOR).map_err(not_migrated)?;
             Arc::new(storage)
         }
@@ -143,24 +143,6 @@ async fn pg_migrations(pool: &sqlx::PgPool) -> Result<Vec<i64>, StorageError> {
         .fetch_one(pool)
         .await?;
     if !has_table {
-        return Ok(Vec::new());
-    }
-    Ok(
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?,
-    )
-}
-
-/// The migrations applied to the MySQL database (the URL's).
-async fn mysql_migrations(pool: &sqlx::MySqlPool) -> Result<Vec<i64>, StorageError> {
-    let has_table: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM information_schema.tables
-         WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
-    )
-    .fetch_one(pool)
-    .await?;
-    if has_table == 0 {
         return Ok(Vec::new());
     }
     Ok(

@@ -292,7 +292,7 @@ async fn a_claimed_batch_is_invisible_to_a_second_relay(storage: &dyn Storage) {
 async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
     let sent = enqueue_settled(storage, 1).await;
     let l = storage
-        .acquire_lease(T, 0, "a", Duration::from_millis(200))
+        .acquire_lease(T, 0, "a", Duration::from_millis(1000))
         .await
         .unwrap()
         .unwrap();
@@ -315,7 +315,7 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
         .unwrap();
     assert_eq!(
         storage
-            .claim_retries(T, "a", 10, Duration::from_millis(200))
+            .claim_retries(T, "a", 10, Duration::from_millis(1000))
             .await
             .unwrap()
             .len(),
@@ -338,7 +338,8 @@ async fn an_expired_claim_is_taken_over(storage: &dyn Storage) {
             .unwrap()
             .is_none()
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // (A second of TTL: a loaded box may take hundreds of ms between steps.)
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // Both the retry claim and the partition lease have expired: b takes over.
     assert_eq!(
         storage

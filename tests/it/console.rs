@@ -2,7 +2,8 @@
 //! login, refusals (no token, wrong token, no CSRF token, read-only), the
 //! overview, a dead letter's page, a filtered replay delivered at the
 //! target, a purge after confirming, and hostile text shown escaped.
-//! (The browser test is tests/console/.)
+//! The last test does it again in headless Chromium
+//! (tests/console/browser.mjs) and saves the screenshots of docs/console.md.
 
 use std::time::Duration;
 
@@ -80,7 +81,11 @@ impl Console {
     }
 }
 
-fn config(scratch: &Scratch, port: u16, read_only: bool) -> std::path::PathBuf {
+/// The console on `port` and two targets: `orders` (a `file` target writing
+/// `orders_path` in the sandbox; `/out/...` is the mapped directory, any
+/// other path keeps it from starting) and `audit` (`flaky` with one attempt:
+/// everything is dead-lettered there, and delivered when replayed).
+fn config(scratch: &Scratch, port: u16, read_only: bool, orders_path: &str) -> std::path::PathBuf {
     std::fs::write(scratch.path().join("console.token"), format!("{TOKEN}\n")).unwrap();
     scratch.write_config(&format!(
         r#"
@@ -98,7 +103,7 @@ targets = ["audit"]
 
 [targets.orders]
 plugin = "file"
-config = {{ path = "/out/orders.jsonl" }}
+config = {{ path = "{orders_path}" }}
 sandbox = {{ dirs = {{ "/out" = "{out}" }} }}
 
 [targets.audit]
@@ -115,7 +120,7 @@ retry = {{ max_attempts = 1 }}
 async fn an_operator_logs_in_reads_replays_and_purges_and_strangers_get_nothing() {
     let scratch = Scratch::new();
     let port = free_port();
-    let config = config(&scratch, port, false);
+    let config = config(&scratch, port, false, "/out/orders.jsonl");
     let storage = scratch.storage().await;
     let hostile = "<script>alert('x')</script>";
     let mut messages: Vec<NewMessage> = (0..4)
@@ -332,7 +337,7 @@ async fn an_operator_logs_in_reads_replays_and_purges_and_strangers_get_nothing(
 async fn a_read_only_console_shows_but_changes_nothing() {
     let scratch = Scratch::new();
     let port = free_port();
-    let config = config(&scratch, port, true);
+    let config = config(&scratch, port, true, "/out/orders.jsonl");
     let storage = scratch.storage().await;
     storage
         .save(&[NewMessage::new("user.created", b"{}".to_vec())])
@@ -377,4 +382,183 @@ async fn a_read_only_console_shows_but_changes_nothing() {
         1
     );
     assert!(terminate(&mut relay).success());
+}
+
+/// `outbox-relay run` like [`spawn_relay`], with its log (JSON lines) in `log`.
+fn spawn_relay_logging(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(crate::relay_binary())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// What the browser test needs from the machine (`make setup` installs it);
+/// a missing piece fails the test and says what to install.
+fn browser_tools() -> std::path::PathBuf {
+    let modules = outbox_relay_tests::target_dir().join("console-browser");
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: the console browser test needs Node.js 20+ and npm, then `make setup`"
+    );
+    assert!(
+        modules
+            .join("node_modules/playwright-core/package.json")
+            .is_file(),
+        "playwright-core is not installed in {}: run `make setup` (tests/setup.sh: npm ci from tests/console/package-lock.json)",
+        modules.display()
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").is_file(),
+        "/usr/bin/chromium is missing: run `make setup` (tests/setup.sh: apt-get install chromium)"
+    );
+    modules
+}
+
+/// The console in headless Chromium (tests/console/browser.mjs): log in
+/// through the form, the overview's targets and lag, a target's page, a dead
+/// letter's payload and attempts, an event-glob filter, a replay of the
+/// selected ones confirmed and delivered, a purge confirmed, 401 for a
+/// stranger and 403 without the CSRF token, log out. Saves the pages'
+/// screenshots in docs/console/ (docs/console.md shows them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_filters_replays_and_purges_through_the_pages() {
+    let modules = browser_tools();
+    let scratch = Scratch::new();
+    let port = free_port();
+    // `orders` cannot start (its path is outside its sandbox): its cursor
+    // stands, so its lag is all five messages of the log (lag counts the log
+    // beyond the cursor, routed there or not). Everything is dead at `audit`.
+    let config = config(&scratch, port, false, "/nowhere/orders.jsonl");
+    let storage = scratch.storage().await;
+    let mut messages: Vec<NewMessage> = [
+        ("order.created", 1041, "12.50"),
+        ("order.created", 1042, "7.00"),
+        ("order.paid", 1041, "12.50"),
+    ]
+    .iter()
+    .map(|(event, order, total)| {
+        NewMessage::new(
+            *event,
+            format!(r#"{{"order":{order},"total":"{total}","currency":"EUR"}}"#).into_bytes(),
+        )
+        .with_key(format!("order-{order}"))
+        .with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .with_header("x-note", "<b>not bold</b>")
+    })
+    .collect();
+    messages.push(NewMessage::new(
+        "user.created",
+        br#"{"user":"ada"}"#.to_vec(),
+    ));
+    messages.push(NewMessage::new(
+        "user.deleted",
+        b"user grace asked to be forgotten".to_vec(),
+    ));
+    storage.save(&messages).await.unwrap();
+    let log = scratch.path().join("relay.log");
+    let mut relay = spawn_relay_logging(&config, &log);
+    eventually("five dead letters at audit", WAIT, || async {
+        (outbox_relay_tests::dead_letters(&storage, "audit")
+            .await
+            .len()
+            == 5)
+            .then_some(())
+    })
+    .await;
+    eventually("the console answers", WAIT, || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let started = std::time::Instant::now();
+    let run = tokio::process::Command::new("node")
+        .arg(repo.join("tests/console/browser.mjs"))
+        .env("CONSOLE_URL", format!("http://127.0.0.1:{port}"))
+        .env("CONSOLE_TOKEN", TOKEN)
+        .env(
+            "CONSOLE_EXPECT",
+            r#"{"targets":["audit","orders"],"lagging":"orders","lag":5,"dead":5,
+                "event":"order.*","matching":3,"other":"user.*","other_matching":2}"#,
+        )
+        .env("CONSOLE_BROWSER_MODULES", &modules)
+        .env("CONSOLE_CHROMIUM", "/usr/bin/chromium")
+        .env("CONSOLE_SCREENSHOTS", repo.join("docs/console"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the browser script did not finish within 300 s")
+        .expect("cannot run node");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The rest reads the database, the files and the log.
+    let stopped = terminate(&mut relay);
+    let relay_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "the browser script failed ({}):\n{said}\n--- the relay's log:\n{relay_log}",
+        output.status
+    );
+    assert!(stopped.success(), "the relay exited with {stopped}");
+    println!("{said}(the browser script took {:?})", started.elapsed());
+
+    // The replayed three reached `audit` on their second attempt, once each;
+    // one of the other two was purged; `orders` never started.
+    let delivered = read_jsonl(&scratch.path().join("out/audit.jsonl"));
+    let mut ids: Vec<String> = delivered
+        .iter()
+        .map(|l| l["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort_unstable();
+    let mut orders: Vec<String> = messages[..3].iter().map(|m| m.id.to_string()).collect();
+    orders.sort_unstable();
+    assert_eq!(ids, orders, "{delivered:?}");
+    assert!(delivered.iter().all(|l| l["attempt"] == 2), "{delivered:?}");
+    let left = outbox_relay_tests::dead_letters(&storage, "audit").await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0]
+            .event_name
+            .as_deref()
+            .is_some_and(|e| e.starts_with("user."))
+    );
+    assert!(!scratch.path().join("out/orders.jsonl").exists());
+
+    // Each change is in the log as an `audit` event; the token is not.
+    let audits: Vec<serde_json::Value> = relay_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "audit")
+        .collect();
+    let changes: Vec<(&str, &str, i64)> = audits
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["fields"]["action"].as_str()?,
+                l["fields"]["by"].as_str()?,
+                l["fields"]["changed"].as_i64()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [("replay", "session", 3), ("purge", "session", 1)],
+        "{audits:?}"
+    );
+    assert!(!relay_log.contains(TOKEN), "the token is in the log");
 }

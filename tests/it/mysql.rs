@@ -443,3 +443,105 @@ retry = {{ max_attempts = 1 }}
     assert_eq!(status[0].retries_pending, 1, "{status:?}");
     assert_eq!(status[0].dead_letters, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_whose_relay_columns_a_producer_wrote_are_renumbered_not_a_cursor_jump() {
+    let scratch = Scratch::mysql().await;
+    let out = scratch.path().join("out");
+    let config = scratch.load_config(&ledger(&out));
+    let _storage = scratch.mysql_storage().await;
+    let pool = scratch.mysql_pool().await;
+    let file = out.join("ledger.jsonl");
+    let relay = RunningRelay::start(&config).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let m = NewMessage::new("e", format!("before-{i}").into_bytes());
+        commit_one(&pool, &m).await;
+        sent.push(m.id.to_string());
+    }
+    // A far-ahead number with a partition; a number with no partition.
+    for (sql, label) in [
+        (
+            "INSERT INTO outbox_messages (id, event_name, payload, `partition`, commit_seq) VALUES (?, 'e', 'x', 0, 1000000000000)",
+            "high",
+        ),
+        (
+            "INSERT INTO outbox_messages (id, event_name, payload, commit_seq) VALUES (?, 'e', 'y', 3)",
+            "no partition",
+        ),
+    ] {
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&id)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        sent.push(id);
+    }
+    for i in 0..30 {
+        let m = NewMessage::new("e", format!("after-{i}").into_bytes());
+        commit_one(&pool, &m).await;
+        sent.push(m.id.to_string());
+    }
+    let lines = eventually("every row delivered", WAIT, || async {
+        let l = read_jsonl(&file);
+        (l.len() >= sent.len()).then_some(l)
+    })
+    .await;
+    relay.stop().await;
+    let got: HashSet<String> = lines
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &sent {
+        assert!(got.contains(id), "{id} lost");
+    }
+    assert_eq!(lines.len(), sent.len(), "no duplicates");
+    let top: i64 = sqlx::query_scalar("SELECT max(position_xid) FROM outbox_cursors")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        top < 1_000_000,
+        "the cursor did not jump to the forged number: {top}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_inside_a_sequencing_pass_holds_the_others_up_only_briefly() {
+    // A relay's session that took the counter's lock and then went silent
+    // (SIGSTOP, a paused VM): here a connection of the relay's own pool,
+    // with the relay's session settings, that never finishes its pass.
+    let scratch = Scratch::mysql().await;
+    let out = scratch.path().join("out");
+    let storage = scratch.mysql_storage().await;
+    let config = scratch.load_config(&ledger(&out));
+    let pool = scratch.mysql_pool().await;
+    let mut stuck = storage.pool().begin().await.unwrap();
+    sqlx::query("SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE")
+        .execute(&mut *stuck)
+        .await
+        .unwrap();
+    let relay = RunningRelay::start(&config).await;
+    let m = NewMessage::new("e", b"waits".to_vec());
+    let committed = Instant::now();
+    commit_one(&pool, &m).await;
+    let file = out.join("ledger.jsonl");
+    eventually("the commit delivered past the stuck pass", WAIT, || async {
+        (!read_jsonl(&file).is_empty()).then_some(())
+    })
+    .await;
+    let waited = committed.elapsed();
+    relay.stop().await;
+    // The server ends the silent session after IDLE_TRANSACTION_TIMEOUT
+    // (10 s); a loaded box adds the relay's back-off. Without it the wait
+    // is the silent relay's whole stop, here forever.
+    assert!(
+        waited < outbox_relay::storage::mysql::IDLE_TRANSACTION_TIMEOUT * 4,
+        "delivery waited {waited:?} on a stuck pass"
+    );
+    assert!(
+        stuck.commit().await.is_err(),
+        "the server ended the silent session"
+    );
+}

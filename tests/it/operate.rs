@@ -285,6 +285,55 @@ async fn a_reload_adds_a_target_and_a_route_and_a_broken_config_is_rejected() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_partition_count_is_rejected_and_the_relay_runs_on() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("out");
+    let log = scratch.path().join("relay.log");
+    let config = reload_config(&scratch, &out, false);
+    let storage = scratch.storage().await;
+    let mut relay = spawn_logged(&config, &log);
+    let alpha = out.join("alpha.jsonl");
+    enqueue(&storage, "a.first", 3).await;
+    eventually("alpha's first three", WAIT, || async {
+        (ids(&alpha).len() == 3).then_some(())
+    })
+    .await;
+    // The same targets with another partition count.
+    let body = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        body.replacen("[relay]\n", "[relay]\npartitions = 8\n", 1),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("partitions = 8")
+    );
+    hup(&relay);
+    eventually("the rejection", WAIT, || async {
+        (log_count(&log, "the new config was rejected") >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        log_count(&log, "partition") >= 1,
+        "the rejection names the partition count"
+    );
+    enqueue(&storage, "a.second", 3).await;
+    eventually(
+        "alpha's next three, from the relay still running",
+        WAIT,
+        || async { (ids(&alpha).len() == 6).then_some(()) },
+    )
+    .await;
+    assert!(
+        relay.try_wait().unwrap().is_none(),
+        "the relay did not exit"
+    );
+    assert!(terminate(&mut relay).success());
+}
+
 /// Read commands never write: on a database that was never migrated,
 /// `status` and `dead-letters list|show` say to run `migrate` and leave it
 /// as it was (no SQLite file is created; an empty one stays empty), and

@@ -81,6 +81,12 @@ pub async fn run(path: &Path, config: Config, shutdown: CancellationToken) -> Re
 async fn reload(path: &Path) -> Result<(Config, Relay), AppError> {
     let config = Config::load(path)?;
     let relay = build_relay(&config).await?;
+    // A changed partition count is refused here, while the running relay
+    // still runs, not by the new one after the old has stopped.
+    relay
+        .storage
+        .ensure_partitions(config.relay.partitions)
+        .await?;
     Ok((config, relay))
 }
 

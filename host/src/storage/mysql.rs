@@ -32,18 +32,25 @@
 //! are delivered while it is open, and its own rows when it commits. A
 //! rolled-back insert leaves a hole in `seq` that nobody waits for.
 //!
-//! Order: a key's messages are delivered in the order their transactions
-//! committed (within one transaction, in insert order). Producers that
-//! serialise the writes of a key (the usual row lock on the entity) get
-//! insert order, which is then the same thing. Where two transactions write
-//! the same key concurrently, the one that commits first is delivered first.
+//! Order: a key's messages are delivered in the order the relay saw their
+//! transactions committed: a later pass's rows after an earlier pass's, and
+//! within one pass (and one transaction) in insert order. So transactions
+//! that commit within one pass of each other come in insert order. Producers
+//! that serialise the writes of a key (the usual row lock on the entity)
+//! get insert order, which is then also commit order.
 //!
 //! The price: one `UPDATE` per pass (by primary key, up to
 //! [`SEQUENCE_PASS`] rows), on the relay's side, never on the producer's.
 //!
-//! Sessions pin `autocommit = 1` and `REPEATABLE READ` (a server default of
-//! `READ UNCOMMITTED` would let the pass see rows not yet committed, and
-//! `SERIALIZABLE` would make its plain read wait on them).
+//! Sessions set what the relay's SQL relies on, whatever the server's
+//! defaults ([`session_settings`]), and a relay stopped inside a pass holds
+//! the others up for at most [`IDLE_TRANSACTION_TIMEOUT`] (MariaDB) or three
+//! times that (MySQL): the server then ends its session.
+//!
+//! Reads of the log are bounded by the counter in the same statement, and a
+//! pass also renumbers rows whose `commit_seq` is above the counter or whose
+//! `partition` is empty: a producer that wrote the relay's columns cannot
+//! make a cursor jump past rows not delivered yet.
 //! The relay's user needs `UPDATE` on `outbox_messages`; without it the pass
 //! fails with [`StorageError::Privilege`], which names the grant. Producers
 //! need `INSERT` on `outbox_messages` only: no triggers, no stored
@@ -88,6 +95,16 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 macro_rules! now {
     () => {
         "CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)"
+    };
+}
+
+/// The `commit_seq` counter, as SQL. A read of the log bounded by it in the
+/// same statement sees only numbers a pass gave: a pass commits its rows and
+/// the counter together, and a number a producer wrote above it is ignored
+/// until a pass renumbers the row.
+macro_rules! counter {
+    () => {
+        "(SELECT CAST(value AS SIGNED) FROM outbox_settings WHERE `key` = 'commit_seq')"
     };
 }
 
@@ -136,18 +153,18 @@ impl MySqlStorage {
         if let Some(reason) = unsupported_version(&version) {
             return Err(StorageError::Unsupported(reason));
         }
+        let maria = version.to_ascii_lowercase().contains("mariadb");
         let pool = MySqlPoolOptions::new()
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    sqlx::raw_sql(
-                        "SET SESSION autocommit = 1;
-                         SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-                    )
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(session_settings(maria)))
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
                 })
             })
+            // Before the server's own `wait_timeout` for this session (MySQL).
+            .idle_timeout(Some(Duration::from_secs(20)))
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
@@ -178,10 +195,25 @@ impl MySqlStorage {
     /// sequenced.
     pub async fn sequence(&self) -> Result<u64> {
         let _one = self.sequencing.lock().await;
-        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT seq, id, partition_key FROM outbox_messages
-             WHERE commit_seq IS NULL ORDER BY seq LIMIT ?",
-        )
+        // Rows without numbers, and rows whose numbers no pass gave (a
+        // producer wrote `commit_seq` or left `partition` empty beside it):
+        // one index range each.
+        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(concat!(
+            "(SELECT seq, id, partition_key FROM outbox_messages
+              WHERE commit_seq IS NULL ORDER BY seq LIMIT ?)
+             UNION
+             (SELECT seq, id, partition_key FROM outbox_messages
+              WHERE commit_seq > ",
+            counter!(),
+            " ORDER BY seq LIMIT ?)
+             UNION
+             (SELECT seq, id, partition_key FROM outbox_messages
+              WHERE `partition` IS NULL ORDER BY seq LIMIT ?)
+             ORDER BY seq LIMIT ?"
+        ))
+        .bind(SEQUENCE_PASS)
+        .bind(SEQUENCE_PASS)
+        .bind(SEQUENCE_PASS)
         .bind(SEQUENCE_PASS)
         .fetch_all(&self.pool)
         .await?;
@@ -210,15 +242,17 @@ impl MySqlStorage {
         // (STRAIGHT_JOIN, FORCE INDEX): a scan of the table (which the
         // optimizer picks for a small one) or of the `commit_seq` index
         // would lock, and so wait for, rows of transactions still open. A
-        // row another relay's pass sequenced meanwhile keeps its numbers.
+        // row another relay's pass sequenced meanwhile keeps its numbers
+        // (they are at most the counter, now that it is ours).
         let sequenced = sqlx::query(
             "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (
                     s BIGINT PATH '$[0]', p INT PATH '$[1]', o BIGINT PATH '$[2]')) plan
                 STRAIGHT_JOIN outbox_messages m FORCE INDEX (PRIMARY) ON m.seq = plan.s
              SET m.`partition` = plan.p, m.commit_seq = plan.o
-             WHERE m.commit_seq IS NULL",
+             WHERE m.commit_seq IS NULL OR m.commit_seq > ? OR m.`partition` IS NULL",
         )
         .bind(serde_json::to_string(&plan).unwrap_or_else(|_| "[]".into()))
+        .bind(base)
         .execute(&mut *tx)
         .await
         .map_err(privilege("UPDATE on outbox_messages"))?
@@ -267,6 +301,36 @@ impl MySqlStorage {
             })
             .collect()
     }
+}
+
+/// How long a relay's transaction may sit idle before the server ends its
+/// session (and so its locks): a relay stopped (`SIGSTOP`, a paused VM)
+/// inside a sequencing pass holds the counter's lock, and every relay's
+/// passes wait on it.
+pub const IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every relay session sets first: `autocommit` and `REPEATABLE READ`
+/// (a server default of `READ UNCOMMITTED` would let a pass see rows not
+/// yet committed, `SERIALIZABLE` would make its plain read wait on them),
+/// a `sql_mode` the relay's SQL is written for (whatever the server's, e.g.
+/// `ORACLE` or `ANSI_QUOTES`), a short lock wait, and the idle limit: on
+/// MariaDB for a transaction (`idle_transaction_timeout`), on MySQL, which
+/// has none, for the session (`wait_timeout`: the pool retires idle
+/// connections before that).
+fn session_settings(maria: bool) -> String {
+    let idle = IDLE_TRANSACTION_TIMEOUT.as_secs();
+    let idle = if maria {
+        format!("SET SESSION idle_transaction_timeout = {idle};")
+    } else {
+        format!("SET SESSION wait_timeout = {};", idle * 3)
+    };
+    format!(
+        "SET SESSION autocommit = 1;
+         SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+         SET SESSION sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION';
+         SET SESSION innodb_lock_wait_timeout = 5;
+         {idle}"
+    )
 }
 
 /// Why this server cannot hold the outbox, if it cannot: `SKIP LOCKED`
@@ -387,6 +451,24 @@ fn decode_entry(row: &MySqlRow, partitions: u32, max_payload_bytes: usize) -> Re
     }))
 }
 
+/// The migrations applied to the database (none when it has no migrations table).
+pub async fn applied_migrations(pool: &MySqlPool) -> Result<Vec<i64>> {
+    let has_table: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_table == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 pub(crate) async fn stored_partitions(conn: &mut MySqlConnection) -> Result<u32> {
     let value: Option<String> =
         sqlx::query_scalar("SELECT value FROM outbox_settings WHERE `key` = 'partitions'")
@@ -428,6 +510,16 @@ macro_rules! history_entry {
 #[async_trait]
 impl Storage for MySqlStorage {
     async fn migrate(&self) -> Result<()> {
+        // Nothing to do, nothing to ask for: a relay whose user may not
+        // create tables runs on a schema that `migrate` set up.
+        let applied = applied_migrations(&self.pool).await?;
+        if MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .all(|m| applied.contains(&m.version))
+        {
+            return Ok(());
+        }
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
@@ -442,22 +534,26 @@ impl Storage for MySqlStorage {
         .execute(&mut *conn)
         .await?;
         // A counter behind the cursors (a restore of some tables only) would
-        // hand out numbers the cursors have passed: move it past them. (Read
-        // first, by plain reads: a subquery in an UPDATE may take shared
-        // locks on the log under statement-based binary logging.)
-        let (cursors, sequenced): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT coalesce(max(position_xid), 0) FROM outbox_cursors),
-                    (SELECT coalesce(max(commit_seq), 0) FROM outbox_messages)",
-        )
+        // hand out numbers the cursors have passed: move it past them. (The
+        // cursors, not the log's numbers: a producer may have written those.)
+        // Looked at first by a plain read: the counter's row is locked while
+        // a pass runs, and a start should not wait on one.
+        let (counter, cursors): (i64, i64) = sqlx::query_as(concat!(
+            "SELECT ",
+            counter!(),
+            ", (SELECT coalesce(max(position_xid), 0) FROM outbox_cursors)"
+        ))
         .fetch_one(&mut *conn)
         .await?;
-        sqlx::query(
-            "UPDATE outbox_settings SET value = CAST(GREATEST(CAST(value AS SIGNED), ?) AS CHAR)
-             WHERE `key` = 'commit_seq'",
-        )
-        .bind(cursors.max(sequenced))
-        .execute(&mut *conn)
-        .await?;
+        if counter < cursors {
+            sqlx::query(
+                "UPDATE outbox_settings SET value = CAST(GREATEST(CAST(value AS SIGNED), ?) AS CHAR)
+                 WHERE `key` = 'commit_seq'",
+            )
+            .bind(cursors)
+            .execute(&mut *conn)
+            .await?;
+        }
         super::agreed_partitions(
             stored_partitions(&mut conn).await?,
             configured,
@@ -544,10 +640,11 @@ impl Storage for MySqlStorage {
         let partitions = self.partitions().await?;
         let sql = format!(
             "SELECT {columns} FROM outbox_messages m
-             WHERE m.`partition` = ? AND m.commit_seq > ?
+             WHERE m.`partition` = ? AND m.commit_seq > ? AND m.commit_seq <= {counter}
              ORDER BY m.commit_seq
              LIMIT ?",
             columns = message_columns("?"),
+            counter = counter!(),
         );
         let read = |limit: u32| {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
