@@ -384,6 +384,76 @@ async fn a_read_only_console_shows_but_changes_nothing() {
     assert!(terminate(&mut relay).success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_error_text_a_target_name_and_filters_are_shown_escaped() {
+    let scratch = Scratch::new();
+    let port = free_port();
+    let config = config(&scratch, port, false, "/out/orders.jsonl");
+    let storage = scratch.storage().await;
+    storage
+        .save(&[NewMessage::new("user.created", b"{}".to_vec())])
+        .await
+        .unwrap();
+    let mut relay = spawn_relay(&config);
+    let mut console = Console::new(port);
+    let dead = eventually("a dead letter", WAIT, || async {
+        let d = outbox_relay_tests::dead_letters(&storage, "audit").await;
+        (d.len() == 1).then(|| d[0].clone())
+    })
+    .await;
+    // What a plugin wrote to stderr ends up in the error text: make it hostile.
+    let evil = "<img src=x onerror=alert(1)>\"'</pre><script>alert(2)</script>";
+    sqlx::query("UPDATE outbox_deliveries SET last_error = ?1, history = json_array(json_object('attempt', 1, 'at_ms', 0, 'error', ?1))")
+        .bind(evil)
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    eventually("the console answers", WAIT, || async {
+        reqwest::get(format!("{}/healthz", console.base))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    console.login().await;
+    let pages = [
+        "/dead-letters".to_string(),
+        format!("/dead-letters/audit/{}", dead.seq),
+        "/targets/audit".to_string(),
+        // Filters echoed back into the form.
+        format!(
+            "/dead-letters?event={}&error={}",
+            form_urlencoded_param(evil),
+            form_urlencoded_param(evil)
+        ),
+        format!("/targets/{}", form_urlencoded_param(evil)),
+        format!("/dead-letters/{}/1", form_urlencoded_param(evil)),
+    ];
+    for path in &pages {
+        let (_, body) = console.get(path).await;
+        assert!(
+            !body.contains("<img src=x") && !body.contains("<script>alert"),
+            "{path} shows raw HTML: {body}"
+        );
+    }
+    let (_, detail) = console.get(&pages[1]).await;
+    assert!(
+        detail.contains("onerror=alert(1)"),
+        "the text is still shown, escaped"
+    );
+    assert!(terminate(&mut relay).success());
+}
+
+/// `text` percent-encoded for a query string or a path segment.
+fn form_urlencoded_param(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `outbox-relay run` like [`spawn_relay`], with its log (JSON lines) in `log`.
 fn spawn_relay_logging(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
     std::process::Command::new(crate::relay_binary())
