@@ -16,7 +16,7 @@ INSERT INTO outbox_settings (`key`, value) VALUES ('commit_seq', '0');
 -- commit, so `seq` is not commit order. The relay gives each row, once it is
 -- committed, a `commit_seq` that is higher than every one handed out before,
 -- and its `partition`; it reads in (`partition`, `commit_seq`) order. A row
--- without a `commit_seq` has not been seen committed yet.
+-- with `partition` -1 has not been seen committed yet.
 CREATE TABLE outbox_messages (
     seq            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     id             VARCHAR(36)  CHARACTER SET ascii COLLATE ascii_general_ci NOT NULL,
@@ -25,11 +25,12 @@ CREATE TABLE outbox_messages (
     payload        LONGBLOB     NOT NULL,
     headers        LONGTEXT     NOT NULL DEFAULT ('{}'),
     created_at_ms  BIGINT       NOT NULL DEFAULT (FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000)),
-    `partition`    INT          NULL,      -- the relay's: FNV-1a(key or id) % partitions
-    commit_seq     BIGINT       NULL,      -- the relay's: commit order
+    -- The relay's two columns. Not NULL, so giving them their values is an
+    -- in-place update of the row (a NULL made a value grows the record).
+    `partition`    INT          NOT NULL DEFAULT -1,  -- FNV-1a(key or id) % partitions; -1: not sequenced yet
+    commit_seq     BIGINT       NOT NULL DEFAULT 0,   -- commit order; 0: not sequenced yet
     UNIQUE KEY outbox_messages_id (id),
-    KEY outbox_messages_read (`partition`, commit_seq),
-    KEY outbox_messages_unsequenced (commit_seq)
+    KEY outbox_messages_read (`partition`, commit_seq)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- One cursor per (target, partition): how far the target has read, and who holds it.

@@ -9,7 +9,7 @@
 //! commit-time hook.
 //!
 //! So the relay writes the commit order itself. A row that a producer
-//! inserted has no `commit_seq`. Whenever a relay looks for new messages it
+//! inserted has no `commit_seq` yet (`partition` -1, `commit_seq` 0). Whenever a relay looks for new messages it
 //! runs a *sequencing pass* ([`MySqlStorage::sequence`]):
 //!
 //! 1. a plain (consistent, non-locking) read of the rows without a
@@ -18,7 +18,7 @@
 //!    (`SELECT … FOR UPDATE`, so passes of several relays run one after the
 //!    other), give those rows the next numbers of the counter in `seq` order
 //!    and their `partition` (FNV-1a of the key or id, as on the other
-//!    backends), only where `commit_seq` is still empty, and move the counter
+//!    backends), only where they are still unset, and move the counter
 //!    past them; commit. One `UPDATE` joins the plan (a JSON array, through
 //!    `JSON_TABLE`) to the rows by primary key, so no other row is touched
 //!    and no open transaction's row lock is waited for.
@@ -61,7 +61,7 @@
 //! MySQL has no `NOTIFY`. [`Storage::watch_commits`] runs a sequencing pass
 //! every [`WATCH_INTERVAL`] on the pool: when it sequences anything, the
 //! relay is woken at once. An idle pass is one index lookup
-//! (`commit_seq IS NULL`).
+//! (`partition = -1`: not sequenced yet).
 //!
 //! Retries are claimed with `SKIP LOCKED`, every time is the database's
 //! clock ([`now!`]), and the conformance suite is `tests/it/conformance.rs`.
@@ -86,6 +86,9 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 
 /// At most this many rows are sequenced by one pass.
 pub const SEQUENCE_PASS: u32 = 5000;
+
+/// How often a pass looks for rows whose relay columns a producer wrote.
+pub const FORGED_CHECK: Duration = Duration::from_secs(1);
 
 /// How often [`Storage::watch_commits`] looks for committed rows.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -130,6 +133,8 @@ pub struct MySqlStorage {
     /// One sequencing pass at a time in this process (others wait and then
     /// find the work done).
     sequencing: Arc<tokio::sync::Mutex<()>>,
+    /// When [`MySqlStorage::reset_forged`] last looked.
+    forged_checked: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl MySqlStorage {
@@ -174,6 +179,7 @@ impl MySqlStorage {
             pool,
             partitions: Arc::new(AtomicU32::new(0)),
             sequencing: Arc::default(),
+            forged_checked: Arc::default(),
         })
     }
 
@@ -195,25 +201,11 @@ impl MySqlStorage {
     /// sequenced.
     pub async fn sequence(&self) -> Result<u64> {
         let _one = self.sequencing.lock().await;
-        // Rows without numbers, and rows whose numbers no pass gave (a
-        // producer wrote `commit_seq` or left `partition` empty beside it):
-        // one index range each.
-        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(concat!(
-            "(SELECT seq, id, partition_key FROM outbox_messages
-              WHERE commit_seq IS NULL ORDER BY seq LIMIT ?)
-             UNION
-             (SELECT seq, id, partition_key FROM outbox_messages
-              WHERE commit_seq > ",
-            counter!(),
-            " ORDER BY seq LIMIT ?)
-             UNION
-             (SELECT seq, id, partition_key FROM outbox_messages
-              WHERE `partition` IS NULL ORDER BY seq LIMIT ?)
-             ORDER BY seq LIMIT ?"
-        ))
-        .bind(SEQUENCE_PASS)
-        .bind(SEQUENCE_PASS)
-        .bind(SEQUENCE_PASS)
+        self.reset_forged().await?;
+        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT seq, id, partition_key FROM outbox_messages
+             WHERE `partition` = -1 ORDER BY seq LIMIT ?",
+        )
         .bind(SEQUENCE_PASS)
         .fetch_all(&self.pool)
         .await?;
@@ -242,17 +234,15 @@ impl MySqlStorage {
         // (STRAIGHT_JOIN, FORCE INDEX): a scan of the table (which the
         // optimizer picks for a small one) or of the `commit_seq` index
         // would lock, and so wait for, rows of transactions still open. A
-        // row another relay's pass sequenced meanwhile keeps its numbers
-        // (they are at most the counter, now that it is ours).
+        // row another relay's pass sequenced meanwhile keeps its numbers.
         let sequenced = sqlx::query(
             "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (
                     s BIGINT PATH '$[0]', p INT PATH '$[1]', o BIGINT PATH '$[2]')) plan
                 STRAIGHT_JOIN outbox_messages m FORCE INDEX (PRIMARY) ON m.seq = plan.s
              SET m.`partition` = plan.p, m.commit_seq = plan.o
-             WHERE m.commit_seq IS NULL OR m.commit_seq > ? OR m.`partition` IS NULL",
+             WHERE m.`partition` = -1",
         )
         .bind(serde_json::to_string(&plan).unwrap_or_else(|_| "[]".into()))
-        .bind(base)
         .execute(&mut *tx)
         .await
         .map_err(privilege("UPDATE on outbox_messages"))?
@@ -264,6 +254,86 @@ impl MySqlStorage {
             .map_err(privilege("UPDATE on outbox_settings"))?;
         tx.commit().await?;
         Ok(sequenced)
+    }
+
+    /// Puts rows whose relay columns no pass wrote back to "not sequenced"
+    /// (`partition` -1), for the next pass to number: a `commit_seq` above
+    /// the counter, a partition without a `commit_seq`, a partition outside
+    /// the count. Looked for at most every [`FORGED_CHECK`], by index
+    /// lookups; the reset runs under the counter's lock, so no pass's own
+    /// numbers are taken for forged ones.
+    async fn reset_forged(&self) -> Result<()> {
+        {
+            let mut last = self
+                .forged_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < FORGED_CHECK) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let partitions = self.partitions().await?;
+        let each = (0..partitions)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let highest = (0..partitions)
+            .map(|p| {
+                format!("(SELECT max(commit_seq) FROM outbox_messages WHERE `partition` = {p})")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Numbers the relay wrote itself: no parameters.
+        let probe = format!(
+            concat!(
+                "SELECT EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` IN ({each}) AND commit_seq = 0)
+                     OR EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` < -1 OR `partition` >= {n})
+                     OR coalesce(GREATEST({highest}, 0), 0) > ",
+                counter!()
+            ),
+            each = each,
+            n = partitions,
+            highest = highest,
+        );
+        let forged: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(probe))
+            .persistent(false)
+            .fetch_one(&self.pool)
+            .await?;
+        if forged == 0 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let counter: String = sqlx::query_scalar(
+            "SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let base: i64 = counter.trim().parse().unwrap_or(0);
+        let mut reset = 0;
+        for condition in [
+            format!("`partition` IN ({each}) AND commit_seq > {base}"),
+            format!("`partition` IN ({each}) AND commit_seq = 0"),
+            format!("`partition` < -1 OR `partition` >= {partitions}"),
+        ] {
+            reset += sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE outbox_messages SET `partition` = -1, commit_seq = 0 WHERE {condition}"
+            )))
+            .persistent(false)
+            .execute(&mut *tx)
+            .await
+            .map_err(privilege("UPDATE on outbox_messages"))?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        if reset > 0 {
+            tracing::warn!(
+                rows = reset,
+                "rows whose partition or commit_seq a producer wrote were put back in line to be \
+                 sequenced (producers must leave both columns out)"
+            );
+        }
+        Ok(())
     }
 
     /// The live relays (heartbeat not expired by the database's clock).
@@ -435,13 +505,11 @@ fn privilege(grant: &'static str) -> impl Fn(sqlx::Error) -> StorageError {
 fn decode_entry(row: &MySqlRow, partitions: u32, max_payload_bytes: usize) -> Result<LogEntry> {
     Ok(decode_row(RawRow {
         seq: row.try_get("seq")?,
-        xid: row.try_get::<Option<i64>, _>("xid")?.unwrap_or(0),
+        xid: row.try_get("xid")?,
         id: Ok(row.try_get("id")?),
         event_name: Ok(row.try_get("event_name")?),
         partition_key: Ok(row.try_get("partition_key")?),
-        partition: row
-            .try_get::<Option<String>, _>("partition")?
-            .unwrap_or_else(|| "(not sequenced)".into()),
+        partition: row.try_get("partition")?,
         partitions,
         payload_len: row.try_get("payload_len")?,
         payload: row.try_get("payload")?,
@@ -898,7 +966,7 @@ impl Storage for MySqlStorage {
         let live = self.live_relays(&mut conn).await?;
         // Committed rows not sequenced yet are pending at every target.
         let (unsequenced, unsequenced_oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), min(created_at_ms) FROM outbox_messages WHERE commit_seq IS NULL",
+            "SELECT count(*), min(created_at_ms) FROM outbox_messages WHERE `partition` = -1",
         )
         .fetch_one(&mut *conn)
         .await?;
@@ -1072,7 +1140,7 @@ impl Storage for MySqlStorage {
         let sql = format!(
             concat!(
                 "SELECT m.seq FROM outbox_messages m
-                 WHERE m.commit_seq IS NOT NULL AND m.created_at_ms < ",
+                 WHERE m.`partition` >= 0 AND m.commit_seq > 0 AND m.created_at_ms < ",
                 now!(),
                 " - ?
                    AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
