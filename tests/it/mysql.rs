@@ -545,3 +545,97 @@ async fn a_relay_stopped_inside_a_sequencing_pass_holds_the_others_up_only_brief
         "the server ended the silent session"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_while_the_relay_runs_deliver_each_message_once() {
+    // An outside tester's run: an ordered target failing 40 % of attempts
+    // with one attempt each, dead letters replayed every second while a
+    // producer writes. Deadlocks between the replay and the relay's failure
+    // records used to lose acknowledgements, and so deliver batches twice
+    // (50 of 1,500 here, with retention pruning every second beside).
+    let scratch = Scratch::mysql().await;
+    let out = scratch.path().join("out");
+    let storage = scratch.mysql_storage().await;
+    storage.ensure_partitions(4).await.unwrap();
+    let config = scratch.write_config_as(
+        "relay.toml",
+        "partitions = 4\nbatch_size = 50\nretention = \"1s\"\nprune_interval = \"1s\"",
+        &format!(
+            r#"
+[[routes]]
+events = ["*"]
+targets = ["flaky", "plain"]
+
+[targets.plain]
+plugin = "count"
+config = {{ path = "/out/plain.jsonl" }}
+sandbox = {{ dirs = {{ "/out" = "{0}" }} }}
+
+[targets.flaky]
+plugin = "count"
+ordered = true
+config = {{ path = "/out/flaky.jsonl", fail_percent = 40 }}
+sandbox = {{ dirs = {{ "/out" = "{0}" }} }}
+retry = {{ max_attempts = 1, initial_backoff = "100ms", max_backoff = "200ms" }}
+"#,
+            out.display()
+        ),
+    );
+    let file = out.join("flaky.jsonl");
+    let mut relay = spawn_relay(&config);
+    let pool = scratch.mysql_pool().await;
+    let writer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..300 {
+                let mut tx = pool.begin().await.unwrap();
+                for j in 0..5 {
+                    let m = NewMessage::new("e", format!("{i}-{j}").into_bytes())
+                        .with_key(format!("k{}", (i * 5 + j) % 20));
+                    producer::mysql::enqueue(&mut tx, &m).await.unwrap();
+                    sent.push(m.id.to_string());
+                }
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        })
+    };
+    let replay = || {
+        std::process::Command::new(relay_binary())
+            .args(["dead-letters", "replay", "--target", "flaky", "--yes"])
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = replay();
+    }
+    let sent = writer.await.unwrap();
+    let started = Instant::now();
+    let counts = loop {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for l in read_jsonl(&file) {
+            *counts
+                .entry(l["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        if sent.iter().all(|id| counts.contains_key(id)) {
+            break counts;
+        }
+        assert!(started.elapsed() < WAIT, "not every message delivered");
+        let _ = replay();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(terminate(&mut relay).success());
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} of {} delivered more than once without a crash: {:?}",
+        twice.len(),
+        sent.len(),
+        &twice[..twice.len().min(5)]
+    );
+}

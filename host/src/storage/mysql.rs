@@ -101,6 +101,46 @@ macro_rules! now {
     };
 }
 
+/// How many times a transaction that InnoDB chose as a deadlock's victim
+/// (1213), or that timed out on a lock (1205), is run again before the error
+/// is returned. Both roll the transaction back (the statement, for 1205, and
+/// the dropped transaction the rest), so running it again is safe; deadlocks
+/// between relays' failure records (gap locks) are ordinary on InnoDB, and
+/// an acknowledgement lost to one would be a duplicate delivery.
+const DEADLOCK_TRIES: u32 = 5;
+
+/// Runs the block (an async block's body whose value is a `Result`) again
+/// when it fails on a deadlock or a lock wait, up to [`DEADLOCK_TRIES`].
+macro_rules! again_on_deadlock {
+    ($body:block) => {{
+        let mut tries = 0u32;
+        loop {
+            match async $body.await {
+                Err(e) if tries < DEADLOCK_TRIES && lock_conflict(&e) => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "lock conflict; running the transaction again");
+                    tokio::time::sleep(Duration::from_millis(2u64 << tries)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// A deadlock (1213) or a lock wait time-out (1205).
+fn lock_conflict(e: &StorageError) -> bool {
+    let (StorageError::Database(sqlx::Error::Database(d))
+    | StorageError::Privilege {
+        cause: sqlx::Error::Database(d),
+        ..
+    }) = e
+    else {
+        return false;
+    };
+    d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|m| matches!(m.number(), 1213 | 1205))
+}
+
 /// The `commit_seq` counter, as SQL. A read of the log bounded by it in the
 /// same statement sees only numbers a pass gave: a pass commits its rows and
 /// the counter together, and a number a producer wrote above it is ignored
@@ -200,60 +240,62 @@ impl MySqlStorage {
     /// that have none a `commit_seq` and a partition. Returns how many it
     /// sequenced.
     pub async fn sequence(&self) -> Result<u64> {
-        let _one = self.sequencing.lock().await;
-        self.reset_forged().await?;
-        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT seq, id, partition_key FROM outbox_messages
-             WHERE `partition` = -1 ORDER BY seq LIMIT ?",
-        )
-        .bind(SEQUENCE_PASS)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let partitions = self.partitions().await?;
-        let mut tx = self.pool.begin().await?;
-        let counter: String = sqlx::query_scalar(
-            "SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let base: i64 = counter.trim().parse().unwrap_or(0);
-        // [seq, partition, commit_seq] for each row, numbered in seq order
-        // after the counter.
-        let plan: Vec<[i64; 3]> = (1..)
-            .zip(&rows)
-            .map(|(rank, (seq, id, key))| {
-                let partition = partition_of_row(key.as_deref(), id, partitions);
-                [*seq, i64::from(partition), base + rank]
-            })
-            .collect();
-        let top = base + i64::try_from(plan.len()).unwrap_or(i64::MAX);
-        // The rows are reached from the plan by primary key alone
-        // (STRAIGHT_JOIN, FORCE INDEX): a scan of the table (which the
-        // optimizer picks for a small one) or of the `commit_seq` index
-        // would lock, and so wait for, rows of transactions still open. A
-        // row another relay's pass sequenced meanwhile keeps its numbers.
-        let sequenced = sqlx::query(
-            "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (
-                    s BIGINT PATH '$[0]', p INT PATH '$[1]', o BIGINT PATH '$[2]')) plan
-                STRAIGHT_JOIN outbox_messages m FORCE INDEX (PRIMARY) ON m.seq = plan.s
-             SET m.`partition` = plan.p, m.commit_seq = plan.o
-             WHERE m.`partition` = -1",
-        )
-        .bind(serde_json::to_string(&plan).unwrap_or_else(|_| "[]".into()))
-        .execute(&mut *tx)
-        .await
-        .map_err(privilege("UPDATE on outbox_messages"))?
-        .rows_affected();
-        sqlx::query("UPDATE outbox_settings SET value = ? WHERE `key` = 'commit_seq'")
-            .bind(top.to_string())
+        again_on_deadlock!({
+            let _one = self.sequencing.lock().await;
+            self.reset_forged().await?;
+            let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+                "SELECT seq, id, partition_key FROM outbox_messages
+                 WHERE `partition` = -1 ORDER BY seq LIMIT ?",
+            )
+            .bind(SEQUENCE_PASS)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let partitions = self.partitions().await?;
+            let mut tx = self.pool.begin().await?;
+            let counter: String = sqlx::query_scalar(
+                "SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let base: i64 = counter.trim().parse().unwrap_or(0);
+            // [seq, partition, commit_seq] for each row, numbered in seq order
+            // after the counter.
+            let plan: Vec<[i64; 3]> = (1..)
+                .zip(&rows)
+                .map(|(rank, (seq, id, key))| {
+                    let partition = partition_of_row(key.as_deref(), id, partitions);
+                    [*seq, i64::from(partition), base + rank]
+                })
+                .collect();
+            let top = base + i64::try_from(plan.len()).unwrap_or(i64::MAX);
+            // The rows are reached from the plan by primary key alone
+            // (STRAIGHT_JOIN, FORCE INDEX): a scan of the table (which the
+            // optimizer picks for a small one) or of the `commit_seq` index
+            // would lock, and so wait for, rows of transactions still open. A
+            // row another relay's pass sequenced meanwhile keeps its numbers.
+            let sequenced = sqlx::query(
+                "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (
+                        s BIGINT PATH '$[0]', p INT PATH '$[1]', o BIGINT PATH '$[2]')) plan
+                    STRAIGHT_JOIN outbox_messages m FORCE INDEX (PRIMARY) ON m.seq = plan.s
+                 SET m.`partition` = plan.p, m.commit_seq = plan.o
+                 WHERE m.`partition` = -1",
+            )
+            .bind(serde_json::to_string(&plan).unwrap_or_else(|_| "[]".into()))
             .execute(&mut *tx)
             .await
-            .map_err(privilege("UPDATE on outbox_settings"))?;
-        tx.commit().await?;
-        Ok(sequenced)
+            .map_err(privilege("UPDATE on outbox_messages"))?
+            .rows_affected();
+            sqlx::query("UPDATE outbox_settings SET value = ? WHERE `key` = 'commit_seq'")
+                .bind(top.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(privilege("UPDATE on outbox_settings"))?;
+            tx.commit().await?;
+            Ok(sequenced)
+        })
     }
 
     /// Puts rows whose relay columns no pass wrote back to "not sequenced"
@@ -263,77 +305,79 @@ impl MySqlStorage {
     /// lookups; the reset runs under the counter's lock, so no pass's own
     /// numbers are taken for forged ones.
     async fn reset_forged(&self) -> Result<()> {
-        {
-            let mut last = self
-                .forged_checked
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|at| at.elapsed() < FORGED_CHECK) {
+        again_on_deadlock!({
+            {
+                let mut last = self
+                    .forged_checked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if last.is_some_and(|at| at.elapsed() < FORGED_CHECK) {
+                    return Ok(());
+                }
+                *last = Some(std::time::Instant::now());
+            }
+            let partitions = self.partitions().await?;
+            let each = (0..partitions)
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let highest = (0..partitions)
+                .map(|p| {
+                    format!("(SELECT max(commit_seq) FROM outbox_messages WHERE `partition` = {p})")
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Numbers the relay wrote itself: no parameters.
+            let probe = format!(
+                concat!(
+                    "SELECT EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` IN ({each}) AND commit_seq = 0)
+                         OR EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` < -1 OR `partition` >= {n})
+                         OR coalesce(GREATEST({highest}, 0), 0) > ",
+                    counter!()
+                ),
+                each = each,
+                n = partitions,
+                highest = highest,
+            );
+            let forged: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(probe))
+                .persistent(false)
+                .fetch_one(&self.pool)
+                .await?;
+            if forged == 0 {
                 return Ok(());
             }
-            *last = Some(std::time::Instant::now());
-        }
-        let partitions = self.partitions().await?;
-        let each = (0..partitions)
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let highest = (0..partitions)
-            .map(|p| {
-                format!("(SELECT max(commit_seq) FROM outbox_messages WHERE `partition` = {p})")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Numbers the relay wrote itself: no parameters.
-        let probe = format!(
-            concat!(
-                "SELECT EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` IN ({each}) AND commit_seq = 0)
-                     OR EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` < -1 OR `partition` >= {n})
-                     OR coalesce(GREATEST({highest}, 0), 0) > ",
-                counter!()
-            ),
-            each = each,
-            n = partitions,
-            highest = highest,
-        );
-        let forged: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(probe))
-            .persistent(false)
-            .fetch_one(&self.pool)
+            let mut tx = self.pool.begin().await?;
+            let counter: String = sqlx::query_scalar(
+                "SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE",
+            )
+            .fetch_one(&mut *tx)
             .await?;
-        if forged == 0 {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        let counter: String = sqlx::query_scalar(
-            "SELECT value FROM outbox_settings WHERE `key` = 'commit_seq' FOR UPDATE",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let base: i64 = counter.trim().parse().unwrap_or(0);
-        let mut reset = 0;
-        for condition in [
-            format!("`partition` IN ({each}) AND commit_seq > {base}"),
-            format!("`partition` IN ({each}) AND commit_seq = 0"),
-            format!("`partition` < -1 OR `partition` >= {partitions}"),
-        ] {
-            reset += sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE outbox_messages SET `partition` = -1, commit_seq = 0 WHERE {condition}"
-            )))
-            .persistent(false)
-            .execute(&mut *tx)
-            .await
-            .map_err(privilege("UPDATE on outbox_messages"))?
-            .rows_affected();
-        }
-        tx.commit().await?;
-        if reset > 0 {
-            tracing::warn!(
-                rows = reset,
-                "rows whose partition or commit_seq a producer wrote were put back in line to be \
-                 sequenced (producers must leave both columns out)"
-            );
-        }
-        Ok(())
+            let base: i64 = counter.trim().parse().unwrap_or(0);
+            let mut reset = 0;
+            for condition in [
+                format!("`partition` IN ({each}) AND commit_seq > {base}"),
+                format!("`partition` IN ({each}) AND commit_seq = 0"),
+                format!("`partition` < -1 OR `partition` >= {partitions}"),
+            ] {
+                reset += sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE outbox_messages SET `partition` = -1, commit_seq = 0 WHERE {condition}"
+                )))
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(privilege("UPDATE on outbox_messages"))?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            if reset > 0 {
+                tracing::warn!(
+                    rows = reset,
+                    "rows whose partition or commit_seq a producer wrote were put back in line to be \
+                     sequenced (producers must leave both columns out)"
+                );
+            }
+            Ok(())
+        })
     }
 
     /// The live relays (heartbeat not expired by the database's clock).
@@ -528,6 +572,20 @@ pub async fn applied_migrations(pool: &MySqlPool) -> Result<Vec<i64>> {
     .fetch_one(pool)
     .await?;
     if has_table == 0 {
+        // A table the user has no privilege on is not shown to it.
+        let outbox: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.tables
+             WHERE table_schema = DATABASE() AND table_name = 'outbox_messages'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if outbox > 0 {
+            return Err(StorageError::Unsupported(
+                "the database has the outbox tables, but its user cannot see _sqlx_migrations, \
+                 where `migrate` records the schema's version: grant it SELECT on _sqlx_migrations"
+                    .into(),
+            ));
+        }
         return Ok(Vec::new());
     }
     Ok(
@@ -646,43 +704,45 @@ impl Storage for MySqlStorage {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        // MySQL applies SET assignments left to right, each seeing the ones
-        // before: `lease_owner` first, so the expiry is renewed exactly when
-        // the owner is (now) `owner`.
-        sqlx::query(concat!(
-            "INSERT INTO outbox_cursors (target, `partition`, lease_owner, lease_expires_ms, updated_at_ms)
-             VALUES (?, ?, ?, ",
-            now!(),
-            " + ?, ",
-            now!(),
-            ")
-             ON DUPLICATE KEY UPDATE
-                lease_owner = IF(lease_owner IS NULL OR lease_owner = VALUES(lease_owner)
-                                 OR lease_expires_ms < VALUES(updated_at_ms), VALUES(lease_owner), lease_owner),
-                lease_expires_ms = IF(lease_owner = VALUES(lease_owner), VALUES(lease_expires_ms), lease_expires_ms)"
-        ))
-        .bind(target)
-        .bind(partition)
-        .bind(owner)
-        .bind(duration_ms(ttl))
-        .execute(&self.pool)
-        .await?;
-        let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
-            "SELECT lease_owner, position_xid, position_seq FROM outbox_cursors
-             WHERE target = ? AND `partition` = ?",
-        )
-        .bind(target)
-        .bind(partition)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .filter(|(holder, _, _)| holder.as_deref() == Some(owner))
-            .map(|(_, xid, seq)| Lease {
-                target: target.to_string(),
-                partition,
-                owner: owner.to_string(),
-                position: Position { xid, seq },
-            }))
+        again_on_deadlock!({
+            // MySQL applies SET assignments left to right, each seeing the ones
+            // before: `lease_owner` first, so the expiry is renewed exactly when
+            // the owner is (now) `owner`.
+            sqlx::query(concat!(
+                "INSERT INTO outbox_cursors (target, `partition`, lease_owner, lease_expires_ms, updated_at_ms)
+                 VALUES (?, ?, ?, ",
+                now!(),
+                " + ?, ",
+                now!(),
+                ")
+                 ON DUPLICATE KEY UPDATE
+                    lease_owner = IF(lease_owner IS NULL OR lease_owner = VALUES(lease_owner)
+                                     OR lease_expires_ms < VALUES(updated_at_ms), VALUES(lease_owner), lease_owner),
+                    lease_expires_ms = IF(lease_owner = VALUES(lease_owner), VALUES(lease_expires_ms), lease_expires_ms)"
+            ))
+            .bind(target)
+            .bind(partition)
+            .bind(owner)
+            .bind(duration_ms(ttl))
+            .execute(&self.pool)
+            .await?;
+            let row: Option<(Option<String>, i64, i64)> = sqlx::query_as(
+                "SELECT lease_owner, position_xid, position_seq FROM outbox_cursors
+                 WHERE target = ? AND `partition` = ?",
+            )
+            .bind(target)
+            .bind(partition)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row
+                .filter(|(holder, _, _)| holder.as_deref() == Some(owner))
+                .map(|(_, xid, seq)| Lease {
+                    target: target.to_string(),
+                    partition,
+                    owner: owner.to_string(),
+                    position: Position { xid, seq },
+                }))
+        })
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
@@ -734,87 +794,89 @@ impl Storage for MySqlStorage {
     }
 
     async fn mark_published(&self, lease: &Lease, ack: &Ack) -> Result<()> {
-        let plain = ack.resolved.is_empty() && ack.failures.is_empty();
-        let mut tx = if plain {
-            None
-        } else {
-            Some(self.pool.begin().await?)
-        };
-        // Assignments run left to right: `position_seq` is set first, by the
-        // comparison on the old pair; then `position_xid`, whose comparison
-        // sees the new seq and so holds exactly when the old xid was lower
-        // or the pair moved within the same xid.
-        let cursor = sqlx::query(concat!(
-            "UPDATE outbox_cursors SET
-                position_seq = IF((position_xid, position_seq) < (?, ?), ?, position_seq),
-                position_xid = IF((position_xid, position_seq) < (?, ?), ?, position_xid),
-                updated_at_ms = ",
-            now!(),
-            " WHERE target = ? AND `partition` = ? AND lease_owner = ?"
-        ))
-        .bind(ack.position.xid)
-        .bind(ack.position.seq)
-        .bind(ack.position.seq)
-        .bind(ack.position.xid)
-        .bind(ack.position.seq)
-        .bind(ack.position.xid)
-        .bind(&lease.target)
-        .bind(lease.partition)
-        .bind(&lease.owner);
-        let updated = match tx.as_mut() {
-            Some(tx) => cursor.execute(&mut **tx).await?,
-            None => cursor.execute(&self.pool).await?,
-        };
-        if updated.rows_affected() == 0 {
-            return Err(super::lease_lost(lease));
-        }
-        let Some(mut tx) = tx else {
-            return Ok(());
-        };
-        if !ack.resolved.is_empty() {
-            let sql = format!(
-                "DELETE FROM outbox_deliveries WHERE target = ? AND seq IN ({})",
-                join(&ack.resolved)
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent(false)
+        again_on_deadlock!({
+            let plain = ack.resolved.is_empty() && ack.failures.is_empty();
+            let mut tx = if plain {
+                None
+            } else {
+                Some(self.pool.begin().await?)
+            };
+            // Assignments run left to right: `position_seq` is set first, by the
+            // comparison on the old pair; then `position_xid`, whose comparison
+            // sees the new seq and so holds exactly when the old xid was lower
+            // or the pair moved within the same xid.
+            let cursor = sqlx::query(concat!(
+                "UPDATE outbox_cursors SET
+                    position_seq = IF((position_xid, position_seq) < (?, ?), ?, position_seq),
+                    position_xid = IF((position_xid, position_seq) < (?, ?), ?, position_xid),
+                    updated_at_ms = ",
+                now!(),
+                " WHERE target = ? AND `partition` = ? AND lease_owner = ?"
+            ))
+            .bind(ack.position.xid)
+            .bind(ack.position.seq)
+            .bind(ack.position.seq)
+            .bind(ack.position.xid)
+            .bind(ack.position.seq)
+            .bind(ack.position.xid)
+            .bind(&lease.target)
+            .bind(lease.partition)
+            .bind(&lease.owner);
+            let updated = match tx.as_mut() {
+                Some(tx) => cursor.execute(&mut **tx).await?,
+                None => cursor.execute(&self.pool).await?,
+            };
+            if updated.rows_affected() == 0 {
+                return Err(super::lease_lost(lease));
+            }
+            let Some(mut tx) = tx else {
+                return Ok(());
+            };
+            if !ack.resolved.is_empty() {
+                let sql = format!(
+                    "DELETE FROM outbox_deliveries WHERE target = ? AND seq IN ({})",
+                    join(&ack.resolved)
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .persistent(false)
+                    .bind(&lease.target)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for failure in &ack.failures {
+                let (state, wait_ms) = disposition_columns(&failure.disposition);
+                let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
+                sqlx::query(concat!(
+                    "INSERT INTO outbox_deliveries
+                        (target, seq, message_id, state, attempts, next_attempt_ms, last_error, history, updated_at_ms)
+                     VALUES (?, ?, ?, ?, ?, ",
+                    now!(),
+                    " + ?, ?, JSON_ARRAY(",
+                    history_entry!(),
+                    "), ",
+                    now!(),
+                    ")
+                     ON DUPLICATE KEY UPDATE
+                        state = VALUES(state), attempts = VALUES(attempts),
+                        next_attempt_ms = VALUES(next_attempt_ms), last_error = VALUES(last_error),
+                        history = JSON_MERGE_PRESERVE(history, VALUES(history)),
+                        updated_at_ms = VALUES(updated_at_ms)"
+                ))
                 .bind(&lease.target)
+                .bind(failure.seq)
+                .bind(&failure.message_id)
+                .bind(state)
+                .bind(attempts)
+                .bind(wait_ms)
+                .bind(&failure.error)
+                .bind(attempts)
+                .bind(&failure.error)
                 .execute(&mut *tx)
                 .await?;
-        }
-        for failure in &ack.failures {
-            let (state, wait_ms) = disposition_columns(&failure.disposition);
-            let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
-            sqlx::query(concat!(
-                "INSERT INTO outbox_deliveries
-                    (target, seq, message_id, state, attempts, next_attempt_ms, last_error, history, updated_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ",
-                now!(),
-                " + ?, ?, JSON_ARRAY(",
-                history_entry!(),
-                "), ",
-                now!(),
-                ")
-                 ON DUPLICATE KEY UPDATE
-                    state = VALUES(state), attempts = VALUES(attempts),
-                    next_attempt_ms = VALUES(next_attempt_ms), last_error = VALUES(last_error),
-                    history = JSON_MERGE_PRESERVE(history, VALUES(history)),
-                    updated_at_ms = VALUES(updated_at_ms)"
-            ))
-            .bind(&lease.target)
-            .bind(failure.seq)
-            .bind(&failure.message_id)
-            .bind(state)
-            .bind(attempts)
-            .bind(wait_ms)
-            .bind(&failure.error)
-            .bind(attempts)
-            .bind(&failure.error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     async fn claim_retries(
@@ -824,137 +886,141 @@ impl Storage for MySqlStorage {
         limit: u32,
         claim_ttl: Duration,
     ) -> Result<Vec<DueRetry>> {
-        let partitions = self.partitions().await?;
-        let mut tx = self.pool.begin().await?;
-        // A record ahead of its partition's cursor is an ordered target's
-        // held message, retried in place by the ordered path: only records
-        // behind the cursor are claimed. The lock is on the failure records
-        // alone (MariaDB has no `FOR UPDATE OF`): the held check reads the
-        // log and cursors without locking them.
-        let due: Vec<(i64, String, i32)> = sqlx::query_as(concat!(
-            "SELECT d.seq, d.message_id, d.attempts FROM outbox_deliveries d
-             WHERE d.target = ? AND d.state = 'retry' AND d.next_attempt_ms <= ",
-            now!(),
-            " AND d.claim_expires_ms <= ",
-            now!(),
-            " ORDER BY d.next_attempt_ms, d.seq
-             LIMIT ?
-             FOR UPDATE SKIP LOCKED"
-        ))
-        .bind(target)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        if due.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let seqs: Vec<i64> = due.iter().map(|d| d.0).collect();
-        let held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT m.seq FROM outbox_messages m JOIN outbox_cursors c
-               ON c.target = ? AND c.`partition` = m.`partition`
-             WHERE m.seq IN ({}) AND (m.commit_seq, m.seq) > (c.position_xid, c.position_seq)",
-            join(&seqs)
-        )))
-        .persistent(false)
-        .bind(target)
-        .fetch_all(&mut *tx)
-        .await?;
-        let claimed: Vec<&(i64, String, i32)> =
-            due.iter().filter(|d| !held.contains(&d.0)).collect();
-        if claimed.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let claimed_seqs: Vec<i64> = claimed.iter().map(|d| d.0).collect();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            concat!(
-                "UPDATE outbox_deliveries SET claim_owner = ?, claim_expires_ms = ",
+        again_on_deadlock!({
+            let partitions = self.partitions().await?;
+            let mut tx = self.pool.begin().await?;
+            // A record ahead of its partition's cursor is an ordered target's
+            // held message, retried in place by the ordered path: only records
+            // behind the cursor are claimed. The lock is on the failure records
+            // alone (MariaDB has no `FOR UPDATE OF`): the held check reads the
+            // log and cursors without locking them.
+            let due: Vec<(i64, String, i32)> = sqlx::query_as(concat!(
+                "SELECT d.seq, d.message_id, d.attempts FROM outbox_deliveries d
+                 WHERE d.target = ? AND d.state = 'retry' AND d.next_attempt_ms <= ",
                 now!(),
-                " + ? WHERE target = ? AND seq IN ({})"
-            ),
-            join(&claimed_seqs)
-        )))
-        .persistent(false)
-        .bind(owner)
-        .bind(duration_ms(claim_ttl))
-        .bind(target)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut entries = self
-            .entries_of(&claimed_seqs, partitions)
-            .await?
-            .into_iter();
-        let mut next = entries.next();
-        let mut out = Vec::with_capacity(claimed.len());
-        for (seq, id, attempts) in claimed {
-            let entry = match next.take() {
-                Some((found, entry)) if found == *seq => {
-                    next = entries.next();
-                    entry
-                }
-                other => {
-                    next = other;
-                    Err(MalformedMessage::gone(*seq, id.clone()))
-                }
-            };
-            out.push(DueRetry {
-                entry,
-                attempts: u32::try_from(*attempts).unwrap_or(0),
-            });
-        }
-        out.sort_by_key(|r| crate::message::entry_position(&r.entry).seq);
-        Ok(out)
+                " AND d.claim_expires_ms <= ",
+                now!(),
+                " ORDER BY d.next_attempt_ms, d.seq
+                 LIMIT ?
+                 FOR UPDATE SKIP LOCKED"
+            ))
+            .bind(target)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            if due.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let seqs: Vec<i64> = due.iter().map(|d| d.0).collect();
+            let held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT m.seq FROM outbox_messages m JOIN outbox_cursors c
+                   ON c.target = ? AND c.`partition` = m.`partition`
+                 WHERE m.seq IN ({}) AND (m.commit_seq, m.seq) > (c.position_xid, c.position_seq)",
+                join(&seqs)
+            )))
+            .persistent(false)
+            .bind(target)
+            .fetch_all(&mut *tx)
+            .await?;
+            let claimed: Vec<&(i64, String, i32)> =
+                due.iter().filter(|d| !held.contains(&d.0)).collect();
+            if claimed.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let claimed_seqs: Vec<i64> = claimed.iter().map(|d| d.0).collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                concat!(
+                    "UPDATE outbox_deliveries SET claim_owner = ?, claim_expires_ms = ",
+                    now!(),
+                    " + ? WHERE target = ? AND seq IN ({})"
+                ),
+                join(&claimed_seqs)
+            )))
+            .persistent(false)
+            .bind(owner)
+            .bind(duration_ms(claim_ttl))
+            .bind(target)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let mut entries = self
+                .entries_of(&claimed_seqs, partitions)
+                .await?
+                .into_iter();
+            let mut next = entries.next();
+            let mut out = Vec::with_capacity(claimed.len());
+            for (seq, id, attempts) in claimed {
+                let entry = match next.take() {
+                    Some((found, entry)) if found == *seq => {
+                        next = entries.next();
+                        entry
+                    }
+                    other => {
+                        next = other;
+                        Err(MalformedMessage::gone(*seq, id.clone()))
+                    }
+                };
+                out.push(DueRetry {
+                    entry,
+                    attempts: u32::try_from(*attempts).unwrap_or(0),
+                });
+            }
+            out.sort_by_key(|r| crate::message::entry_position(&r.entry).seq);
+            Ok(out)
+        })
     }
 
     async fn settle_retries(&self, target: &str, settlements: &[Settlement]) -> Result<()> {
-        if settlements.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for settlement in settlements {
-            match settlement {
-                Settlement::Delivered { seq } => {
-                    sqlx::query("DELETE FROM outbox_deliveries WHERE target = ? AND seq = ?")
+        again_on_deadlock!({
+            if settlements.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.pool.begin().await?;
+            for settlement in settlements {
+                match settlement {
+                    Settlement::Delivered { seq } => {
+                        sqlx::query("DELETE FROM outbox_deliveries WHERE target = ? AND seq = ?")
+                            .bind(target)
+                            .bind(seq)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Settlement::Failed(failure) => {
+                        let (state, wait_ms) = disposition_columns(&failure.disposition);
+                        let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
+                        // `history` is appended to before `attempts` and
+                        // `last_error` change (left-to-right assignments), from
+                        // the parameters.
+                        sqlx::query(concat!(
+                            "UPDATE outbox_deliveries SET
+                                history = JSON_ARRAY_APPEND(history, '$', ",
+                            history_entry!(),
+                            "),
+                                state = ?, attempts = ?, next_attempt_ms = ",
+                            now!(),
+                            " + ?, last_error = ?,
+                                claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
+                            now!(),
+                            " WHERE target = ? AND seq = ?"
+                        ))
+                        .bind(attempts)
+                        .bind(&failure.error)
+                        .bind(state)
+                        .bind(attempts)
+                        .bind(wait_ms)
+                        .bind(&failure.error)
                         .bind(target)
-                        .bind(seq)
+                        .bind(failure.seq)
                         .execute(&mut *tx)
                         .await?;
-                }
-                Settlement::Failed(failure) => {
-                    let (state, wait_ms) = disposition_columns(&failure.disposition);
-                    let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
-                    // `history` is appended to before `attempts` and
-                    // `last_error` change (left-to-right assignments), from
-                    // the parameters.
-                    sqlx::query(concat!(
-                        "UPDATE outbox_deliveries SET
-                            history = JSON_ARRAY_APPEND(history, '$', ",
-                        history_entry!(),
-                        "),
-                            state = ?, attempts = ?, next_attempt_ms = ",
-                        now!(),
-                        " + ?, last_error = ?,
-                            claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
-                        now!(),
-                        " WHERE target = ? AND seq = ?"
-                    ))
-                    .bind(attempts)
-                    .bind(&failure.error)
-                    .bind(state)
-                    .bind(attempts)
-                    .bind(wait_ms)
-                    .bind(&failure.error)
-                    .bind(target)
-                    .bind(failure.seq)
-                    .execute(&mut *tx)
-                    .await?;
+                    }
                 }
             }
-        }
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     async fn status(&self, targets: &[String]) -> Result<Vec<TargetStatus>> {
@@ -1086,95 +1152,101 @@ impl Storage for MySqlStorage {
     }
 
     async fn replay_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64> {
-        if seqs.is_empty() {
-            return Ok(0);
-        }
-        let sql = format!(
-            concat!(
-                "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = ",
-                now!(),
-                ", claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
-                now!(),
-                " WHERE target = ? AND state = 'dead' AND seq IN ({})"
-            ),
-            join(seqs)
-        );
-        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(target)
-            .execute(&self.pool)
-            .await?;
-        Ok(updated.rows_affected())
+        again_on_deadlock!({
+            if seqs.is_empty() {
+                return Ok(0);
+            }
+            let sql = format!(
+                concat!(
+                    "UPDATE outbox_deliveries SET state = 'retry', next_attempt_ms = ",
+                    now!(),
+                    ", claim_owner = NULL, claim_expires_ms = 0, updated_at_ms = ",
+                    now!(),
+                    " WHERE target = ? AND state = 'dead' AND seq IN ({})"
+                ),
+                join(seqs)
+            );
+            let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(target)
+                .execute(&self.pool)
+                .await?;
+            Ok(updated.rows_affected())
+        })
     }
 
     async fn purge_dead_letters(&self, target: &str, seqs: &[i64]) -> Result<u64> {
-        if seqs.is_empty() {
-            return Ok(0);
-        }
-        let sql = format!(
-            "DELETE FROM outbox_deliveries WHERE target = ? AND state = 'dead' AND seq IN ({})",
-            join(seqs)
-        );
-        let deleted = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(target)
-            .execute(&self.pool)
-            .await?;
-        Ok(deleted.rows_affected())
+        again_on_deadlock!({
+            if seqs.is_empty() {
+                return Ok(0);
+            }
+            let sql = format!(
+                "DELETE FROM outbox_deliveries WHERE target = ? AND state = 'dead' AND seq IN ({})",
+                join(seqs)
+            );
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(target)
+                .execute(&self.pool)
+                .await?;
+            Ok(deleted.rows_affected())
+        })
     }
 
     async fn prune(&self, targets: &[String], retention: Duration, limit: u32) -> Result<u64> {
-        // Every registered target and every one named; none at all prunes nothing.
-        let mut all: Vec<String> = self.registered_targets().await?;
-        all.extend(targets.iter().cloned());
-        all.sort();
-        all.dedup();
-        if all.is_empty() {
-            return Ok(0);
-        }
-        // The doomed rows are found by a plain read, then deleted by primary
-        // key alone (as in `sequence`, a scan would wait on open inserts): a subquery on the log inside the DELETE could take shared
-        // next-key locks (statement-based binary logging) and hold up
-        // producers' inserts. Cursors only move forward, so what was passed
-        // stays passed; a failure record written since is checked again.
-        let sql = format!(
-            concat!(
-                "SELECT m.seq FROM outbox_messages m
-                 WHERE m.`partition` >= 0 AND m.commit_seq > 0 AND m.created_at_ms < ",
-                now!(),
-                " - ?
-                   AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
-                   AND (SELECT count(*) FROM outbox_cursors c
-                        WHERE c.target IN ({names}) AND c.`partition` = m.`partition`
-                          AND (c.position_xid, c.position_seq) >= (m.commit_seq, m.seq)) = ?
-                 ORDER BY m.seq
-                 LIMIT ?"
-            ),
-            names = placeholders(all.len())
-        );
-        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        again_on_deadlock!({
+            // Every registered target and every one named; none at all prunes nothing.
+            let mut all: Vec<String> = self.registered_targets().await?;
+            all.extend(targets.iter().cloned());
+            all.sort();
+            all.dedup();
+            if all.is_empty() {
+                return Ok(0);
+            }
+            // The doomed rows are found by a plain read, then deleted by primary
+            // key alone (as in `sequence`, a scan would wait on open inserts): a subquery on the log inside the DELETE could take shared
+            // next-key locks (statement-based binary logging) and hold up
+            // producers' inserts. Cursors only move forward, so what was passed
+            // stays passed; a failure record written since is checked again.
+            let sql = format!(
+                concat!(
+                    "SELECT m.seq FROM outbox_messages m
+                     WHERE m.`partition` >= 0 AND m.commit_seq > 0 AND m.created_at_ms < ",
+                    now!(),
+                    " - ?
+                       AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)
+                       AND (SELECT count(*) FROM outbox_cursors c
+                            WHERE c.target IN ({names}) AND c.`partition` = m.`partition`
+                              AND (c.position_xid, c.position_seq) >= (m.commit_seq, m.seq)) = ?
+                     ORDER BY m.seq
+                     LIMIT ?"
+                ),
+                names = placeholders(all.len())
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(duration_ms(retention));
+            for name in &all {
+                query = query.bind(name);
+            }
+            let doomed = query
+                .bind(i64::try_from(all.len()).unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+            if doomed.is_empty() {
+                return Ok(0);
+            }
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE m FROM outbox_messages m FORCE INDEX (PRIMARY) WHERE m.seq IN ({})
+                   AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)",
+                join(&doomed)
+            )))
             .persistent(false)
-            .bind(duration_ms(retention));
-        for name in &all {
-            query = query.bind(name);
-        }
-        let doomed = query
-            .bind(i64::try_from(all.len()).unwrap_or(i64::MAX))
-            .bind(limit)
-            .fetch_all(&self.pool)
+            .execute(&self.pool)
             .await?;
-        if doomed.is_empty() {
-            return Ok(0);
-        }
-        let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE m FROM outbox_messages m FORCE INDEX (PRIMARY) WHERE m.seq IN ({})
-               AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = m.seq)",
-            join(&doomed)
-        )))
-        .persistent(false)
-        .execute(&self.pool)
-        .await?;
-        Ok(deleted.rows_affected())
+            Ok(deleted.rows_affected())
+        })
     }
 
     async fn heartbeat(
@@ -1183,53 +1255,55 @@ impl Storage for MySqlStorage {
         serving: &[ServedTarget],
         ttl: Duration,
     ) -> Result<Vec<LiveRelay>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(concat!(
-            "INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms, expires_ms, targets)
-             VALUES (?, ",
-            now!(),
-            ", ",
-            now!(),
-            ", ",
-            now!(),
-            " + ?, ?)
-             ON DUPLICATE KEY UPDATE heartbeat_ms = VALUES(heartbeat_ms),
-                expires_ms = VALUES(expires_ms), targets = VALUES(targets)"
-        ))
-        .bind(owner)
-        .bind(duration_ms(ttl))
-        .bind(encode_served(serving))
-        .execute(&mut *tx)
-        .await?;
-        for target in serving {
+        again_on_deadlock!({
+            let mut tx = self.pool.begin().await?;
             sqlx::query(concat!(
-                "INSERT INTO outbox_targets (name, registered_at_ms) VALUES (?, ",
+                "INSERT INTO outbox_relays (owner, heartbeat_ms, started_at_ms, expires_ms, targets)
+                 VALUES (?, ",
                 now!(),
-                ") ON DUPLICATE KEY UPDATE name = name"
+                ", ",
+                now!(),
+                ", ",
+                now!(),
+                " + ?, ?)
+                 ON DUPLICATE KEY UPDATE heartbeat_ms = VALUES(heartbeat_ms),
+                    expires_ms = VALUES(expires_ms), targets = VALUES(targets)"
             ))
-            .bind(&target.name)
+            .bind(owner)
+            .bind(duration_ms(ttl))
+            .bind(encode_served(serving))
             .execute(&mut *tx)
             .await?;
-        }
-        sqlx::query(concat!(
-            "DELETE FROM outbox_relays WHERE owner <> ? AND heartbeat_ms < ",
-            now!(),
-            " - 10 * ?"
-        ))
-        .bind(owner)
-        .bind(duration_ms(ttl))
-        .execute(&mut *tx)
-        .await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(concat!(
-            "SELECT owner, targets FROM outbox_relays WHERE owner = ? OR expires_ms >= ",
-            now!(),
-            " ORDER BY owner"
-        ))
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(super::live_relays_of(rows))
+            for target in serving {
+                sqlx::query(concat!(
+                    "INSERT INTO outbox_targets (name, registered_at_ms) VALUES (?, ",
+                    now!(),
+                    ") ON DUPLICATE KEY UPDATE name = name"
+                ))
+                .bind(&target.name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(concat!(
+                "DELETE FROM outbox_relays WHERE owner <> ? AND heartbeat_ms < ",
+                now!(),
+                " - 10 * ?"
+            ))
+            .bind(owner)
+            .bind(duration_ms(ttl))
+            .execute(&mut *tx)
+            .await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+                "SELECT owner, targets FROM outbox_relays WHERE owner = ? OR expires_ms >= ",
+                now!(),
+                " ORDER BY owner"
+            ))
+            .bind(owner)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(super::live_relays_of(rows))
+        })
     }
 
     async fn registered_targets(&self) -> Result<Vec<String>> {
@@ -1241,26 +1315,28 @@ impl Storage for MySqlStorage {
     }
 
     async fn forget_target(&self, target: &str) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        super::refuse_if_served(target, &self.live_relays(&mut tx).await?)?;
-        let mut removed = [0u64; 3];
-        for (i, sql) in [
-            "DELETE FROM outbox_targets WHERE name = ?",
-            "DELETE FROM outbox_cursors WHERE target = ?",
-            "DELETE FROM outbox_deliveries WHERE target = ?",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            removed[i] = sqlx::query(sql)
-                .bind(target)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        let forgotten = super::forgotten(target, removed)?;
-        tx.commit().await?;
-        Ok(forgotten)
+        again_on_deadlock!({
+            let mut tx = self.pool.begin().await?;
+            super::refuse_if_served(target, &self.live_relays(&mut tx).await?)?;
+            let mut removed = [0u64; 3];
+            for (i, sql) in [
+                "DELETE FROM outbox_targets WHERE name = ?",
+                "DELETE FROM outbox_cursors WHERE target = ?",
+                "DELETE FROM outbox_deliveries WHERE target = ?",
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                removed[i] = sqlx::query(sql)
+                    .bind(target)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            let forgotten = super::forgotten(target, removed)?;
+            tx.commit().await?;
+            Ok(forgotten)
+        })
     }
 
     async fn leave(&self, owner: &str) -> Result<()> {
