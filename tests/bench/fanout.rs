@@ -115,6 +115,7 @@ pub async fn read_ceiling(db: &BenchDb) -> anyhow::Result<(u64, Duration)> {
             );
             Ok((rows as u64, elapsed))
         }
+        DbKind::MariaDb => anyhow::bail!("fanout does not run on MariaDB yet"),
         DbKind::Sqlite => {
             let storage = outbox_relay::storage::sqlite::SqliteStorage::connect(&db.url).await?;
             let started = Instant::now();

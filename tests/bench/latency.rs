@@ -1,5 +1,6 @@
-//! Latency at a steady rate on Postgres: from the producer's commit returning
-//! to the transport's ack (the `null` component's `deliver` returning).
+//! Latency at a steady rate on a server database (Postgres, MariaDB): from the
+//! producer's commit returning to the transport's ack (the `null` component's
+//! `deliver` returning).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use crate::setup::{
 };
 
 pub struct LatencyRun {
+    pub kind: DbKind,
     pub rate_asked: u32,
     pub rate_achieved: f64,
     pub window: Duration,
@@ -32,7 +34,7 @@ fn ms(d: Duration) -> f64 {
 impl LatencyRun {
     pub fn json(&self) -> Value {
         json!({
-            "database": "Postgres",
+            "database": self.kind.label(),
             "rate_asked_per_s": self.rate_asked,
             "rate_achieved_per_s": self.rate_achieved.round(),
             "window_s": secs(self.window),
@@ -57,16 +59,17 @@ impl LatencyRun {
 }
 
 /// The producers' connection pool: enough connections that commits, each
-/// waiting for its WAL flush, never hold the rate back.
+/// waiting for its log flush, never hold the rate back.
 const PRODUCERS: u32 = 32;
 
 pub async fn latency(
+    kind: DbKind,
     rate: u32,
     window: Duration,
     size: usize,
     batch_size: Option<u32>,
 ) -> anyhow::Result<LatencyRun> {
-    let db = BenchDb::new(DbKind::Postgres).await?;
+    let db = BenchDb::new(kind).await?;
     let (_, config) = db.config(
         "latency",
         &relay_lines(batch_size),
@@ -76,21 +79,13 @@ pub async fn latency(
     let probe = Probe::new(true);
     let relay = Running::start(&config, Sink::Configured, probe.clone()).await?;
 
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(PRODUCERS)
-        .min_connections(PRODUCERS)
-        .connect(&db.url)
-        .await?;
+    let pool = db.server_pool(PRODUCERS, true).await?;
     // Warm up: the component instance and the pool's connections.
     let mut warmups = Vec::new();
     for i in 0..PRODUCERS {
         let pool = pool.clone();
         warmups.push(tokio::spawn(async move {
-            let mut tx = pool.begin().await?;
-            outbox_relay::producer::postgres::enqueue(&mut tx, &message(u64::from(i), size))
-                .await?;
-            tx.commit().await?;
-            anyhow::Ok(())
+            pool.commit_one(&message(u64::from(i), size)).await
         }));
     }
     for w in warmups {
@@ -103,7 +98,8 @@ pub async fn latency(
     let warm = probe.delivered();
 
     eprintln!(
-        "  {rate} messages/s on Postgres for {} s ...",
+        "  {rate} messages/s on {} for {} s ...",
+        kind.label(),
         window.as_secs()
     );
     // Open loop: a message is due every `period`, whether or not the ones
@@ -124,9 +120,7 @@ pub async fn latency(
         k += 1;
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tx = pool.begin().await?;
-            outbox_relay::producer::postgres::enqueue(&mut tx, &m).await?;
-            tx.commit().await?;
+            pool.commit_one(&m).await?;
             anyhow::Ok((m.id, Instant::now()))
         }));
     }
@@ -167,6 +161,7 @@ pub async fn latency(
     };
     let total: Duration = latencies.iter().sum();
     let run = LatencyRun {
+        kind,
         rate_asked: rate,
         rate_achieved: crate::setup::rate(commits.len() as u64, window),
         window,

@@ -97,6 +97,7 @@ pub fn write_scenario(dir: &Path, run: &RunInfo, result: &ScenarioResult) -> any
         "git": run.git,
         "started_at": run.started_at,
         "machine": run.machine,
+        "loadavg_at_end": crate::setup::loadavg(),
         "databases": run.databases,
         "params": result.params,
         "results": result.data,
@@ -113,7 +114,7 @@ pub fn markdown(run: &RunInfo, rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str("# Benchmark summary\n\n");
     out.push_str(&format!(
-        "- command: `{}`\n- commit: {}\n- started: {}\n- machine: {} × {} (nproc {}), {} GiB RAM, Linux {}, load average at start {}\n- databases: Postgres {}, SQLite {}\n\n",
+        "- command: `{}`\n- commit: {}\n- started: {}\n- machine: {} × {} (nproc {}), {} GiB RAM, Linux {}, load average at start {}, at the end {}\n- databases: Postgres {}, SQLite {}, MariaDB {}\n\n",
         run.command,
         run.git,
         run.started_at,
@@ -123,8 +124,10 @@ pub fn markdown(run: &RunInfo, rows: &[Row]) -> String {
         m["memory_gib"],
         m["kernel"].as_str().unwrap_or("?"),
         m["loadavg_at_start"].as_str().unwrap_or("?"),
+        crate::setup::loadavg(),
         run.databases["postgres"].as_str().unwrap_or("?"),
         run.databases["sqlite"].as_str().unwrap_or("?"),
+        run.databases["mariadb"].as_str().unwrap_or("?"),
     ));
     out.push_str("| scenario | figure | value | ratio | target | met | note |\n");
     out.push_str("|---|---|---|---|---|---|---|\n");

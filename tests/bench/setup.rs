@@ -1,8 +1,10 @@
-//! What every scenario shares: a database of its own (a SQLite file on disk or
-//! a fresh Postgres database), a config, a seeded backlog, an in-process relay
-//! whose transports are wrapped by a [`Probe`], and the machine's description.
+//! What every scenario shares: a database of its own (a SQLite file on disk, or
+//! a fresh Postgres or MariaDB database), a config, a seeded backlog, producers
+//! that enqueue as applications do, an in-process relay whose transports are
+//! wrapped by a [`Probe`], and the machine's description.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +29,9 @@ pub const EVENT: &str = "bench.created";
 pub enum DbKind {
     Sqlite,
     Postgres,
+    /// MariaDB (the MySQL storage adapter), at `OUTBOX_TEST_MYSQL_URL` as for the tests.
+    #[value(name = "mariadb")]
+    MariaDb,
 }
 
 impl DbKind {
@@ -34,18 +39,19 @@ impl DbKind {
         match self {
             DbKind::Sqlite => "SQLite",
             DbKind::Postgres => "Postgres",
+            DbKind::MariaDb => "MariaDB",
         }
     }
 }
 
-/// A database of the benchmark's own, dropped (Postgres) or deleted (SQLite
-/// file in a temporary directory on the real disk) afterwards.
+/// A database of the benchmark's own, dropped (Postgres, MariaDB) or deleted
+/// (SQLite file in a temporary directory on the real disk) afterwards.
 pub struct BenchDb {
     pub kind: DbKind,
     pub url: String,
     /// Where configs and target output go.
     pub dir: tempfile::TempDir,
-    _pg: Option<Scratch>,
+    _server: Option<Scratch>,
 }
 
 /// The repository root (the tests crate is `<repo>/tests`).
@@ -70,16 +76,28 @@ impl BenchDb {
                     kind,
                     url,
                     dir,
-                    _pg: None,
+                    _server: None,
                 }
             }
-            DbKind::Postgres => {
-                let scratch = Scratch::postgres().await;
+            DbKind::Postgres | DbKind::MariaDb => {
+                let scratch = if kind == DbKind::Postgres {
+                    Scratch::postgres().await
+                } else {
+                    // Scratch panics when the server is down: ask first, so
+                    // that this scenario fails and the others still run.
+                    let admin = outbox_relay_tests::mysql_admin_url();
+                    <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin)
+                        .await
+                        .with_context(|| {
+                            format!("MariaDB is not reachable at {admin} (OUTBOX_TEST_MYSQL_URL); start it, e.g. `service mariadb start`")
+                        })?;
+                    Scratch::mysql().await
+                };
                 Self {
                     kind,
                     url: scratch.database_url(),
                     dir,
-                    _pg: Some(scratch),
+                    _server: Some(scratch),
                 }
             }
         })
@@ -105,6 +123,201 @@ impl BenchDb {
             .connect(&self.url)
             .await?)
     }
+
+    /// A pool of `connections` on this server database (`warm`: all of them
+    /// opened at once and kept open).
+    pub async fn server_pool(&self, connections: u32, warm: bool) -> anyhow::Result<ServerPool> {
+        async fn open<DB: sqlx::Database>(
+            url: &str,
+            connections: u32,
+            warm: bool,
+        ) -> anyhow::Result<sqlx::Pool<DB>> {
+            Ok(sqlx::pool::PoolOptions::<DB>::new()
+                .max_connections(connections)
+                .min_connections(if warm { connections } else { 0 })
+                .connect(url)
+                .await?)
+        }
+        Ok(match self.kind {
+            DbKind::Postgres => ServerPool::Pg(open(&self.url, connections, warm).await?),
+            DbKind::MariaDb => ServerPool::MySql(open(&self.url, connections, warm).await?),
+            DbKind::Sqlite => bail!("SQLite is not a server database"),
+        })
+    }
+}
+
+/// `body` with `pool` bound to the pool of either [`ServerPool`] (type-checked
+/// once per driver).
+macro_rules! on_pool {
+    ($server:expr, $pool:ident => $body:expr) => {
+        match $server {
+            ServerPool::Pg($pool) => $body,
+            ServerPool::MySql($pool) => $body,
+        }
+    };
+}
+
+/// A pool on a server database of the benchmark's own: what differs between
+/// Postgres and MariaDB for the scenarios that run on both.
+#[derive(Clone)]
+pub enum ServerPool {
+    Pg(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+impl ServerPool {
+    /// Runs `sql` (no parameters, or one text parameter `arg`); returns the rows affected.
+    pub async fn execute(&self, sql: &str, arg: Option<&str>) -> anyhow::Result<u64> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        Ok(on_pool!(self, pool => {
+            let query = sqlx::query(sql);
+            let query = if let Some(arg) = arg { query.bind(arg) } else { query };
+            query.execute(pool).await?.rows_affected()
+        }))
+    }
+
+    /// Refreshes the planner's statistics of `table` after a bulk insert.
+    pub async fn analyze(&self, table: &str) -> anyhow::Result<()> {
+        let sql = match self {
+            ServerPool::Pg(_) => format!("ANALYZE {table}"),
+            ServerPool::MySql(_) => format!("ANALYZE TABLE {table}"),
+        };
+        self.execute(&sql, None).await?;
+        Ok(())
+    }
+
+    /// Inserts `n` benchmark messages into `table (id, event_name, payload,
+    /// headers)`, [`SEED_ROWS`] rows a statement, each its own transaction:
+    /// one array-bound `INSERT … SELECT … FROM UNNEST` on Postgres, one
+    /// multi-row `INSERT … VALUES` on MariaDB.
+    pub async fn seed_table(&self, table: &str, n: u64, size: usize) -> anyhow::Result<()> {
+        let mut i = 0;
+        while i < n {
+            let end = n.min(i + SEED_ROWS);
+            let messages: Vec<NewMessage> = (i..end).map(|k| message(k, size)).collect();
+            let headers: Vec<String> = messages
+                .iter()
+                .map(|m| serde_json::to_string(&m.headers).unwrap_or_else(|_| "{}".into()))
+                .collect();
+            let columns = format!("INSERT INTO {table} (id, event_name, payload, headers)");
+            match self {
+                ServerPool::Pg(pool) => {
+                    let sql = format!(
+                        "{columns} SELECT id, ev, pl, h::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS t(id, ev, pl, h)"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(messages.iter().map(|m| m.id).collect::<Vec<Uuid>>())
+                        .bind(
+                            messages
+                                .iter()
+                                .map(|m| m.event_name.clone())
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            messages
+                                .iter()
+                                .map(|m| m.payload.clone())
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(headers)
+                        .execute(pool)
+                        .await?;
+                }
+                ServerPool::MySql(pool) => {
+                    let sql = format!(
+                        "{columns} VALUES {}",
+                        vec!["(?, ?, ?, ?)"; messages.len()].join(", ")
+                    );
+                    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (m, h) in messages.iter().zip(headers) {
+                        insert = insert
+                            .bind(m.id.to_string())
+                            .bind(m.event_name.clone())
+                            .bind(m.payload.clone())
+                            .bind(h);
+                    }
+                    insert.execute(pool).await?;
+                }
+            }
+            i = end;
+        }
+        Ok(())
+    }
+
+    /// One message in a transaction of its own on a connection of the pool,
+    /// enqueued with the producer API.
+    pub async fn commit_one(&self, m: &NewMessage) -> anyhow::Result<()> {
+        match self {
+            ServerPool::Pg(pool) => commit_pg(&mut *pool.acquire().await?, m).await,
+            ServerPool::MySql(pool) => commit_mysql(&mut *pool.acquire().await?, m).await,
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+}
+
+/// Rows of a seeding statement (Postgres binds four arrays; MariaDB 4 ×
+/// 2,000 placeholders, about 2 MiB at 1 KiB payloads, well inside its
+/// 65,535 placeholders and 16 MiB `max_allowed_packet`).
+pub const SEED_ROWS: u64 = 2_000;
+
+/// A producer's own connection, as an application holds one.
+pub enum Producer {
+    Sqlite(sqlx::SqliteConnection),
+    Pg(sqlx::PgConnection),
+    MySql(sqlx::MySqlConnection),
+}
+
+impl Producer {
+    pub async fn connect(db: &BenchDb) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        Ok(match db.kind {
+            DbKind::Postgres => Producer::Pg(sqlx::PgConnection::connect(&db.url).await?),
+            DbKind::MariaDb => Producer::MySql(sqlx::MySqlConnection::connect(&db.url).await?),
+            DbKind::Sqlite => {
+                // As the relay opens it: WAL, synchronous = NORMAL, a busy timeout.
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)?
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10));
+                Producer::Sqlite(sqlx::SqliteConnection::connect_with(&options).await?)
+            }
+        })
+    }
+
+    /// One single-message transaction, committed.
+    pub async fn commit_one(&mut self, m: &NewMessage) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        match self {
+            Producer::Pg(c) => commit_pg(c, m).await,
+            Producer::MySql(c) => commit_mysql(c, m).await,
+            Producer::Sqlite(c) => {
+                // As docs/producers.md says: take the write lock up front.
+                let mut tx = c.begin_with("BEGIN IMMEDIATE").await?;
+                outbox_relay::producer::sqlite::enqueue(&mut tx, m).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn commit_pg(c: &mut sqlx::PgConnection, m: &NewMessage) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut tx = c.begin().await?;
+    outbox_relay::producer::postgres::enqueue(&mut tx, m).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn commit_mysql(c: &mut sqlx::MySqlConnection, m: &NewMessage) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut tx = c.begin().await?;
+    outbox_relay::producer::mysql::enqueue(&mut tx, m).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `relay` lines for a config: the batch size when one is forced.
@@ -182,54 +395,17 @@ pub async fn seed_log(
                 i += chunk.len() as u64;
             }
         }
-        DbKind::Postgres => {
-            let pool = db.pg_pool().await?;
-            seed_pg_table(
-                &pool,
-                "INSERT INTO outbox_messages (id, event_name, payload, headers)
-                 SELECT id, ev, pl, h::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS t(id, ev, pl, h)",
-                n,
-                size,
-            )
-            .await?;
-            sqlx::query("ANALYZE outbox_messages")
-                .execute(&pool)
-                .await?;
+        DbKind::Postgres | DbKind::MariaDb => {
+            // The relay's table: Postgres's trigger gives each row its
+            // partition; on MariaDB the relay sequences the rows itself
+            // (in its drain, which pays for it).
+            let pool = db.server_pool(4, false).await?;
+            pool.seed_table("outbox_messages", n, size).await?;
+            pool.analyze("outbox_messages").await?;
             pool.close().await;
         }
     }
     Ok(started.elapsed())
-}
-
-/// Inserts `n` messages with `insert` (bound to arrays of ids, event names,
-/// payloads and header JSON), 2,000 rows a statement.
-pub async fn seed_pg_table(
-    pool: &sqlx::PgPool,
-    insert: &str,
-    n: u64,
-    size: usize,
-) -> anyhow::Result<()> {
-    let mut i = 0;
-    while i < n {
-        let end = n.min(i + 2_000);
-        let messages: Vec<NewMessage> = (i..end).map(|k| message(k, size)).collect();
-        let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
-        let events: Vec<String> = messages.iter().map(|m| m.event_name.clone()).collect();
-        let payloads: Vec<Vec<u8>> = messages.iter().map(|m| m.payload.clone()).collect();
-        let headers: Vec<String> = messages
-            .iter()
-            .map(|m| serde_json::to_string(&m.headers).unwrap_or_else(|_| "{}".into()))
-            .collect();
-        sqlx::query(sqlx::AssertSqlSafe(insert.to_string()))
-            .bind(ids)
-            .bind(events)
-            .bind(payloads)
-            .bind(headers)
-            .execute(pool)
-            .await?;
-        i = end;
-    }
-    Ok(())
 }
 
 /// Counts what the transports it wraps acknowledged, and when.
@@ -431,19 +607,23 @@ pub fn machine() -> Value {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
     json!({
         "cpu": cpu,
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "memory_gib": (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         "kernel": kernel,
-        "loadavg_at_start": load,
+        "loadavg_at_start": loadavg(),
     })
+}
+
+/// The 1, 5 and 15 minute load averages (other work on the machine shows here).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The commit the harness was run from (and whether the tree had changes).
@@ -468,7 +648,7 @@ pub fn git_commit() -> String {
     }
 }
 
-/// Versions of the two databases.
+/// Versions of the databases.
 pub async fn database_versions() -> Value {
     use sqlx::Connection;
     let pg = match sqlx::PgConnection::connect(&outbox_relay_tests::postgres_admin_url()).await {
@@ -478,6 +658,17 @@ pub async fn database_versions() -> Value {
             .unwrap_or_else(|e| e.to_string()),
         Err(e) => format!("unreachable: {e}"),
     };
+    let mariadb = match sqlx::MySqlConnection::connect(&outbox_relay_tests::mysql_admin_url()).await
+    {
+        Ok(mut c) => sqlx::query_scalar::<_, String>(
+            "SELECT CONCAT(VERSION(), ', innodb_flush_log_at_trx_commit = ', @@innodb_flush_log_at_trx_commit, \
+             ', innodb_buffer_pool_size = ', @@innodb_buffer_pool_size DIV 1048576, ' MiB, log_bin = ', @@log_bin)",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or_else(|e| e.to_string()),
+        Err(e) => format!("unreachable: {e}"),
+    };
     let sqlite = match sqlx::SqliteConnection::connect("sqlite::memory:").await {
         Ok(mut c) => sqlx::query_scalar::<_, String>("SELECT sqlite_version()")
             .fetch_one(&mut c)
@@ -485,7 +676,7 @@ pub async fn database_versions() -> Value {
             .unwrap_or_else(|e| e.to_string()),
         Err(e) => e.to_string(),
     };
-    json!({ "postgres": pg, "sqlite": sqlite })
+    json!({ "postgres": pg, "sqlite": sqlite, "mariadb": mariadb })
 }
 
 /// `12345.6` as `12,346`.

@@ -2,17 +2,15 @@
 //! commits one message per transaction, for a fixed time, while the relay
 //! runs. The relay keeps up when its lag stays bounded.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 use crate::drain::secs;
 use crate::setup::{
-    BenchDb, DbKind, Probe, Running, Sink, message, relay_lines, target, thousands,
+    BenchDb, DbKind, Probe, Producer, Running, Sink, message, relay_lines, target, thousands,
 };
 
 pub struct WritersRun {
@@ -67,44 +65,6 @@ impl WritersRun {
     }
 }
 
-enum Conn {
-    Pg(sqlx::PgConnection),
-    Sqlite(sqlx::SqliteConnection),
-}
-
-async fn connect(db: &BenchDb) -> anyhow::Result<Conn> {
-    Ok(match db.kind {
-        DbKind::Postgres => Conn::Pg(sqlx::PgConnection::connect(&db.url).await?),
-        DbKind::Sqlite => {
-            // As the relay opens it: WAL, synchronous = NORMAL, a busy timeout.
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)?
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10));
-            Conn::Sqlite(sqlx::SqliteConnection::connect_with(&options).await?)
-        }
-    })
-}
-
-/// One single-message transaction, committed.
-async fn insert_one(conn: &mut Conn, n: u64, size: usize) -> anyhow::Result<()> {
-    let m = message(n, size);
-    match conn {
-        Conn::Pg(c) => {
-            let mut tx = c.begin().await?;
-            outbox_relay::producer::postgres::enqueue(&mut tx, &m).await?;
-            tx.commit().await?;
-        }
-        Conn::Sqlite(c) => {
-            // As docs/producers.md says: take the write lock up front.
-            let mut tx = c.begin_with("BEGIN IMMEDIATE").await?;
-            outbox_relay::producer::sqlite::enqueue(&mut tx, &m).await?;
-            tx.commit().await?;
-        }
-    }
-    Ok(())
-}
-
 pub async fn writers(
     kind: DbKind,
     writers: usize,
@@ -127,7 +87,7 @@ pub async fn writers(
     let stop = Arc::new(AtomicBool::new(false));
     let mut conns = Vec::new();
     for _ in 0..writers {
-        conns.push(connect(&db).await?);
+        conns.push(Producer::connect(&db).await?);
     }
     eprintln!(
         "  {writers} writers on {} for {} s ...",
@@ -143,7 +103,7 @@ pub async fn writers(
         tasks.push(tokio::spawn(async move {
             let mut k = (w as u64) << 40;
             while !stop.load(Ordering::Relaxed) {
-                match insert_one(&mut conn, k, size).await {
+                match conn.commit_one(&message(k, size)).await {
                     Ok(()) => {
                         inserted.fetch_add(1, Ordering::Relaxed);
                     }
