@@ -9,11 +9,13 @@
 //! commit-time hook.
 //!
 //! So the relay writes the commit order itself. A row that a producer
-//! inserted has no `commit_seq` yet (`partition` -1, `commit_seq` 0). Whenever a relay looks for new messages it
-//! runs a *sequencing pass* ([`MySqlStorage::sequence`]):
+//! inserted is not sequenced yet (`partition` -1, `commit_seq` 0: the
+//! columns are NOT NULL, so giving them values updates the row in place).
+//! Whenever a relay looks for new messages it runs a *sequencing pass*
+//! ([`MySqlStorage::sequence`]):
 //!
-//! 1. a plain (consistent, non-locking) read of the rows without a
-//!    `commit_seq`, in `seq` order: only committed rows are visible to it;
+//! 1. a plain (consistent, non-locking) read of the rows not sequenced yet,
+//!    in `seq` order: only committed rows are visible to it;
 //! 2. in one transaction: lock the `commit_seq` counter in `outbox_settings`
 //!    (`SELECT … FOR UPDATE`, so passes of several relays run one after the
 //!    other), give those rows the next numbers of the counter in `seq` order
@@ -47,10 +49,13 @@
 //! the others up for at most [`IDLE_TRANSACTION_TIMEOUT`] (MariaDB) or three
 //! times that (MySQL): the server then ends its session.
 //!
-//! Reads of the log are bounded by the counter in the same statement, and a
-//! pass also renumbers rows whose `commit_seq` is above the counter or whose
-//! `partition` is empty: a producer that wrote the relay's columns cannot
-//! make a cursor jump past rows not delivered yet.
+//! Reads of the log are bounded by the counter in the same statement, and
+//! rows whose `commit_seq` is above the counter, whose partition has no
+//! `commit_seq` or is out of range are put back in line (once a second,
+//! [`FORGED_CHECK`]): a producer that wrote the relay's columns cannot make
+//! a cursor jump past rows not delivered yet. Deadlocks and lock waits run
+//! the transaction again ([`DEADLOCK_TRIES`]).
+//!
 //! The relay's user needs `UPDATE` on `outbox_messages`; without it the pass
 //! fails with [`StorageError::Privilege`], which names the grant. Producers
 //! need `INSERT` on `outbox_messages` only: no triggers, no stored
