@@ -45,7 +45,7 @@
 //! [`SEQUENCE_PASS`] rows), on the relay's side, never on the producer's.
 //!
 //! Sessions set what the relay's SQL relies on, whatever the server's
-//! defaults ([`session_settings`]), and a relay stopped inside a pass holds
+//! defaults (`session_settings`), and a relay stopped inside a pass holds
 //! the others up for at most [`IDLE_TRANSACTION_TIMEOUT`] (MariaDB) or three
 //! times that (MySQL): the server then ends its session.
 //!
@@ -54,7 +54,7 @@
 //! `commit_seq` or is out of range are put back in line (once a second,
 //! [`FORGED_CHECK`]): a producer that wrote the relay's columns cannot make
 //! a cursor jump past rows not delivered yet. Deadlocks and lock waits run
-//! the transaction again ([`DEADLOCK_TRIES`]).
+//! the transaction again (`DEADLOCK_TRIES`).
 //!
 //! The relay's user needs `UPDATE` on `outbox_messages`; without it the pass
 //! fails with [`StorageError::Privilege`], which names the grant. Producers
@@ -69,7 +69,7 @@
 //! (`partition = -1`: not sequenced yet).
 //!
 //! Retries are claimed with `SKIP LOCKED`, every time is the database's
-//! clock ([`now!`]), and the conformance suite is `tests/it/conformance.rs`.
+//! clock (`now!`), and the conformance suite is `tests/it/conformance.rs`.
 
 use std::str::FromStr;
 use std::sync::Arc;
