@@ -249,8 +249,11 @@ impl MySqlStorage {
             let _one = self.sequencing.lock().await;
             self.reset_forged().await?;
             let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+                // Both columns of the index by equality, so it gives `seq` order:
+                // `partition = -1` alone was planned as a primary-key scan from
+                // the table's first row (a pass costing more the longer the log).
                 "SELECT seq, id, partition_key FROM outbox_messages
-                 WHERE `partition` = -1 ORDER BY seq LIMIT ?",
+                 WHERE `partition` = -1 AND commit_seq = 0 ORDER BY seq LIMIT ?",
             )
             .bind(SEQUENCE_PASS)
             .fetch_all(&self.pool)
@@ -304,9 +307,9 @@ impl MySqlStorage {
     }
 
     /// Puts rows whose relay columns no pass wrote back to "not sequenced"
-    /// (`partition` -1), for the next pass to number: a `commit_seq` above
-    /// the counter, a partition without a `commit_seq`, a partition outside
-    /// the count. Looked for at most every [`FORGED_CHECK`], by index
+    /// (`partition` -1, `commit_seq` 0), for the next pass to number: a
+    /// `commit_seq` above the counter, a partition without a `commit_seq`, a
+    /// `commit_seq` without a partition, a partition outside the count. Looked for at most every [`FORGED_CHECK`], by index
     /// lookups; the reset runs under the counter's lock, so no pass's own
     /// numbers are taken for forged ones.
     async fn reset_forged(&self) -> Result<()> {
@@ -336,6 +339,7 @@ impl MySqlStorage {
             let probe = format!(
                 concat!(
                     "SELECT EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` IN ({each}) AND commit_seq = 0)
+                         OR EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` = -1 AND (commit_seq > 0 OR commit_seq < 0))
                          OR EXISTS (SELECT 1 FROM outbox_messages WHERE `partition` < -1 OR `partition` >= {n})
                          OR coalesce(GREATEST({highest}, 0), 0) > ",
                     counter!()
@@ -362,6 +366,7 @@ impl MySqlStorage {
             for condition in [
                 format!("`partition` IN ({each}) AND commit_seq > {base}"),
                 format!("`partition` IN ({each}) AND commit_seq = 0"),
+                "`partition` = -1 AND (commit_seq > 0 OR commit_seq < 0)".to_string(),
                 format!("`partition` < -1 OR `partition` >= {partitions}"),
             ] {
                 reset += sqlx::query(sqlx::AssertSqlSafe(format!(
