@@ -238,42 +238,21 @@ shutdown_grace = "5s"
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(name) = self.mysql_name.take() {
-            let admin = mysql_admin_url();
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async {
-                    use sqlx::Connection;
-                    if let Ok(mut conn) = sqlx::MySqlConnection::connect(&admin).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name}"
-                        )))
-                        .execute(&mut conn)
-                        .await;
-                    }
-                });
-            })
-            .join();
-        }
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        // Drop is synchronous; use a runtime of our own on a thread of our own.
-        let admin = postgres_admin_url();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
+            block_on_own_thread(async move {
                 use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                if let Ok(mut conn) = sqlx::MySqlConnection::connect(&mysql_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name}"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        }
+        if let Some(name) = self.pg_name.take() {
+            block_on_own_thread(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                     )))
@@ -281,9 +260,22 @@ impl Drop for Scratch {
                     .await;
                 }
             });
-        })
-        .join();
+        }
     }
+}
+
+/// Runs `work` to its end on a runtime of its own on a thread of its own
+/// (Drop is synchronous, and may run inside a test's runtime).
+fn block_on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(work);
+        }
+    })
+    .join();
 }
 
 /// A relay running in this process.
